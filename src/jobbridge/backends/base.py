@@ -1,0 +1,90 @@
+"""The one seam to compute resources: what every backend does."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobbridge.errors import BackendError
+from jobbridge.job import Job, JobStatus
+from jobbridge.spec import JobSpec
+
+__all__ = ["Backend", "BackendContext", "BackendOptions", "Stream"]
+
+Stream = Literal["stdout", "stderr"]
+
+
+class BackendOptions(BaseModel):
+    """Options every backend takes; subclasses add their own. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_jobs_in_flight: int | None = Field(
+        None, ge=1, description="jobs handed to the backend at once; the rest wait in jobbridge"
+    )
+    min_refresh_interval: float = Field(
+        1.0, ge=0, description="seconds between two status queries, to spare the scheduler"
+    )
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What jobbridge tells a backend about its surroundings."""
+
+    jobs_dir: Path
+
+
+class Backend(ABC):
+    """Runs jobs somewhere. One instance per configured backend name."""
+
+    kind: ClassVar[str]
+    Options: ClassVar[type[BackendOptions]] = BackendOptions
+    native_arrays: ClassVar[bool] = False
+    native_dependencies: ClassVar[bool] = False
+
+    def __init__(self, name: str, options: BackendOptions, context: BackendContext) -> None:
+        self.name = name
+        self.options = options
+        self.context = context
+
+    def check(self, spec: JobSpec) -> None:  # noqa: B027 - accepting everything is a valid default
+        """Raise ``ResourcesNotSupportedError`` or ``LimitExceededError`` before anything is
+        stored or sent, if this backend cannot run ``spec`` as asked."""
+
+    @abstractmethod
+    def submit(self, job: Job) -> str:
+        """Hand one job over; return the backend's own id for it."""
+
+    def submit_array(self, jobs: Sequence[Job]) -> list[str]:
+        """Hand all members of one array over in one go (only if ``native_arrays``)."""
+        raise BackendError(f"backend {self.name!r} has no native arrays")
+
+    @abstractmethod
+    def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
+        """Answer for many submitted jobs with as few queries as possible, keyed by job id.
+        A job left out has no news. Raise if the query itself failed."""
+
+    @abstractmethod
+    def cancel(self, job: Job) -> None:
+        """Ask the backend to stop a submitted job."""
+
+    @abstractmethod
+    def read_output(
+        self, job: Job, stream: Stream, offset: int = 0, size: int | None = None
+    ) -> bytes:
+        """Bytes of the job's stdout or stderr; a negative offset counts from the end."""
+
+    def locate(self, job: Job) -> str | None:
+        """The native id of a job whose submission was interrupted, if the backend has it."""
+        return None
+
+    def free(self, job: Job) -> None:  # noqa: B027 - nothing left behind is a valid default
+        """Remove whatever the ended job left on the resource."""
+
+    def close(self) -> None:  # noqa: B027
+        pass

@@ -1,0 +1,52 @@
+"""Backends are found through the ``jobbridge.backends`` entry points, built-ins included."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from importlib.metadata import entry_points
+
+from pydantic import ValidationError
+
+from jobbridge.backends.base import Backend, BackendContext
+from jobbridge.config import BackendConfig
+from jobbridge.errors import ConfigError, UnknownBackendError
+from jobbridge.spec import format_validation_error
+
+__all__ = ["ENTRY_POINT_GROUP", "backend_kinds", "create_backend"]
+
+ENTRY_POINT_GROUP = "jobbridge.backends"
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def backend_kinds() -> dict[str, type[Backend]]:
+    """Every backend class that loads; a broken plugin is logged and left out."""
+    kinds: dict[str, type[Backend]] = {}
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = point.load()
+        except Exception:
+            log.warning(
+                "backend plugin %r (%s) failed to load", point.name, point.value, exc_info=True
+            )
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Backend)):
+            log.warning("backend plugin %r (%s) is not a Backend class", point.name, point.value)
+            continue
+        kinds.setdefault(point.name, cls)
+    return kinds
+
+
+def create_backend(name: str, config: BackendConfig, context: BackendContext) -> Backend:
+    kinds = backend_kinds()
+    if config.kind not in kinds:
+        raise UnknownBackendError(config.kind, kinds)
+    cls = kinds[config.kind]
+    try:
+        options = cls.Options.model_validate(config.options)
+    except ValidationError as error:
+        raise ConfigError(
+            f"backend {name!r} ({config.kind}):\n{format_validation_error(error)}"
+        ) from None
+    return cls(name, options, context)

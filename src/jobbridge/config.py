@@ -1,0 +1,117 @@
+"""Configuration: a TOML file named by ``JOBBRIDGE_CONFIG``, environment overrides, defaults.
+
+data_dir = "/scratch/me/jobbridge"          # job directories and the SQLite file
+database_url = "postgresql+psycopg://..."   # JOBBRIDGE_DATABASE_URL wins over this
+default_backend = "local"
+
+[engine]
+refresh_interval = 1.0
+
+[backends.local]
+kind = "local"
+max_jobs_in_flight = 8
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from jobbridge.errors import ConfigError
+from jobbridge.spec import format_validation_error
+
+__all__ = ["BackendConfig", "Config", "EngineSettings", "load_config"]
+
+CONFIG_ENV = "JOBBRIDGE_CONFIG"
+DATABASE_ENV = "JOBBRIDGE_DATABASE_URL"
+DATA_DIR_ENV = "JOBBRIDGE_DATA_DIR"
+
+
+class EngineSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    refresh_interval: float = Field(1.0, gt=0, description="seconds between refresh cycles")
+    status_failure_threshold: int = Field(
+        3, ge=1, description="failed status queries in a row before jobs show UNKNOWN"
+    )
+    max_backoff: float = Field(60.0, gt=0, description="longest pause after failed queries")
+    submit_timeout: float = Field(
+        300.0, gt=0, description="a submission unfinished after this long was interrupted"
+    )
+
+
+class BackendConfig(BaseModel):
+    """``kind`` picks the backend class; every other key is one of that class's options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path
+    database_url: str
+    default_backend: str = "local"
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    backends: dict[str, BackendConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _default_backend_exists(self) -> Config:
+        if self.default_backend not in self.backends:
+            known = ", ".join(sorted(self.backends))
+            raise ValueError(
+                f"default_backend {self.default_backend!r} is not among the backends: {known}"
+            )
+        return self
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(CONFIG_ENV) or None
+    raw = _read_toml(Path(path)) if path else {}
+    data_dir = Path(
+        environ.get(DATA_DIR_ENV)
+        or raw.pop("data_dir", None)
+        or platformdirs.user_data_dir("jobbridge")
+    ).expanduser()
+    raw.pop("data_dir", None)
+    database_url = (
+        environ.get(DATABASE_ENV)
+        or raw.pop("database_url", None)
+        or f"sqlite:///{data_dir / 'jobbridge.db'}"
+    )
+    raw.pop("database_url", None)
+    backends = {"local": {"kind": "local"}, **raw.pop("backends", {})}
+    try:
+        return Config(data_dir=data_dir, database_url=database_url, backends=backends, **raw)
+    except ValidationError as error:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"bad configuration{where}:\n{format_validation_error(error)}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {error}") from None

@@ -1,0 +1,101 @@
+"""Every error jobbridge raises on purpose.
+
+    JobbridgeError
+    ├── SpecError                 a job spec that cannot run anywhere
+    ├── ConfigError               a configuration file or value that makes no sense
+    ├── UnknownBackendError       a backend name nobody registered (names the known ones)
+    ├── ResourcesNotSupportedError  a backend cannot encode a requested resource
+    ├── LimitExceededError        a request beyond a backend's configured limits
+    ├── JobNotFoundError          no job with that id in the store
+    ├── InvalidTransitionError    a phase change that would move a job backwards
+    ├── JobStateError             an action that the job's phase does not allow
+    ├── BackendError              a backend could not do what was asked
+    └── TransportError            a command or file transfer failed
+        ├── CommandFailed         the command ran and exited non-zero
+        └── CommandTimeout        the command did not finish in time
+
+Errors coming from third-party code are converted where they enter jobbridge. ``retryable``
+tells callers whether trying the same thing again later can help.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+
+class JobbridgeError(Exception):
+    retryable: bool = False
+
+
+class SpecError(JobbridgeError, ValueError):
+    pass
+
+
+class ConfigError(JobbridgeError, ValueError):
+    pass
+
+
+class UnknownBackendError(JobbridgeError, LookupError):
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        self.name = name
+        self.known = sorted(known)
+        listing = ", ".join(self.known) or "none"
+        super().__init__(f"unknown backend {name!r}; known backends: {listing}")
+
+
+class ResourcesNotSupportedError(JobbridgeError):
+    def __init__(self, backend: str, field: str, reason: str = "") -> None:
+        self.backend = backend
+        self.field = field
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"backend {backend!r} cannot encode {field}{detail}")
+
+
+class LimitExceededError(JobbridgeError):
+    def __init__(self, backend: str, limit: str, requested: object, allowed: object) -> None:
+        self.backend = backend
+        self.limit = limit
+        super().__init__(f"backend {backend!r}: {limit} is {allowed}, the job asks for {requested}")
+
+
+class JobNotFoundError(JobbridgeError, LookupError):
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job with id {job_id!r}")
+
+
+class InvalidTransitionError(JobbridgeError):
+    pass
+
+
+class JobStateError(JobbridgeError):
+    pass
+
+
+class BackendError(JobbridgeError):
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class TransportError(JobbridgeError):
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class CommandFailed(TransportError):
+    def __init__(self, argv: Sequence[str], returncode: int, stdout: str, stderr: str) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        said = stderr.strip() or stdout.strip() or "no output"
+        super().__init__(f"{argv[0]} exited with status {returncode}: {said}", retryable=False)
+
+
+class CommandTimeout(TransportError):
+    def __init__(self, argv: Sequence[str], timeout: float) -> None:
+        self.argv = list(argv)
+        self.timeout = timeout
+        super().__init__(f"{argv[0]} did not finish within {timeout:g} s", retryable=True)

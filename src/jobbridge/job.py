@@ -1,0 +1,81 @@
+"""A job as jobbridge records it: the spec plus where it runs and how far it got."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict
+
+from jobbridge.phase import Phase
+from jobbridge.spec import JobSpec
+
+__all__ = ["Event", "Job", "JobStatus", "new_job_id", "utcnow"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    spec: JobSpec
+    backend: str
+    owner: str | None = None
+    phase: Phase = Phase.PENDING
+    detail: str | None = None
+    message: str | None = None
+    exit_code: int | None = None
+    native_id: str | None = None
+    array_id: str | None = None
+    array_index: int | None = None
+    created: datetime
+    queued: datetime | None = None
+    started: datetime | None = None
+    ended: datetime | None = None
+    destruction: datetime | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.display_name
+
+    @property
+    def is_submitted(self) -> bool:
+        """Handed to the backend, which knows it by ``native_id``."""
+        return self.native_id is not None
+
+
+class JobStatus(BaseModel):
+    """What a backend says about one job."""
+
+    model_config = ConfigDict(frozen=True)
+
+    phase: Phase
+    detail: str | None = None
+    message: str | None = None
+    exit_code: int | None = None
+    started: datetime | None = None
+    ended: datetime | None = None
+
+
+class Event(BaseModel):
+    """One recorded phase change: the audit trail of a job."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    time: datetime
+    old_phase: Phase | None
+    new_phase: Phase
+    detail: str | None = None
+    message: str | None = None
+
+
+_ID_ALPHABET = "0123456789abcdefghijkmnpqrstvwxyz"  # no l, o, u: easier to read aloud
+
+
+def new_job_id() -> str:
+    """Twelve random characters (60 bits): unique in any realistic store, short to type."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))

@@ -1,0 +1,75 @@
+"""The tables. Alembic migrations in ``migrations/`` create and evolve them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+metadata = sa.MetaData()
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, whatever the database keeps."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; use UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONDocument = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("owner", sa.String(128)),
+    sa.Column("backend", sa.String(128), nullable=False),
+    sa.Column("native_id", sa.String(256)),
+    sa.Column("phase", sa.String(16), nullable=False),
+    sa.Column("detail", sa.String(64)),
+    sa.Column("message", sa.Text),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("spec", JSONDocument, nullable=False),
+    sa.Column("array_id", sa.String(32)),
+    sa.Column("array_index", sa.Integer),
+    sa.Column("created", UTCDateTime, nullable=False),
+    sa.Column("queued", UTCDateTime),
+    sa.Column("started", UTCDateTime),
+    sa.Column("ended", UTCDateTime),
+    sa.Column("destruction", UTCDateTime),
+    sa.Column("submitting_since", UTCDateTime),
+    sa.Index("ix_jobs_owner_created", "owner", "created"),
+    sa.Index("ix_jobs_phase_created", "phase", "created"),
+    sa.Index("ix_jobs_created", "created"),
+    sa.Index("ix_jobs_backend_phase", "backend", "phase"),
+    sa.Index("ix_jobs_array", "array_id", "array_index"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+    sa.Column("job_id", sa.String(32), nullable=False),
+    sa.Column("time", UTCDateTime, nullable=False),
+    sa.Column("old_phase", sa.String(16)),
+    sa.Column("new_phase", sa.String(16), nullable=False),
+    sa.Column("detail", sa.String(64)),
+    sa.Column("message", sa.Text),
+    sa.Index("ix_events_job_time", "job_id", "time"),
+)

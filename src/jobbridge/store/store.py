@@ -1,0 +1,349 @@
+"""Jobs and their events in SQL: SQLite embedded by default, PostgreSQL for shared services."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from jobbridge.errors import JobNotFoundError
+from jobbridge.job import Event, Job, utcnow
+from jobbridge.phase import ACTIVE_PHASES, Phase
+from jobbridge.spec import JobSpec
+from jobbridge.store.schema import events, jobs
+
+__all__ = ["Store"]
+
+_MIGRATION_LOCK = 0x6A6F6262  # any constant shared by every jobbridge process
+_WRITE = "jobbridge_write"
+_JOB_FIELDS = frozenset(jobs.c.keys()) - {"id", "spec", "name"}
+
+
+class Store:
+    """Durable record of every job. Safe to share between threads and processes."""
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        self._engine = _create_engine(url)
+        self._writer = self._engine.execution_options(**{_WRITE: True})
+        if migrate:
+            self.migrate()
+
+    @property
+    def dialect(self) -> str:
+        return self._engine.dialect.name
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision; concurrent callers take turns."""
+        head = _head_revision()
+        with self._engine.connect() as conn:
+            if MigrationContext.configure(conn).get_current_revision() == head:
+                return
+        with self._writer.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
+            config = _alembic_config()
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    @contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        with self._writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        with self._engine.connect() as conn:
+            yield conn
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def add(self, new_jobs: Sequence[Job], *, claimed: Iterable[str] = ()) -> None:
+        """Record new jobs and their first event in one transaction. Jobs named in
+        ``claimed`` are recorded as being handed over already (see ``claim_for_submission``)."""
+        if not new_jobs:
+            return
+        claimed = set(claimed)
+        now = utcnow()
+        rows = [
+            {**_job_row(job), "submitting_since": now if job.id in claimed else None}
+            for job in new_jobs
+        ]
+        with self._write() as conn:
+            conn.execute(jobs.insert(), rows)
+            conn.execute(
+                events.insert(),
+                [_event_row(job.id, job.created, None, job.phase) for job in new_jobs],
+            )
+
+    def move(
+        self,
+        job_id: str,
+        expected: Phase,
+        new: Phase,
+        *,
+        time: datetime | None = None,
+        **fields: Any,
+    ) -> Job | None:
+        """Change a job's phase if it is still ``expected``; record the event. None if not."""
+        expected.check_move_to(new)
+        _check_fields(fields)
+        time = time or utcnow()
+        with self._write() as conn:
+            done = conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.phase == expected.value)
+                .values(phase=new.value, **fields)
+            )
+            if done.rowcount != 1:
+                return None
+            conn.execute(
+                events.insert(),
+                _event_row(
+                    job_id, time, expected, new, fields.get("detail"), fields.get("message")
+                ),
+            )
+            return _fetch(conn, job_id)
+
+    def update(self, job_id: str, **fields: Any) -> Job:
+        """Change fields other than the phase."""
+        _check_fields(fields)
+        if "phase" in fields:
+            raise ValueError("use move() to change a phase")
+        with self._write() as conn:
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(**fields))
+            return _fetch(conn, job_id)
+
+    def claim_for_submission(self, job_id: str) -> bool:
+        """Take the right to hand a waiting job to its backend; only one caller wins."""
+        with self._write() as conn:
+            done = conn.execute(
+                jobs.update()
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.phase == Phase.QUEUED.value,
+                    jobs.c.native_id.is_(None),
+                    jobs.c.submitting_since.is_(None),
+                )
+                .values(submitting_since=utcnow())
+            )
+            return done.rowcount == 1
+
+    def delete(self, job_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(events.delete().where(events.c.job_id == job_id))
+            if conn.execute(jobs.delete().where(jobs.c.id == job_id)).rowcount != 1:
+                raise JobNotFoundError(job_id)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        with self._read() as conn:
+            return _fetch(conn, job_id)
+
+    def get_many(self, job_ids: Iterable[str]) -> list[Job]:
+        wanted = list(dict.fromkeys(job_ids))
+        found: dict[str, Job] = {}
+        with self._read() as conn:
+            for chunk in _chunks(wanted, 500):
+                rows = conn.execute(sa.select(jobs).where(jobs.c.id.in_(chunk)))
+                found.update((row.id, _job_from_row(row)) for row in rows)
+        missing = [job_id for job_id in wanted if job_id not in found]
+        if missing:
+            raise JobNotFoundError(missing[0])
+        return [found[job_id] for job_id in wanted]
+
+    def find(
+        self,
+        *,
+        owner: str | None = None,
+        phases: Iterable[Phase] | None = None,
+        backend: str | None = None,
+        name: str | None = None,
+        since: datetime | None = None,
+        array_id: str | None = None,
+        submitted: bool | None = None,
+        limit: int | None = None,
+        newest_first: bool = True,
+    ) -> list[Job]:
+        query = sa.select(jobs)
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
+        if phases is not None:
+            query = query.where(jobs.c.phase.in_([Phase(p).value for p in phases]))
+        if backend is not None:
+            query = query.where(jobs.c.backend == backend)
+        if name is not None:
+            query = query.where(jobs.c.name == name)
+        if since is not None:
+            query = query.where(jobs.c.created >= since)
+        if array_id is not None:
+            query = query.where(jobs.c.array_id == array_id)
+        if submitted is not None:
+            native = jobs.c.native_id
+            query = query.where(native.is_not(None) if submitted else native.is_(None))
+        order = (
+            (jobs.c.created.desc(), jobs.c.id.desc())
+            if newest_first
+            else (jobs.c.created, jobs.c.id)
+        )
+        query = query.order_by(*order).limit(limit)
+        with self._read() as conn:
+            return [_job_from_row(row) for row in conn.execute(query)]
+
+    def active(self, backend: str | None = None) -> list[Job]:
+        return self.find(phases=ACTIVE_PHASES, backend=backend, newest_first=False)
+
+    def interrupted_submissions(self, before: datetime) -> list[Job]:
+        """Jobs whose hand-over to a backend began before ``before`` and never finished."""
+        query = sa.select(jobs).where(
+            jobs.c.phase == Phase.QUEUED.value,
+            jobs.c.native_id.is_(None),
+            jobs.c.submitting_since < before,
+        )
+        with self._read() as conn:
+            return [_job_from_row(row) for row in conn.execute(query)]
+
+    def count_in_flight(self, backend: str, array_id: str | None = None) -> int:
+        """Active jobs that the backend holds or is being handed."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(jobs)
+            .where(
+                jobs.c.backend == backend,
+                jobs.c.phase.in_([p.value for p in ACTIVE_PHASES]),
+                sa.or_(jobs.c.native_id.is_not(None), jobs.c.submitting_since.is_not(None)),
+            )
+        )
+        if array_id is not None:
+            query = query.where(jobs.c.array_id == array_id)
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def events(self, job_id: str) -> list[Event]:
+        query = (
+            sa.select(events).where(events.c.job_id == job_id).order_by(events.c.time, events.c.id)
+        )
+        with self._read() as conn:
+            return [
+                Event(
+                    job_id=row.job_id,
+                    time=row.time,
+                    old_phase=None if row.old_phase is None else Phase(row.old_phase),
+                    new_phase=Phase(row.new_phase),
+                    detail=row.detail,
+                    message=row.message,
+                )
+                for row in conn.execute(query)
+            ]
+
+    def count(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one())
+
+
+def _create_engine(url: str) -> sa.Engine:
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 60})
+    sa.event.listen(engine, "connect", _configure_sqlite)
+    sa.event.listen(engine, "begin", _begin_sqlite)
+    return engine
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    # jobbridge issues BEGIN itself, so that writers can take the lock up front
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.close()
+
+
+def _begin_sqlite(conn: sa.Connection) -> None:
+    # A deferred transaction that reads and then writes fails at once under contention;
+    # BEGIN IMMEDIATE waits for the write lock instead.
+    writes = conn.get_execution_options().get(_WRITE, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+
+
+def _alembic_config() -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", "jobbridge.store:migrations")
+    return config
+
+
+@functools.cache
+def _head_revision() -> str | None:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def _check_fields(fields: dict[str, Any]) -> None:
+    unknown = set(fields) - _JOB_FIELDS
+    if unknown:
+        raise ValueError(f"not job fields: {sorted(unknown)}")
+    for key in ("phase",):
+        if key in fields and isinstance(fields[key], Phase):
+            fields[key] = fields[key].value
+
+
+def _job_row(job: Job) -> dict[str, Any]:
+    row = job.model_dump(exclude={"spec"})
+    row["phase"] = job.phase.value
+    row["name"] = job.name
+    row["spec"] = job.spec.model_dump(mode="json")
+    return row
+
+
+def _job_from_row(row: sa.Row[Any]) -> Job:
+    data = row._asdict()
+    data.pop("submitting_since", None)
+    data.pop("name", None)
+    data["spec"] = JobSpec.model_validate(data["spec"])
+    return Job.model_validate(data)
+
+
+def _fetch(conn: sa.Connection, job_id: str) -> Job:
+    row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+    if row is None:
+        raise JobNotFoundError(job_id)
+    return _job_from_row(row)
+
+
+def _event_row(
+    job_id: str,
+    time: datetime,
+    old: Phase | None,
+    new: Phase,
+    detail: str | None = None,
+    message: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "time": time,
+        "old_phase": None if old is None else old.value,
+        "new_phase": new.value,
+        "detail": detail,
+        "message": message,
+    }
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,64 @@
+"""How commands run and files move, wherever the backend's resource lives."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = ["CommandResult", "Transport"]
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Transport(ABC):
+    """Runs argument lists (never shell strings) and reads and writes files on one host."""
+
+    host: str
+
+    @abstractmethod
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | None = None,
+        timeout: float | None = 60.0,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        """Run a command to its end. Raises ``CommandFailed`` on a non-zero exit if ``check``,
+        ``CommandTimeout`` past ``timeout`` and ``TransportError`` if it cannot start."""
+
+    @abstractmethod
+    def spawn(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None
+    ) -> None:
+        """Start a command in a session of its own and return at once; it outlives us."""
+
+    @abstractmethod
+    def read_bytes(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
+        """Read ``size`` bytes from ``offset`` (from the end if negative). Raises
+        ``FileNotFoundError`` if there is no such file."""
+
+    @abstractmethod
+    def write_bytes(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
+        """Write a whole file atomically: readers see the old or the new content, never half."""
+
+    @abstractmethod
+    def make_dirs(self, path: str) -> None: ...
+
+    @abstractmethod
+    def remove_tree(self, path: str) -> None: ...
+
+    @abstractmethod
+    def exists(self, path: str) -> bool: ...
+
+    def close(self) -> None:  # noqa: B027 - a transport without connections has nothing to close
+        pass

@@ -1,0 +1,109 @@
+"""Commands and files on this machine."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+
+from jobbridge.errors import CommandFailed, CommandTimeout, TransportError
+from jobbridge.transport.base import CommandResult, Transport
+
+__all__ = ["LocalTransport"]
+
+
+class LocalTransport(Transport):
+    def __init__(self) -> None:
+        self.host = socket.gethostname()
+        self._spawned: list[subprocess.Popen[bytes]] = []
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | None = None,
+        timeout: float | None = 60.0,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        try:
+            done = subprocess.run(
+                list(argv),
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=None if env is None else dict(env),
+                cwd=cwd,
+                stdin=None if stdin is not None else subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            raise CommandTimeout(argv, timeout or 0) from None
+        except OSError as error:
+            raise TransportError(f"cannot run {argv[0]}: {error}", retryable=False) from error
+        result = CommandResult(tuple(argv), done.returncode, done.stdout, done.stderr)
+        if check and done.returncode != 0:
+            raise CommandFailed(argv, done.returncode, done.stdout, done.stderr)
+        return result
+
+    def spawn(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None
+    ) -> None:
+        self._reap()
+        try:
+            process = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=None if env is None else dict(env),
+                cwd=cwd,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as error:
+            raise TransportError(f"cannot start {argv[0]}: {error}", retryable=False) from error
+        self._spawned.append(process)
+
+    def _reap(self) -> None:
+        self._spawned = [p for p in self._spawned if p.poll() is None]
+
+    def read_bytes(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
+        with open(path, "rb") as handle:
+            if offset < 0:
+                end = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, end + offset))
+            else:
+                handle.seek(offset)
+            return handle.read() if size is None else handle.read(size)
+
+    def write_bytes(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
+        directory = os.path.dirname(path) or "."
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.chmod(temporary, mode)
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+
+    def make_dirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def remove_tree(self, path: str) -> None:
+        if os.path.lexists(path):
+            shutil.rmtree(path)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def close(self) -> None:
+        self._reap()

@@ -1,0 +1,424 @@
+"""The engine's coordination logic, against a backend double that runs nothing."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from jobbridge import (
+    BackendError,
+    BackendOptions,
+    Engine,
+    EngineSettings,
+    Job,
+    JobSpec,
+    JobStateError,
+    JobStatus,
+    Phase,
+    SpecError,
+    Store,
+    UnknownBackendError,
+)
+from jobbridge.job import utcnow
+from tests.doubles import FakeBackend, FakeCluster
+
+SPEC = JobSpec(executable="simulate", arguments=["--steps", "10"])
+
+
+@pytest.fixture
+def cluster() -> FakeCluster:
+    return FakeCluster()
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'engine.db'}"
+
+
+def make_engine(db_url: str, cluster: FakeCluster, **options: object) -> Engine:
+    settings = options.pop("settings", EngineSettings(status_failure_threshold=3))
+    native_arrays = bool(options.pop("native_arrays", False))
+    backend = FakeBackend(
+        cluster,
+        options=BackendOptions.model_validate({"min_refresh_interval": 0, **options}),
+        native_arrays=native_arrays,
+    )
+    return Engine(Store(db_url), {"fake": backend}, settings=settings, default_backend="fake")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def engine(db_url: str, cluster: FakeCluster) -> Iterator[Engine]:
+    engine = make_engine(db_url, cluster)
+    yield engine
+    engine.close()
+
+
+def phases(engine: Engine, jobs: list[Job]) -> list[Phase]:
+    return [engine.get(job.id).phase for job in jobs]
+
+
+def test_the_row_exists_before_the_backend_sees_the_job(
+    engine: Engine, cluster: FakeCluster
+) -> None:
+    seen: list[Phase] = []
+    backend = engine.backend()
+    assert isinstance(backend, FakeBackend)
+    backend.on_submit.append(lambda job: seen.append(engine.store.get(job.id).phase))
+    job = engine.submit(SPEC)
+    assert seen == [Phase.QUEUED]
+    assert job.native_id == cluster.by_job[job.id]
+
+
+def test_phases_follow_the_backend_and_are_recorded_as_events(
+    engine: Engine, cluster: FakeCluster
+) -> None:
+    job = engine.submit(SPEC)
+    cluster.set(job, Phase.EXECUTING)
+    engine.refresh()
+    cluster.set(job, Phase.ERROR, exit_code=3, detail="TIMEOUT")
+    engine.refresh()
+    done = engine.get(job.id)
+    assert (done.phase, done.exit_code, done.detail) == (Phase.ERROR, 3, "TIMEOUT")
+    assert done.started is not None and done.ended is not None
+    trail = [(e.old_phase, e.new_phase) for e in engine.store.events(job.id)]
+    assert trail == [
+        (None, Phase.QUEUED),
+        (Phase.QUEUED, Phase.EXECUTING),
+        (Phase.EXECUTING, Phase.ERROR),
+    ]
+
+
+def test_one_status_query_per_backend_per_refresh(engine: Engine, cluster: FakeCluster) -> None:
+    for _ in range(200):
+        engine.submit(SPEC)
+    cluster.status_calls = 0
+    engine.refresh()
+    assert cluster.status_calls == 1
+
+
+def test_min_refresh_interval_spares_the_scheduler(db_url: str, cluster: FakeCluster) -> None:
+    with make_engine(db_url, cluster, min_refresh_interval=60) as engine:
+        engine.submit(SPEC)
+        engine.refresh()
+        engine.refresh()
+        engine.refresh()
+        assert cluster.status_calls == 1
+
+
+def test_a_failed_status_query_never_ends_a_job(engine: Engine, cluster: FakeCluster) -> None:
+    job = engine.submit(SPEC)
+    cluster.set(job, Phase.EXECUTING)
+    engine.refresh()
+    cluster.fail_status = 1
+    engine._polls["fake"].next_due = 0
+    engine.refresh()
+    assert engine.get(job.id).phase is Phase.EXECUTING
+
+
+def test_repeated_failures_show_unknown_then_recover(engine: Engine, cluster: FakeCluster) -> None:
+    job = engine.submit(SPEC)
+    cluster.set(job, Phase.EXECUTING)
+    engine.refresh()
+    cluster.fail_status = 3
+    for _ in range(3):
+        engine._polls["fake"].next_due = 0  # skip the back-off pause
+        engine.refresh()
+    unknown = engine.get(job.id)
+    assert unknown.phase is Phase.UNKNOWN
+    assert unknown.detail == "STATUS_UNAVAILABLE"
+    assert "Socket timed out" in (unknown.message or "")
+    cluster.set(job, Phase.COMPLETED, exit_code=0)
+    engine._polls["fake"].next_due = 0
+    engine.refresh()
+    recovered = engine.get(job.id)
+    assert (recovered.phase, recovered.detail, recovered.message) == (Phase.COMPLETED, None, None)
+
+
+def test_failures_back_off(engine: Engine, cluster: FakeCluster) -> None:
+    engine.submit(SPEC)
+    cluster.fail_status = 10
+    engine.refresh()
+    engine.refresh()
+    engine.refresh()
+    assert cluster.status_calls == 1
+    assert engine._polls["fake"].failures == 1
+
+
+def test_a_job_never_moves_backwards(engine: Engine, cluster: FakeCluster) -> None:
+    job = engine.submit(SPEC)
+    cluster.set(job, Phase.EXECUTING)
+    engine.refresh()
+    cluster.set(job, Phase.QUEUED)
+    engine.refresh()
+    assert engine.get(job.id).phase is Phase.EXECUTING
+    cluster.set(job, Phase.COMPLETED)
+    engine.refresh()
+    cluster.set(job, Phase.EXECUTING)
+    engine.refresh()
+    assert engine.get(job.id).phase is Phase.COMPLETED
+
+
+def test_unknown_does_not_lead_back_to_queued_once_started(
+    engine: Engine, cluster: FakeCluster
+) -> None:
+    job = engine.submit(SPEC)
+    cluster.set(job, Phase.EXECUTING)
+    engine.refresh()
+    cluster.fail_status = 3
+    for _ in range(3):
+        engine._polls["fake"].next_due = 0
+        engine.refresh()
+    cluster.set(job, Phase.QUEUED)
+    engine._polls["fake"].next_due = 0
+    engine.refresh()
+    assert engine.get(job.id).phase is Phase.UNKNOWN
+
+
+def test_hooks_run_around_submission_and_on_phase_changes(
+    engine: Engine, cluster: FakeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[str] = []
+    engine.hooks.on_before_submit(lambda job: calls.append(f"before {job.native_id}"))
+    engine.hooks.on_after_submit(lambda job: calls.append(f"after {job.native_id}"))
+    engine.hooks.on_phase_change(lambda job, old: calls.append(f"{old}->{job.phase}"))
+
+    def broken(job: Job, old: Phase) -> None:
+        raise RuntimeError("callback bug")
+
+    engine.hooks.on_phase_change(broken)
+    job = engine.submit(SPEC)
+    cluster.set(job, Phase.COMPLETED)
+    with caplog.at_level(logging.ERROR):
+        engine.refresh()
+    assert calls == ["before None", f"after {job.native_id}", "QUEUED->COMPLETED"]
+    assert "callback bug" in caplog.text
+    assert engine.get(job.id).phase is Phase.COMPLETED
+
+
+def test_a_watch_ends_when_its_callback_says_false(engine: Engine, cluster: FakeCluster) -> None:
+    seen: list[Phase] = []
+    job = engine.submit(SPEC)
+    engine.hooks.watch(job.id, lambda j, old: seen.append(j.phase) or False)
+    cluster.set(job, Phase.EXECUTING)
+    engine.refresh()
+    cluster.set(job, Phase.COMPLETED)
+    engine.refresh()
+    assert seen == [Phase.EXECUTING]
+
+
+def test_jobs_beyond_the_in_flight_limit_wait_in_jobbridge(
+    db_url: str, cluster: FakeCluster
+) -> None:
+    with make_engine(db_url, cluster, max_jobs_in_flight=2) as engine:
+        jobs = [engine.submit(SPEC) for _ in range(5)]
+        assert [job.is_submitted for job in jobs] == [True, True, False, False, False]
+        assert phases(engine, jobs) == [Phase.QUEUED] * 5
+        for job in jobs[:2]:
+            cluster.set(engine.get(job.id), Phase.COMPLETED)
+        engine.refresh()  # sees the two end
+        engine.refresh()  # hands over two more
+        submitted = [engine.get(job.id).is_submitted for job in jobs]
+        assert submitted == [True, True, True, True, False]
+
+
+def test_array_members_are_jobs_with_their_index(engine: Engine, cluster: FakeCluster) -> None:
+    members = engine.submit_array(SPEC.replace(array="0-9%3"))
+    assert [m.array_index for m in members] == list(range(10))
+    assert len({m.array_id for m in members}) == 1
+    assert sum(m.is_submitted for m in members) == 3  # the %3 cap, enforced by jobbridge
+    assert cluster.submit_calls == 3
+
+
+def test_a_native_array_is_one_submission(db_url: str, cluster: FakeCluster) -> None:
+    with make_engine(db_url, cluster, native_arrays=True) as engine:
+        members = engine.submit_array(SPEC.replace(array="0-99"))
+        assert cluster.array_calls == 1
+        assert cluster.submit_calls == 0
+        assert members[7].native_id is not None and members[7].native_id.endswith("_7")
+
+
+def test_submit_and_submit_array_refuse_the_other_kind(engine: Engine) -> None:
+    with pytest.raises(SpecError):
+        engine.submit(SPEC.replace(array="0-3"))
+    with pytest.raises(SpecError):
+        engine.submit_array(SPEC)
+
+
+@pytest.mark.parametrize(
+    ("condition", "parent_phase", "child_runs"),
+    [
+        ("afterok", Phase.COMPLETED, True),
+        ("afterok", Phase.ERROR, False),
+        ("afterany", Phase.ERROR, True),
+        ("afternotok", Phase.COMPLETED, False),
+        ("afternotok", Phase.ABORTED, True),
+    ],
+)
+def test_dependencies(
+    engine: Engine, cluster: FakeCluster, condition: str, parent_phase: Phase, child_runs: bool
+) -> None:
+    parent = engine.submit(SPEC)
+    child = engine.submit(SPEC.replace(depends_on=[f"{condition}:{parent.id}"]))
+    assert not child.is_submitted
+    engine.refresh()
+    assert not engine.get(child.id).is_submitted
+    cluster.set(parent, parent_phase)
+    engine.refresh()
+    engine.refresh()
+    child = engine.get(child.id)
+    if child_runs:
+        assert child.is_submitted and child.phase is Phase.QUEUED
+    else:
+        assert (child.phase, child.detail) == (Phase.ABORTED, "DEPENDENCY_NEVER_SATISFIED")
+        assert not child.is_submitted
+
+
+def test_a_dependency_on_an_unknown_job_is_refused(engine: Engine) -> None:
+    with pytest.raises(SpecError, match="nosuchjob"):
+        engine.submit(SPEC.replace(depends_on=["nosuchjob"]))
+    assert engine.store.count() == 0
+
+
+def test_an_unknown_backend_names_the_known_ones(engine: Engine) -> None:
+    with pytest.raises(UnknownBackendError, match="fake"):
+        engine.submit(SPEC, backend="slurmm")
+
+
+def test_a_refused_submission_ends_error_with_the_reason(
+    engine: Engine, cluster: FakeCluster
+) -> None:
+    cluster.fail_submit = BackendError("sbatch: error: invalid partition specified: gpu")
+    job = engine.submit(SPEC)
+    assert (job.phase, job.detail) == (Phase.ERROR, "SUBMIT_FAILED")
+    assert "invalid partition" in (job.message or "")
+
+
+def test_a_retryable_submission_failure_is_retried(engine: Engine, cluster: FakeCluster) -> None:
+    cluster.fail_submit = BackendError("connection reset", retryable=True)
+    job = engine.submit(SPEC)
+    assert job.phase is Phase.QUEUED and not job.is_submitted
+    assert "will retry" in (job.message or "")
+    cluster.fail_submit = None
+    engine.refresh()
+    assert engine.get(job.id).is_submitted
+
+
+def test_an_interrupted_submission_is_found_or_ends_visibly(
+    db_url: str, cluster: FakeCluster
+) -> None:
+    settings = EngineSettings(submit_timeout=0.01)
+    with make_engine(db_url, cluster, settings=settings) as engine:
+        backend = engine.backend()
+        assert isinstance(backend, FakeBackend)
+
+        def crash_after_submit(job: Job) -> None:
+            raise SystemExit("the submitting process died")
+
+        backend.on_submit.append(crash_after_submit)
+        with pytest.raises(SystemExit):
+            engine.submit(SPEC)
+        [ghost] = engine.store.find()
+        assert ghost.phase is Phase.QUEUED and not ghost.is_submitted
+    time.sleep(0.05)  # longer ago than submit_timeout
+    # another engine sees a submission that started long ago and never finished
+    with make_engine(db_url, cluster, settings=settings) as engine:
+        engine.refresh()
+        lost = engine.get(ghost.id)
+        assert (lost.phase, lost.detail) == (Phase.ERROR, "SUBMIT_INTERRUPTED")
+
+
+def test_an_interrupted_submission_the_backend_knows_carries_on(
+    db_url: str, cluster: FakeCluster
+) -> None:
+    settings = EngineSettings(submit_timeout=0.01)
+    with make_engine(db_url, cluster, settings=settings) as engine:
+        backend = engine.backend()
+        assert isinstance(backend, FakeBackend)
+        backend.on_submit.append(lambda job: cluster.by_job.__setitem__(job.id, "4242"))
+
+        def crash(job: Job) -> None:
+            raise SystemExit("died after the scheduler accepted the job")
+
+        backend.on_submit.append(crash)
+        cluster.phases["4242"] = JobStatus(phase=Phase.EXECUTING)
+        with pytest.raises(SystemExit):
+            engine.submit(SPEC)
+    time.sleep(0.05)
+    with make_engine(db_url, cluster, settings=settings) as engine:
+        engine.refresh()
+        [job] = engine.store.find()
+        assert job.native_id == "4242"
+        assert job.phase is Phase.EXECUTING
+
+
+def test_a_new_engine_picks_up_every_active_job(db_url: str, cluster: FakeCluster) -> None:
+    with make_engine(db_url, cluster) as first:
+        jobs = [first.submit(SPEC) for _ in range(10)]
+    for job in jobs[:5]:
+        cluster.set(job, Phase.COMPLETED)
+    for job in jobs[5:]:
+        cluster.set(job, Phase.ERROR, exit_code=1)
+    with make_engine(db_url, cluster) as second:
+        done = second.wait([job.id for job in jobs], timeout=5)
+    assert [job.phase for job in done] == [Phase.COMPLETED] * 5 + [Phase.ERROR] * 5
+
+
+def test_cancel(engine: Engine, cluster: FakeCluster) -> None:
+    job = engine.submit(SPEC)
+    cancelled = engine.cancel(job.id)
+    assert (cancelled.phase, cancelled.detail) == (Phase.ABORTED, "CANCELLED")
+    assert cluster.cancelled == [job.native_id]
+    with pytest.raises(JobStateError, match="already ended"):
+        engine.cancel(job.id)
+
+
+def test_cancelling_a_waiting_job_asks_no_backend(db_url: str, cluster: FakeCluster) -> None:
+    with make_engine(db_url, cluster, max_jobs_in_flight=1) as engine:
+        engine.submit(SPEC)
+        waiting = engine.submit(SPEC)
+        assert engine.cancel(waiting.id).phase is Phase.ABORTED
+        assert cluster.cancelled == []
+
+
+def test_pending_jobs_run_only_when_started(engine: Engine, cluster: FakeCluster) -> None:
+    job = engine.create(SPEC, owner="alice", destruction=utcnow() + timedelta(days=1))
+    engine.refresh()
+    assert engine.get(job.id).phase is Phase.PENDING and cluster.submit_calls == 0
+    started = engine.start(job.id)
+    assert started.phase is Phase.QUEUED and started.is_submitted
+    with pytest.raises(JobStateError):
+        engine.start(job.id)
+
+
+def test_delete_refuses_an_active_job_unless_forced(engine: Engine, cluster: FakeCluster) -> None:
+    job = engine.submit(SPEC)
+    with pytest.raises(JobStateError, match="cancel it first"):
+        engine.delete(job.id)
+    engine.delete(job.id, force=True)
+    assert cluster.cancelled == [job.native_id]
+    assert cluster.freed == [job.id]
+    assert engine.store.find() == []
+    assert engine.store.events(job.id) == []
+
+
+def test_wait_returns_at_its_timeout(engine: Engine) -> None:
+    job = engine.submit(SPEC)
+    [still] = engine.wait([job.id], timeout=0.2)
+    assert still.phase is Phase.QUEUED
+
+
+def test_the_background_loop_moves_jobs_and_wakes_waiters(
+    engine: Engine, cluster: FakeCluster
+) -> None:
+    job = engine.submit(SPEC)
+    engine.start_background()
+    cluster.set(job, Phase.COMPLETED)
+    [done] = engine.wait([job.id], timeout=5)
+    engine.stop_background()
+    assert done.phase is Phase.COMPLETED
+    assert not engine.running

@@ -1,0 +1,282 @@
+"""The local backend with real processes: outcomes, limits, cancellation, quoting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jobbridge import (
+    Engine,
+    Job,
+    JobSpec,
+    LimitExceededError,
+    Phase,
+    ResourcesNotSupportedError,
+)
+from jobbridge.backends import local_runner
+
+HOSTILE = ["$(touch pwned)", "`touch pwned`", "a; touch pwned", 'it\'s "quoted"', "new\nline", "*"]
+
+
+def run(engine: Engine, spec: JobSpec, timeout: float = 30) -> Job:
+    job = engine.submit(spec)
+    [done] = engine.wait([job.id], timeout=timeout)
+    assert done.phase.is_final, f"job still {done.phase} after {timeout} s"
+    return done
+
+
+def out(engine: Engine, job: Job, stream: str = "stdout") -> str:
+    return engine.read_output(job.id, stream).decode()  # type: ignore[arg-type]
+
+
+def test_a_completed_job(engine: Engine) -> None:
+    job = run(engine, JobSpec(executable="echo", arguments=["hello", "world"]))
+    assert (job.phase, job.exit_code, job.detail) == (Phase.COMPLETED, 0, None)
+    assert out(engine, job) == "hello world\n"
+    assert job.started is not None and job.ended is not None and job.started <= job.ended
+
+
+def test_a_failing_job_keeps_its_exit_code_and_stderr(engine: Engine) -> None:
+    job = run(
+        engine, JobSpec(executable="sh", arguments=["-c", "echo partial; echo boom >&2; exit 3"])
+    )
+    assert (job.phase, job.exit_code) == (Phase.ERROR, 3)
+    assert out(engine, job) == "partial\n"
+    assert out(engine, job, "stderr") == "boom\n"
+
+
+def test_metacharacters_reach_the_program_verbatim(engine: Engine, tmp_path: Path) -> None:
+    script = "import json, os, sys; print(json.dumps([sys.argv[1:], os.environ['TRICKY']]))"
+    spec = JobSpec(
+        executable="python3",
+        arguments=["-c", script, *HOSTILE],
+        name="$(touch pwned); echo",
+        environment={"TRICKY": "$(touch pwned) `touch pwned` ; 'x' \"y\"\nz"},
+        directory=str(tmp_path),
+    )
+    job = run(engine, spec)
+    assert job.phase is Phase.COMPLETED, out(engine, job, "stderr")
+    arguments, tricky = json.loads(out(engine, job))
+    assert arguments == HOSTILE
+    assert tricky == "$(touch pwned) `touch pwned` ; 'x' \"y\"\nz"
+    assert not (tmp_path / "pwned").exists()
+    assert not list(Path.cwd().glob("pwned"))
+
+
+def test_portable_variables_and_environment(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FROM_SUBMITTER", "inherited")
+    names = [
+        "JOBBRIDGE_JOB_ID",
+        "JOBBRIDGE_JOB_NAME",
+        "JOBBRIDGE_WORKDIR",
+        "JOBBRIDGE_SUBMIT_HOST",
+        "JOBBRIDGE_NODELIST",
+        "FROM_SUBMITTER",
+        "OWN",
+    ]
+    script = "import json, os, sys; print(json.dumps({n: os.environ.get(n) for n in sys.argv[1:]}))"
+    spec = JobSpec(
+        executable="python3",
+        arguments=["-c", script, *names],
+        name="env check",
+        environment={"OWN": "mine"},
+        directory=str(tmp_path),
+    )
+    job = run(engine, spec)
+    seen = json.loads(out(engine, job))
+    assert seen["JOBBRIDGE_JOB_ID"] == job.id
+    assert seen["JOBBRIDGE_JOB_NAME"] == "env check"
+    assert seen["JOBBRIDGE_WORKDIR"] == str(tmp_path)
+    assert seen["JOBBRIDGE_SUBMIT_HOST"] and seen["JOBBRIDGE_NODELIST"]
+    assert (seen["FROM_SUBMITTER"], seen["OWN"]) == ("inherited", "mine")
+
+    clean = run(
+        engine, spec.replace(inherit_environment=False, executable="/usr/bin/env", arguments=[])
+    )
+    lines = out(engine, clean).splitlines()
+    assert "OWN=mine" in lines
+    assert not any(line.startswith("FROM_SUBMITTER=") for line in lines)
+
+
+def test_array_members_see_their_index(engine: Engine) -> None:
+    spec = JobSpec(
+        executable="sh", arguments=["-c", 'echo "$JOBBRIDGE_ARRAY_INDEX"'], array="2,5-6"
+    )
+    members = engine.submit_array(spec)
+    done = engine.wait([m.id for m in members], timeout=30)
+    assert [out(engine, m).strip() for m in done] == ["2", "5", "6"]
+
+
+def test_walltime_ends_a_job_as_timeout(engine: Engine) -> None:
+    started = time.monotonic()
+    job = run(engine, JobSpec(executable="sleep", arguments=["60"], resources={"walltime": 1}))
+    assert (job.phase, job.detail) == (Phase.ERROR, "TIMEOUT")
+    assert time.monotonic() - started < 15
+
+
+def test_cancel_stops_the_whole_process_group(engine: Engine, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    script = f"sleep 300 & echo $! > {pids}; echo $$ >> {pids}; wait"
+    job = engine.submit(JobSpec(executable="sh", arguments=["-c", script]))
+    deadline = time.monotonic() + 10
+    while (not pids.exists() or len(pids.read_text().split()) < 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    processes = [int(pid) for pid in pids.read_text().split()]
+    cancelled = engine.cancel(job.id)
+    assert (cancelled.phase, cancelled.detail) == (Phase.ABORTED, "CANCELLED")
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in processes)
+
+
+def test_a_job_that_ignores_term_is_killed_after_the_grace_period(
+    engine: Engine, tmp_path: Path
+) -> None:
+    marker = tmp_path / "started"
+    script = f"trap '' TERM; touch {marker}; while true; do sleep 0.1; done"
+    job = engine.submit(JobSpec(executable="sh", arguments=["-c", script]))
+    while not marker.exists():
+        time.sleep(0.05)
+    engine.cancel(job.id)
+    native = engine.get(job.id).native_id
+    assert native
+    result = Path(native) / local_runner.RESULT_FILE
+    deadline = time.monotonic() + 10
+    while not result.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "detail=CANCELLED\n" in result.read_text()
+
+
+def test_a_runner_that_finds_a_cancel_mark_never_starts_the_program(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / local_runner.CANCEL_MARK).write_text("")
+    outputs = [str(job_dir / "stdout"), str(job_dir / "stderr")]
+    runner = [sys.executable, "-I", "-S", local_runner.__file__, str(job_dir), str(tmp_path), ""]
+    runner += [*outputs, "", "", "1", "--", "touch", str(marker)]
+    subprocess.run(runner, check=True)
+    result = job_dir / local_runner.RESULT_FILE
+    deadline = time.monotonic() + 10
+    while not result.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "detail=CANCELLED\n" in result.read_text()
+    assert not marker.exists()
+
+
+def test_a_missing_program_is_reported(engine: Engine) -> None:
+    job = run(engine, JobSpec(executable="no-such-program-anywhere"))
+    assert (job.phase, job.detail, job.exit_code) == (Phase.ERROR, "EXEC_FAILED", 127)
+    assert "no-such-program-anywhere" in (job.message or "")
+
+
+def test_a_missing_directory_is_reported(engine: Engine, tmp_path: Path) -> None:
+    job = run(engine, JobSpec(executable="true", directory=str(tmp_path / "absent")))
+    assert (job.phase, job.detail) == (Phase.ERROR, "EXEC_FAILED")
+    assert "absent" in (job.message or "")
+
+
+def test_death_by_signal(engine: Engine) -> None:
+    job = run(engine, JobSpec(executable="sh", arguments=["-c", "kill -KILL $$"]))
+    assert (job.phase, job.detail, job.exit_code) == (Phase.ERROR, "SIGKILL", 128 + 9)
+
+
+def test_redirections(engine: Engine, tmp_path: Path) -> None:
+    (tmp_path / "input.txt").write_text("from stdin\n")
+    spec = JobSpec(
+        executable="sh",
+        arguments=["-c", "cat; echo to-err >&2"],
+        directory=str(tmp_path),
+        stdin="input.txt",
+        stdout="both.log",
+        stderr="both.log",
+    )
+    job = run(engine, spec)
+    assert job.phase is Phase.COMPLETED
+    assert sorted((tmp_path / "both.log").read_text().splitlines()) == ["from stdin", "to-err"]
+    assert "from stdin" in out(engine, job)
+
+
+def test_prologue_and_epilogue_surround_the_program(engine: Engine) -> None:
+    spec = JobSpec(
+        executable="sh",
+        arguments=["-c", 'echo "main $STEP"; exit 4'],
+        prologue="echo prologue\nexport STEP=prepared",
+        epilogue="echo epilogue",
+    )
+    job = run(engine, spec)
+    assert out(engine, job).splitlines() == ["prologue", "main prepared", "epilogue"]
+    assert job.exit_code == 4
+
+
+def test_a_failing_prologue_stops_the_job(engine: Engine) -> None:
+    job = run(engine, JobSpec(executable="echo", arguments=["never"], prologue="exit 7"))
+    assert (job.phase, job.exit_code) == (Phase.ERROR, 7)
+    assert out(engine, job) == ""
+
+
+def test_memory_limit_is_enforced(engine: Engine) -> None:
+    grab = "x = bytearray(600 * 1024 * 1024); print('allocated')"
+    job = run(
+        engine, JobSpec(executable="python3", arguments=["-c", grab], resources={"memory": "200M"})
+    )
+    assert job.phase is Phase.ERROR
+    assert "MemoryError" in out(engine, job, "stderr")
+
+
+def test_a_runner_killed_from_outside_is_lost_not_completed(engine: Engine) -> None:
+    job = engine.submit(JobSpec(executable="sleep", arguments=["301"]))
+    runner_file = Path(job.native_id or "") / local_runner.RUNNER_FILE
+    while not runner_file.exists():
+        time.sleep(0.05)
+    os.kill(int(runner_file.read_text().split()[0]), signal.SIGKILL)
+    [done] = engine.wait([job.id], timeout=10)
+    assert (done.phase, done.detail) == (Phase.ERROR, "LOST")
+    subprocess.run(["pkill", "-f", "sleep 301"], check=False)  # the orphan the brutal kill left
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"resources": {"nodes": 2}}, "resources.nodes"),
+        ({"resources": {"gpus_per_process": 1}}, "resources.gpus_per_process"),
+        ({"queue": "long"}, "queue"),
+        ({"launcher": "srun"}, "launcher"),
+        ({"attributes": {"local.affinity": "0-3"}}, "attributes.local.affinity"),
+    ],
+)
+def test_requests_this_machine_cannot_honour_are_refused(
+    engine: Engine, changes: dict[str, object], field: str
+) -> None:
+    with pytest.raises(ResourcesNotSupportedError, match=field.replace(".", r"\.")):
+        engine.submit(JobSpec(executable="true").replace(**changes))
+    assert engine.store.count() == 0
+
+
+def test_other_schedulers_attributes_are_ignored_here(engine: Engine) -> None:
+    job = run(engine, JobSpec(executable="true", attributes={"slurm.constraint": "haswell"}))
+    assert job.phase is Phase.COMPLETED
+
+
+def test_more_cores_than_the_machine_has_is_refused(engine: Engine) -> None:
+    cores = (os.cpu_count() or 1) + 1
+    with pytest.raises(LimitExceededError, match="cores"):
+        engine.submit(JobSpec(executable="true", resources={"cores_per_process": cores}))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
