@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jobbridge import ConfigError, Engine, UnknownBackendError, load_config
+from jobbridge import ConfigError, Engine, load_config
 from jobbridge.backends.local import LocalBackend
 
 
@@ -94,5 +94,5 @@ def test_bad_backend_options_name_the_backend_and_the_option(tmp_path: Path) -> 
 
 def test_an_unknown_backend_kind_lists_the_known_ones(tmp_path: Path) -> None:
     path = write(tmp_path, '[backends.hpc]\nkind = "slurmm"\n')
-    with pytest.raises(UnknownBackendError, match=r"'slurmm'.*local"):
+    with pytest.raises(ConfigError, match=r"'hpc' has kind 'slurmm'.*kinds: .*local"):
         Engine.from_config(load_config(path, environ={"JOBBRIDGE_DATA_DIR": str(tmp_path)}))

@@ -167,14 +167,21 @@ class LocalBackend(Backend):
         if runner is None:
             if time.time() - self._submitted_at(job_dir) < self.options.start_timeout:
                 return JobStatus(phase=Phase.QUEUED)
-            return JobStatus(phase=Phase.ERROR, detail="LOST", message="the runner never started")
+            said = (self._read_text(os.path.join(job_dir, "runner.log")) or "").strip()
+            return JobStatus(
+                phase=Phase.ERROR, detail="LOST", message=f"the runner never started {said}".strip()
+            )
         if self._alive(runner):
             return JobStatus(phase=Phase.EXECUTING, started=runner.started)
         # it may have finished between the two reads
+        said = (self._read_text(os.path.join(job_dir, "runner.log")) or "").strip()
         return self._result(job_dir) or JobStatus(
             phase=Phase.ERROR,
             detail="LOST",
-            message="the job's runner is gone without a result (killed, or the machine restarted)",
+            message=(
+                "the job's runner is gone without a result (killed, or the machine restarted) "
+                + said
+            ).strip(),
             started=runner.started,
         )
 
@@ -240,6 +247,7 @@ def _runner_arguments(plan: dict[str, Any]) -> list[str]:
 
     fields = ("job_dir", "directory", "stdin", "stdout", "stderr", "walltime", "memory", "grace")
     return [*(text(plan[field]) for field in fields), "--", *plan["argv"]]
+
 
 def _with_prologue(argv: list[str], prologue: str | None, epilogue: str | None) -> list[str]:
     # The program's words travel as positional parameters, never as shell text.

@@ -16,12 +16,17 @@ live runner from a dead one.
 
 from __future__ import annotations
 
-import _signal as signal  # the C module: `signal` would import enum, which is slow to load
 import errno
 import os
 import resource
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import signal
+else:  # the C module: `signal` imports enum, which is slow to load
+    import _signal as signal
 
 CANCEL_MARK = "cancel"
 RUNNER_FILE = "runner"
@@ -54,6 +59,10 @@ def main(argv: list[str]) -> None:
     plan = Plan(argv)
     if os.fork():
         os._exit(0)
+    # Whatever goes wrong in the runner itself is kept next to the job, for the backend to show.
+    log = os.open(os.path.join(plan.job_dir, "runner.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(log, 2)
+    os.close(log)
     Runner(plan).run()
 
 
@@ -81,9 +90,9 @@ class Runner:
             os.close(error_read)
             self.exec_program(error_write)
         os.close(error_write)
-        try:  # the child may have done it and exec'd already
+        try:  # noqa: SIM105 - contextlib is slow to import
             os.setpgid(self.child, self.child)
-        except OSError:
+        except OSError:  # the child did it already and has exec'd
             pass
         if self.reason:  # cancelled while forking
             self.stop_now()

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from jobbridge.backends.base import Backend, BackendContext
 from jobbridge.config import BackendConfig
-from jobbridge.errors import ConfigError, UnknownBackendError
+from jobbridge.errors import ConfigError
 from jobbridge.spec import format_validation_error
 
 __all__ = ["ENTRY_POINT_GROUP", "backend_kinds", "create_backend"]
@@ -41,7 +41,11 @@ def backend_kinds() -> dict[str, type[Backend]]:
 def create_backend(name: str, config: BackendConfig, context: BackendContext) -> Backend:
     kinds = backend_kinds()
     if config.kind not in kinds:
-        raise UnknownBackendError(config.kind, kinds)
+        known = ", ".join(sorted(kinds)) or "none"
+        raise ConfigError(
+            f"backend {name!r} has kind {config.kind!r}, which no installed plugin provides;"
+            f" kinds: {known}"
+        )
     cls = kinds[config.kind]
     try:
         options = cls.Options.model_validate(config.options)

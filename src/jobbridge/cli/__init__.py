@@ -1,0 +1,20 @@
+"""The ``jobbridge`` command line: submit, status, list, wait, cancel, logs, delete, backends.
+
+Each verb lives in a module of this package and is added to the ``cli`` group here.
+"""
+
+from __future__ import annotations
+
+from jobbridge.cli.app import cli
+from jobbridge.cli.jobs import backends, cancel, delete, list_jobs, status, wait
+from jobbridge.cli.logs import logs
+from jobbridge.cli.submit import submit
+
+__all__ = ["cli", "main"]
+
+for _verb in (submit, status, list_jobs, wait, cancel, logs, delete, backends):
+    cli.add_command(_verb)
+
+
+def main() -> None:
+    cli.main(prog_name="jobbridge")

@@ -1,0 +1,141 @@
+"""The ``jobbridge`` command group: global options, the engine built on demand, errors.
+
+Every verb reports a problem with the request as ``error: ...`` on stderr and exit status 2,
+a job that did not complete (or an action refused for some job) with status 1, and a wait
+that ran out of time with status 124, as timeout(1) does.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+from typing import IO, Any
+
+import click
+from pydantic import ValidationError
+from rich.console import Console
+
+from jobbridge import __version__
+from jobbridge.config import Config, load_config
+from jobbridge.engine import Engine
+from jobbridge.errors import JobbridgeError
+from jobbridge.spec import format_validation_error
+
+__all__ = ["EXIT_FAILED", "EXIT_TIMEOUT", "EXIT_USAGE", "CliError", "Session", "cli"]
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 124
+
+_PIPE_WIDTH = 200  # tables written to a pipe or file keep whole ids and times on one line
+
+
+class CliError(click.ClickException):
+    """Shown as ``error: <line>`` for each line of the message, on stderr; exit status 2."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        for line in self.message.splitlines() or [""]:
+            click.echo(f"error: {line}", err=True, file=file)
+
+
+class Session:
+    """What the verbs of one invocation share: configuration, engine and consoles."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._config: Config | None = None
+        self._engine: Engine | None = None
+        self.out = _console(stderr=False)
+        self.err = _console(stderr=True)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = Engine.from_config(self.config)
+        return self._engine
+
+    @property
+    def owner(self) -> str | None:
+        try:
+            return getpass.getuser()
+        except (OSError, KeyError):  # no login name and no passwd entry
+            return None
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
+def _console(*, stderr: bool) -> Console:
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, highlight=False, width=_PIPE_WIDTH)
+    return console
+
+
+class _Group(click.Group):
+    """Turns jobbridge's own errors into ``error: ...`` lines and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ValidationError as error:
+            raise CliError(format_validation_error(error)) from None
+        except JobbridgeError as error:
+            raise CliError(str(error)) from None
+
+
+class _StderrHandler(logging.Handler):
+    """Log records on whatever stderr is at the time (click's test runner swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(self.format(record), err=True)
+        except Exception:
+            self.handleError(record)
+
+
+def _log_to_stderr(ctx: click.Context, verbosity: int) -> None:
+    """Show jobbridge's warnings (with -v: info, -vv: debug) for this invocation only."""
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    logger = logging.getLogger("jobbridge")
+    handler = _StderrHandler(level)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    previous = logger.level
+    if verbosity:
+        logger.setLevel(level)
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+    ctx.call_on_close(restore)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="TOML configuration file (overrides JOBBRIDGE_CONFIG).",
+)
+@click.option("-v", "--verbose", count=True, help="Log more on stderr (-vv: debug).")
+@click.version_option(__version__, prog_name="jobbridge")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+    """Run jobs on any compute resource through one job model, and keep track of them."""
+    _log_to_stderr(ctx, verbose)
+    session = Session(config_path)
+    ctx.obj = session
+    ctx.call_on_close(session.close)
