@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from jobbridge.backends.base import Backend, BackendContext, BackendOptions, Stream
+from jobbridge.backends.base import (
+    Backend,
+    BackendContext,
+    BackendOptions,
+    NativeDependency,
+    Stream,
+)
 from jobbridge.errors import BackendError
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
@@ -26,6 +32,7 @@ class FakeCluster:
     status_calls: int = 0
     cancelled: list[str] = field(default_factory=list)
     freed: list[str] = field(default_factory=list)
+    dependencies: dict[str, list[NativeDependency]] = field(default_factory=dict)
     fail_status: int = 0
     fail_submit: Exception | None = None
     counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
@@ -46,6 +53,7 @@ class FakeBackend(Backend):
         options: BackendOptions | None = None,
         *,
         native_arrays: bool = False,
+        native_dependencies: bool = False,
     ) -> None:
         super().__init__(
             name,
@@ -54,10 +62,12 @@ class FakeBackend(Backend):
         )
         self.cluster = cluster
         self.native_arrays = native_arrays  # type: ignore[misc]
+        self.native_dependencies = native_dependencies  # type: ignore[misc]
         self.on_submit: list[object] = []
 
-    def submit(self, job: Job) -> str:
+    def submit(self, job: Job, dependencies: Sequence[NativeDependency] = ()) -> str:
         self.cluster.submit_calls += 1
+        self.cluster.dependencies[job.id] = list(dependencies)
         for callback in self.on_submit:
             callback(job)  # type: ignore[operator]
         if self.cluster.fail_submit is not None:
@@ -67,7 +77,9 @@ class FakeBackend(Backend):
         self.cluster.by_job[job.id] = native
         return native
 
-    def submit_array(self, jobs: Sequence[Job]) -> list[str]:
+    def submit_array(
+        self, jobs: Sequence[Job], dependencies: Sequence[NativeDependency] = ()
+    ) -> list[str]:
         self.cluster.array_calls += 1
         base = next(self.cluster.counter)
         natives = [f"{base}_{job.array_index}" for job in jobs]

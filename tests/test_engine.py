@@ -24,6 +24,7 @@ from jobbridge import (
     Store,
     UnknownBackendError,
 )
+from jobbridge.backends.base import NativeDependency
 from jobbridge.job import utcnow
 from tests.doubles import FakeBackend, FakeCluster
 
@@ -43,10 +44,12 @@ def db_url(tmp_path: Path) -> str:
 def make_engine(db_url: str, cluster: FakeCluster, **options: object) -> Engine:
     settings = options.pop("settings", EngineSettings(status_failure_threshold=3))
     native_arrays = bool(options.pop("native_arrays", False))
+    native_dependencies = bool(options.pop("native_dependencies", False))
     backend = FakeBackend(
         cluster,
         options=BackendOptions.model_validate({"min_refresh_interval": 0, **options}),
         native_arrays=native_arrays,
+        native_dependencies=native_dependencies,
     )
     return Engine(Store(db_url), {"fake": backend}, settings=settings, default_backend="fake")  # type: ignore[arg-type]
 
@@ -276,6 +279,34 @@ def test_dependencies(
     else:
         assert (child.phase, child.detail) == (Phase.ABORTED, "DEPENDENCY_NEVER_SATISFIED")
         assert not child.is_submitted
+
+
+def test_a_scheduler_that_enforces_dependencies_gets_the_job_at_once(
+    db_url: str, cluster: FakeCluster
+) -> None:
+    with make_engine(db_url, cluster, native_dependencies=True) as engine:
+        parent = engine.submit(SPEC)
+        done = engine.submit(SPEC)
+        cluster.set(done, Phase.COMPLETED)
+        engine.refresh()
+        child = engine.submit(SPEC.replace(depends_on=[parent.id, f"afterany:{done.id}"]))
+        assert child.is_submitted
+        assert cluster.dependencies[child.id] == [
+            NativeDependency(parent.native_id or "", "afterok")
+        ]
+
+
+def test_a_job_the_scheduler_says_can_never_run_is_cancelled_there(
+    db_url: str, cluster: FakeCluster
+) -> None:
+    with make_engine(db_url, cluster, native_dependencies=True) as engine:
+        parent = engine.submit(SPEC)
+        child = engine.submit(SPEC.replace(depends_on=[parent.id]))
+        cluster.set(parent, Phase.ERROR, exit_code=1)
+        cluster.set(child, Phase.ABORTED, detail="DEPENDENCY_NEVER_SATISFIED")
+        engine.refresh()
+        assert engine.get(child.id).phase is Phase.ABORTED
+        assert cluster.cancelled == [child.native_id]
 
 
 def test_a_dependency_on_an_unknown_job_is_refused(engine: Engine) -> None:

@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import Enum
 from typing import Any
 
-from jobbridge.backends.base import Backend, BackendContext, Stream
+from jobbridge.backends.base import Backend, BackendContext, NativeDependency, Stream
 from jobbridge.backends.registry import create_backend
 from jobbridge.config import Config, EngineSettings, load_config
+from jobbridge.dependencies import NEVER, Readiness, Verdict, judge
 from jobbridge.errors import (
     JobbridgeError,
     JobNotFoundError,
@@ -39,12 +39,6 @@ __all__ = ["Engine"]
 log = logging.getLogger(__name__)
 
 _LOOP_TICK_FLOOR = 0.05
-
-
-class _Readiness(Enum):
-    READY = "ready"
-    WAIT = "wait"
-    NEVER = "never"
 
 
 @dataclass
@@ -169,10 +163,11 @@ class Engine:
             self.store.add(jobs)
             return jobs
         # Jobs that may run at once are recorded as claimed, so no other engine takes them.
-        ready = self._readiness(jobs[0]) is _Readiness.READY
+        verdict = self._verdict(backend, jobs[0])
+        ready = verdict.readiness is Readiness.READY
         go_now = self._fitting(backend, jobs) if ready else []
         self.store.add(jobs, claimed=[job.id for job in go_now])
-        handed = {job.id: job for job in self._submit_claimed(backend, go_now)}
+        handed = {job.id: job for job in self._submit_claimed(backend, go_now, verdict.native)}
         later = [job for job in jobs if job.id not in handed]
         handed.update((job.id, job) for job in self._hand_over(backend, later))
         return [handed.get(job.id, job) for job in jobs]
@@ -190,37 +185,24 @@ class Engine:
     def _hand_over(self, backend: Backend, waiting: Sequence[Job]) -> list[Job]:
         """Submit what may run now; return the jobs as they are afterwards."""
         results: list[Job] = []
-        ready: list[Job] = []
-        for job in waiting:
-            readiness = self._readiness(job)
-            if readiness is _Readiness.NEVER:
-                results.append(self._never_runs(job))
-            elif readiness is _Readiness.READY:
-                ready.append(job)
+        for group in _array_groups(waiting):
+            verdict = self._verdict(backend, group[0])
+            if verdict.readiness is Readiness.NEVER:
+                results.extend(self._never_runs(job) for job in group)
+            elif verdict.readiness is Readiness.READY:
+                results.extend(self._submit_group(backend, group, verdict.native))
             else:
-                results.append(job)
-        for group in _array_groups(ready):
-            results.extend(self._submit_group(backend, group))
+                results.extend(group)
         return results
 
-    def _readiness(self, job: Job) -> _Readiness:
+    def _verdict(self, backend: Backend, job: Job) -> Verdict:
         if not job.spec.depends_on:
-            return _Readiness.READY
+            return Verdict(Readiness.READY)
         try:
             parents = self.store.get_many(d.job_id for d in job.spec.depends_on)
         except JobNotFoundError:
-            return _Readiness.NEVER
-        for dependency, parent in zip(job.spec.depends_on, parents, strict=True):
-            if not parent.phase.is_final:
-                return _Readiness.WAIT
-            met = {
-                "afterok": parent.phase is Phase.COMPLETED,
-                "afternotok": parent.phase in (Phase.ERROR, Phase.ABORTED),
-                "afterany": True,
-            }[dependency.condition]
-            if not met:
-                return _Readiness.NEVER
-        return _Readiness.READY
+            return NEVER
+        return judge(job, parents, scheduler_enforces=backend.native_dependencies)
 
     def _never_runs(self, job: Job) -> Job:
         moved = self._move(
@@ -234,10 +216,12 @@ class Engine:
         )
         return moved or job
 
-    def _submit_group(self, backend: Backend, group: list[Job]) -> list[Job]:
+    def _submit_group(
+        self, backend: Backend, group: list[Job], native: Sequence[NativeDependency]
+    ) -> list[Job]:
         fitting = self._fitting(backend, group)
         claimed = [job for job in fitting if self.store.claim_for_submission(job.id)]
-        fresh = {job.id: job for job in self._submit_claimed(backend, claimed)}
+        fresh = {job.id: job for job in self._submit_claimed(backend, claimed, native)}
         return [fresh.get(job.id, job) for job in group]
 
     def _fitting(self, backend: Backend, group: list[Job]) -> list[Job]:
@@ -245,15 +229,17 @@ class Engine:
         room = self._room(backend, group[0])
         return group[:room]
 
-    def _submit_claimed(self, backend: Backend, claimed: list[Job]) -> list[Job]:
+    def _submit_claimed(
+        self, backend: Backend, claimed: list[Job], native: Sequence[NativeDependency] = ()
+    ) -> list[Job]:
         """Hand over jobs this engine holds the claim on; a whole array in one go if it can."""
         if not claimed:
             return []
         array = claimed[0].spec.array
         native_array = backend.native_arrays and claimed[0].array_id is not None
         if native_array and array is not None and len(claimed) == len(array):
-            return self._submit_array(backend, claimed)
-        return [self._submit_one(backend, job, claimed=True) for job in claimed]
+            return self._submit_array(backend, claimed, native)
+        return [self._submit_one(backend, job, native) for job in claimed]
 
     def _room(self, backend: Backend, job: Job) -> int:
         limits = []
@@ -266,21 +252,24 @@ class Engine:
             limits.append(array.max_concurrent - in_flight)
         return max(0, min(limits)) if limits else 1_000_000_000
 
-    def _submit_one(self, backend: Backend, job: Job, *, claimed: bool = False) -> Job:
-        if not claimed and not self.store.claim_for_submission(job.id):
-            return self.store.get(job.id)
+    def _submit_one(
+        self, backend: Backend, job: Job, native: Sequence[NativeDependency] = ()
+    ) -> Job:
+        """Submit a job this engine holds the claim on."""
         self.hooks.run_before_submit(job)
         try:
-            native_id = backend.submit(job)
+            native_id = backend.submit(job, native)
         except Exception as error:
             return self._submission_failed(job, error)
         return self._submitted(backend, job, native_id)
 
-    def _submit_array(self, backend: Backend, members: list[Job]) -> list[Job]:
+    def _submit_array(
+        self, backend: Backend, members: list[Job], native: Sequence[NativeDependency]
+    ) -> list[Job]:
         for job in members:
             self.hooks.run_before_submit(job)
         try:
-            native_ids = backend.submit_array(members)
+            native_ids = backend.submit_array(members, native)
         except Exception as error:
             return [self._submission_failed(job, error) for job in members]
         return [
@@ -405,8 +394,12 @@ class Engine:
         if new.is_final:
             fields["ended"] = news.ended or now
         moved = self.store.move(job.id, job.phase, new, time=now, **fields)
-        if moved is not None:
-            self._announce(moved, job.phase)
+        if moved is None:
+            return None
+        if news.detail == "DEPENDENCY_NEVER_SATISFIED" and moved.is_submitted:
+            # the scheduler would keep it pending for ever
+            self._cancel_quietly(self.backend(moved.backend), moved)
+        self._announce(moved, job.phase)
         return moved
 
     def _announce(self, job: Job, old: Phase) -> None:
@@ -432,6 +425,26 @@ class Engine:
             if moved is not None:
                 return moved
         raise JobStateError(f"job {job_id} kept changing phase; try again")
+
+    def hold(self, job_id: str) -> Job:
+        """Keep a queued job from starting; it shows HELD until ``release``."""
+        job = self._queued_at_backend(job_id, "hold")
+        self.backend(job.backend).hold(job)
+        held = JobStatus(phase=Phase.HELD, detail="HELD_BY_USER")
+        return self._move(job, Phase.HELD, held) or self.store.get(job_id)
+
+    def release(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        if job.phase is not Phase.HELD or not job.is_submitted:
+            raise JobStateError(f"job {job_id} is {job.phase}, not HELD")
+        self.backend(job.backend).release(job)
+        return self._move(job, Phase.QUEUED, JobStatus(phase=Phase.QUEUED)) or job
+
+    def _queued_at_backend(self, job_id: str, action: str) -> Job:
+        job = self.store.get(job_id)
+        if job.phase is not Phase.QUEUED or not job.is_submitted:
+            raise JobStateError(f"only a job QUEUED at its backend can be put on {action}")
+        return job
 
     def delete(self, job_id: str, *, force: bool = False) -> None:
         """Forget a job and remove what it left behind; an active one only with ``force``."""

@@ -14,7 +14,7 @@ from jobbridge.errors import BackendError
 from jobbridge.job import Job, JobStatus
 from jobbridge.spec import JobSpec
 
-__all__ = ["Backend", "BackendContext", "BackendOptions", "Stream"]
+__all__ = ["Backend", "BackendContext", "BackendOptions", "NativeDependency", "Stream"]
 
 Stream = Literal["stdout", "stderr"]
 
@@ -39,6 +39,14 @@ class BackendContext:
     jobs_dir: Path
 
 
+@dataclass(frozen=True)
+class NativeDependency:
+    """A dependency for the scheduler to enforce: run after ``native_id`` per ``condition``."""
+
+    native_id: str
+    condition: str
+
+
 class Backend(ABC):
     """Runs jobs somewhere. One instance per configured backend name."""
 
@@ -46,6 +54,7 @@ class Backend(ABC):
     Options: ClassVar[type[BackendOptions]] = BackendOptions
     native_arrays: ClassVar[bool] = False
     native_dependencies: ClassVar[bool] = False
+    """True if the backend can be handed a job whose parents it still runs."""
 
     def __init__(self, name: str, options: BackendOptions, context: BackendContext) -> None:
         self.name = name
@@ -57,10 +66,13 @@ class Backend(ABC):
         stored or sent, if this backend cannot run ``spec`` as asked."""
 
     @abstractmethod
-    def submit(self, job: Job) -> str:
-        """Hand one job over; return the backend's own id for it."""
+    def submit(self, job: Job, dependencies: Sequence[NativeDependency] = ()) -> str:
+        """Hand one job over; return the backend's own id for it. ``dependencies`` come only
+        to a backend with ``native_dependencies``."""
 
-    def submit_array(self, jobs: Sequence[Job]) -> list[str]:
+    def submit_array(
+        self, jobs: Sequence[Job], dependencies: Sequence[NativeDependency] = ()
+    ) -> list[str]:
         """Hand all members of one array over in one go (only if ``native_arrays``)."""
         raise BackendError(f"backend {self.name!r} has no native arrays")
 
@@ -78,6 +90,13 @@ class Backend(ABC):
         self, job: Job, stream: Stream, offset: int = 0, size: int | None = None
     ) -> bytes:
         """Bytes of the job's stdout or stderr; a negative offset counts from the end."""
+
+    def hold(self, job: Job) -> None:
+        """Keep a queued job from starting until ``release``."""
+        raise BackendError(f"backend {self.name!r} cannot hold jobs")
+
+    def release(self, job: Job) -> None:
+        raise BackendError(f"backend {self.name!r} cannot hold jobs")
 
     def locate(self, job: Job) -> str | None:
         """The native id of a job whose submission was interrupted, if the backend has it."""

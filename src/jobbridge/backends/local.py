@@ -15,7 +15,13 @@ from typing import Any
 from pydantic import Field
 
 from jobbridge.backends import local_runner
-from jobbridge.backends.base import Backend, BackendContext, BackendOptions, Stream
+from jobbridge.backends.base import (
+    Backend,
+    BackendContext,
+    BackendOptions,
+    NativeDependency,
+    Stream,
+)
 from jobbridge.errors import LimitExceededError, ResourcesNotSupportedError
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
@@ -70,7 +76,7 @@ class LocalBackend(Backend):
         if spec.resources.cores > self.options.cores:
             raise LimitExceededError(self.name, "cores", spec.resources.cores, self.options.cores)
 
-    def submit(self, job: Job) -> str:
+    def submit(self, job: Job, dependencies: Sequence[NativeDependency] = ()) -> str:
         job_dir = self._job_dir(job)
         self.transport.make_dirs(job_dir)
         plan = self._plan(job, job_dir)

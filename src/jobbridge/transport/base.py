@@ -47,6 +47,17 @@ class Transport(ABC):
         """Read ``size`` bytes from ``offset`` (from the end if negative). Raises
         ``FileNotFoundError`` if there is no such file."""
 
+    def read_many(self, paths: Sequence[str], limit: int = 4096) -> dict[str, bytes]:
+        """The first ``limit`` bytes of each file that exists, in as few round trips as the
+        transport can manage; missing files are left out."""
+        found = {}
+        for path in paths:
+            try:
+                found[path] = self.read_bytes(path, 0, limit)
+            except FileNotFoundError:
+                continue
+        return found
+
     @abstractmethod
     def write_bytes(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
         """Write a whole file atomically: readers see the old or the new content, never half."""

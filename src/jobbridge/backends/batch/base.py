@@ -1,0 +1,452 @@
+"""What every batch scheduler backend shares. A scheduler subclass fills in small, pure hooks:
+its directives, how to submit and parse the id, how to ask about many jobs in one command and
+read the answer, how to cancel, and one table from its state words to phases."""
+
+from __future__ import annotations
+
+import logging
+import math
+import posixpath
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import ClassVar
+
+from pydantic import Field
+
+from jobbridge.backends.base import (
+    Backend,
+    BackendContext,
+    BackendOptions,
+    NativeDependency,
+    Stream,
+)
+from jobbridge.backends.batch.script import render, shell
+from jobbridge.errors import BackendError, JobbridgeError, ResourcesNotSupportedError
+from jobbridge.job import Job, JobStatus
+from jobbridge.phase import Phase
+from jobbridge.spec import JobSpec, Launcher
+from jobbridge.transport.base import CommandResult, Transport
+from jobbridge.transport.local import LocalTransport
+
+__all__ = ["BatchBackend", "BatchOptions", "NativeDependency", "NativeState"]
+
+log = logging.getLogger(__name__)
+
+
+class BatchOptions(BackendOptions):
+    min_refresh_interval: float = Field(5.0, ge=0)
+    work_dir: str | None = Field(
+        None, description="root of the job directories on the cluster (default: jobbridge's)"
+    )
+    accounting: bool = Field(True, description="ask the accounting database about ended jobs")
+    accounting_delay: float = Field(
+        15.0, ge=0, description="seconds an ended job may take to reach the accounting"
+    )
+    command_timeout: float = Field(60.0, gt=0)
+    max_ids_per_query: int = Field(1000, ge=1)
+    submit_arguments: list[str] = Field(
+        default_factory=list, description="extra arguments for every submission command"
+    )
+
+
+@dataclass(frozen=True)
+class NativeState:
+    """One job as a scheduler command describes it."""
+
+    word: str
+    reason: str | None = None
+    exit_code: int | None = None
+    started: datetime | None = None
+    ended: datetime | None = None
+
+
+class BatchBackend(Backend):
+    scheduler: ClassVar[str]
+    """Short name: error messages, and the prefix of its ``attributes``."""
+    STATES: ClassVar[Mapping[str, tuple[Phase, str | None]]]
+    """Every state word the scheduler uses, with the phase and detail it means."""
+    Options = BatchOptions
+    options: BatchOptions
+    native_arrays = True
+    template: ClassVar[str] = "job.sh.j2"
+    script_name: ClassVar[str] = "job.sh"
+
+    def __init__(self, name: str, options: BackendOptions, context: BackendContext) -> None:
+        super().__init__(name, options, context)
+        self.transport: Transport = LocalTransport()
+        self._last_seen: dict[str, float] = {}
+        self._ended_seen: dict[str, float] = {}
+
+    # -- hooks a scheduler fills in --------------------------------------------------------
+
+    @abstractmethod
+    def directives(
+        self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency]
+    ) -> list[str]:
+        """Header lines for the script (``#SBATCH ...``); raise ``ResourcesNotSupportedError``
+        for anything the scheduler cannot encode."""
+
+    @abstractmethod
+    def portable_variables(self, array: bool) -> dict[str, str]:
+        """``JOBBRIDGE_*`` names and the shell expressions that give them on this scheduler."""
+
+    @abstractmethod
+    def submit_command(self, script: str) -> list[str]: ...
+
+    @abstractmethod
+    def parse_job_id(self, output: str) -> str: ...
+
+    def member_ids(self, native_id: str, members: Sequence[Job]) -> list[str]:
+        """The native ids of an array's members, given the id the submission returned."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def status_command(self, native_ids: Sequence[str]) -> list[str]: ...
+
+    @abstractmethod
+    def parse_status(self, output: str) -> dict[str, NativeState]: ...
+
+    def accounting_command(self, native_ids: Sequence[str]) -> list[str] | None:
+        """A command that tells about ended jobs, or None if the scheduler keeps no record."""
+        return None
+
+    def parse_accounting(self, output: str) -> dict[str, NativeState]:
+        return {}
+
+    @abstractmethod
+    def cancel_command(self, native_ids: Sequence[str]) -> list[str]: ...
+
+    def hold_command(self, native_ids: Sequence[str]) -> list[str] | None:
+        return None
+
+    def release_command(self, native_ids: Sequence[str]) -> list[str] | None:
+        return None
+
+    def command_environment(self) -> dict[str, str] | None:
+        """Variables the scheduler's commands need (e.g. a time format)."""
+        return None
+
+    def to_status(self, state: NativeState) -> JobStatus:
+        phase, detail = self.STATES.get(state.word, (Phase.UNKNOWN, state.word))
+        if state.word not in self.STATES:
+            log.warning("%s: unknown state %r, shown as UNKNOWN", self.scheduler, state.word)
+        if phase is Phase.ERROR and detail is None and state.exit_code == 0:
+            detail = state.word
+        return JobStatus(
+            phase=phase,
+            detail=detail,
+            message=state.reason,
+            exit_code=state.exit_code,
+            started=state.started,
+            ended=state.ended,
+        )
+
+    # -- what the engine calls ---------------------------------------------------------------
+
+    def check(self, spec: JobSpec) -> None:
+        if spec.stage_in or spec.stage_out:
+            raise ResourcesNotSupportedError(self.name, "stage_in", "file staging is not here yet")
+        if spec.launcher is Launcher.SRUN and self.scheduler != "slurm":
+            raise ResourcesNotSupportedError(self.name, "launcher", "srun needs SLURM")
+        probe = Job(id="check", spec=spec, backend=self.name, created=datetime.now(UTC))
+        members = (
+            [probe]
+            if spec.array is None
+            else [
+                probe.model_copy(update={"array_id": "check", "array_index": index})
+                for index in spec.array.indices
+            ]
+        )
+        self.directives(members[0], members, [])
+
+    def submit(self, job: Job, dependencies: Sequence[NativeDependency] = ()) -> str:
+        return self._submit(job, [job], dependencies)
+
+    def submit_array(
+        self, jobs: Sequence[Job], dependencies: Sequence[NativeDependency] = ()
+    ) -> list[str]:
+        native_id = self._submit(jobs[0], jobs, dependencies)
+        return self.member_ids(native_id, jobs)
+
+    def _submit(
+        self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency]
+    ) -> str:
+        job_dir = self.job_dir(job)
+        self.transport.make_dirs(job_dir)
+        script = self.render_script(job, members, dependencies)
+        path = posixpath.join(job_dir, self.script_name)
+        self.transport.write_bytes(path, script.encode(), mode=0o700)
+        program, *arguments = self.submit_command(path)
+        result = self._run([program, *self.options.submit_arguments, *arguments], cwd=job_dir)
+        try:
+            return self.parse_job_id(result.stdout)
+        except (ValueError, IndexError) as error:
+            raise BackendError(
+                f"{self.scheduler}: cannot read a job id from {result.stdout.strip()!r}"
+            ) from error
+
+    def render_script(
+        self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency] = ()
+    ) -> str:
+        spec = job.spec
+        array = spec.array is not None
+        job_dir = self.job_dir(job)
+        directory = spec.directory or job_dir
+        suffix = '."$JOBBRIDGE_ARRAY_INDEX"' if array else ""
+        return render(
+            self.template,
+            job_id=job.array_id or job.id,
+            backend=self.name,
+            directives=self.directives(job, members, dependencies),
+            portable=self.portable_variables(array),
+            name=job.name,
+            directory=directory,
+            environment=spec.environment,
+            job_dir=job_dir,
+            exit_suffix=suffix,
+            prologue=spec.prologue,
+            epilogue=spec.epilogue,
+            command=self.launch_command(spec),
+            stdin=spec.stdin,
+            stdout_word=self._output_word(spec.stdout, job_dir, "stdout", suffix),
+            stderr_word=self._output_word(spec.stderr, job_dir, "stderr", suffix),
+            same_output=spec.stdout is not None and spec.stdout == spec.stderr,
+        )
+
+    def launch_command(self, spec: JobSpec) -> list[str]:
+        program = [spec.executable, *spec.arguments]
+        if spec.launcher is Launcher.SRUN:
+            return ["srun", *program]
+        if spec.launcher is Launcher.MPIRUN:
+            return ["mpirun", "-np", str(spec.resources.processes), *program]
+        return program
+
+    def _output_word(self, chosen: str | None, job_dir: str, stream: str, suffix: str) -> str:
+        if chosen is not None:
+            return shell(chosen)
+        return shell(posixpath.join(job_dir, stream)) + suffix
+
+    def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
+        """One queue query (per chunk of ids); for jobs it leaves unclear, one accounting
+        query; for those still unclear, the exit-code files their scripts wrote."""
+        by_native = {job.native_id: job for job in jobs if job.native_id}
+        env = self.command_environment()
+        states: dict[str, NativeState] = {}
+        for chunk in _chunks(self.query_ids(list(by_native)), self.options.max_ids_per_query):
+            result = self._run(self.status_command(chunk), env=env, check=False)
+            states.update(self._answer(result, self.parse_status))
+        now = time.monotonic()
+        for native_id in by_native:
+            if native_id in states:
+                self._last_seen[native_id] = now
+        unclear = [native for native in by_native if self._unclear(states.get(native))]
+        command = self.accounting_command(self.query_ids(unclear)) if unclear else None
+        if command is not None:
+            found = self._answer(self._run(command, env=env, check=False), self.parse_accounting)
+            states.update((native, found[native]) for native in unclear if native in found)
+        unclear = [native for native in unclear if self._unclear(states.get(native))]
+        exit_files = self._exit_files([by_native[native] for native in unclear])
+        answers = {}
+        for native_id, job in by_native.items():
+            status = self._decide(job, states.get(native_id), exit_files.get(native_id))
+            if status is not None:
+                answers[job.id] = status
+                if status.phase.is_final:
+                    self._last_seen.pop(native_id, None)
+                    self._ended_seen.pop(native_id, None)
+        return answers
+
+    def _decide(
+        self, job: Job, state: NativeState | None, exit_file: JobStatus | None
+    ) -> JobStatus | None:
+        native_id = job.native_id or ""
+        if state is not None and not self._unclear(state):
+            return self.to_status(state)
+        if state is not None:  # ended, but how is not known yet
+            told = self.to_status(state)
+            if exit_file is not None:
+                return _merged(told, exit_file)
+            first = self._ended_seen.setdefault(native_id, time.monotonic())
+            waited = time.monotonic() - first > self.options.accounting_delay
+            return told if waited else None
+        if exit_file is not None:
+            return exit_file
+        if self._missing_for_long(job):
+            return JobStatus(
+                phase=Phase.ERROR,
+                detail="LOST",
+                message=f"{self.scheduler} no longer knows job {native_id} and it left no exit"
+                " code (killed before it ran, or purged)",
+            )
+        return None
+
+    def _unclear(self, state: NativeState | None) -> bool:
+        """Not seen, or seen ended without the exit code that tells how."""
+        if state is None:
+            return True
+        phase, _ = self.STATES.get(state.word, (Phase.UNKNOWN, None))
+        return phase.is_final and phase is not Phase.ABORTED and state.exit_code is None
+
+    def query_ids(self, native_ids: Sequence[str]) -> list[str]:
+        """The ids to name in a query for these jobs (for array members: their array)."""
+        return list(native_ids)
+
+    def _answer(self, result: CommandResult, parse: object) -> dict[str, NativeState]:
+        assert callable(parse)
+        try:
+            parsed: dict[str, NativeState] = parse(result.stdout)
+        except (ValueError, IndexError, KeyError) as error:
+            raise BackendError(
+                f"{self.scheduler}: unreadable answer from {result.argv[0]}: {error}",
+                retryable=True,
+            ) from error
+        if not parsed and result.returncode != 0 and not self.empty_answer_is_fine(result):
+            raise BackendError(
+                f"{result.argv[0]} failed ({result.returncode}): {result.stderr.strip()}",
+                retryable=True,
+            )
+        return parsed
+
+    def empty_answer_is_fine(self, result: CommandResult) -> bool:
+        """Whether a failing status command only said that it knows none of the jobs."""
+        return False
+
+    def _exit_files(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
+        """The exit codes that these jobs' own scripts recorded, by native id."""
+        if not jobs:
+            return {}
+        files = {self.exit_code_path(job): job.native_id or "" for job in jobs}
+        contents = self.transport.read_many(list(files), limit=256)
+        return {files[path]: _exit_file_status(content) for path, content in contents.items()}
+
+    def _missing_for_long(self, job: Job) -> bool:
+        seen = self._last_seen.get(job.native_id or "")
+        if seen is None:  # not seen since this process started: count from what the store says
+            since = (job.started or job.queued or job.created).timestamp()
+            return time.time() - since > self.options.accounting_delay
+        return time.monotonic() - seen > self.options.accounting_delay
+
+    def cancel(self, job: Job) -> None:
+        assert job.native_id is not None
+        self._run(self.cancel_command([job.native_id]))
+
+    def hold(self, job: Job) -> None:
+        self._run(self._required(self.hold_command, job, "hold"))
+
+    def release(self, job: Job) -> None:
+        self._run(self._required(self.release_command, job, "release"))
+
+    def _required(
+        self, make: Callable[[Sequence[str]], list[str] | None], job: Job, what: str
+    ) -> list[str]:
+        assert job.native_id is not None
+        command = make([job.native_id])
+        if command is None:
+            raise BackendError(f"{self.scheduler} backend {self.name!r} cannot {what} jobs")
+        return command
+
+    def read_output(
+        self, job: Job, stream: Stream, offset: int = 0, size: int | None = None
+    ) -> bytes:
+        try:
+            return self.transport.read_bytes(self.output_path(job, stream), offset, size)
+        except FileNotFoundError:
+            return b""
+
+    def output_path(self, job: Job, stream: Stream) -> str:
+        chosen = job.spec.stdout if stream == "stdout" else job.spec.stderr
+        job_dir = self.job_dir(job)
+        if chosen is not None:
+            return posixpath.join(job.spec.directory or job_dir, chosen)
+        return posixpath.join(job_dir, stream + self._member_suffix(job))
+
+    def exit_code_path(self, job: Job) -> str:
+        return posixpath.join(self.job_dir(job), "exitcode" + self._member_suffix(job))
+
+    def job_dir(self, job: Job) -> str:
+        root = self.options.work_dir or str(self.context.jobs_dir)
+        return posixpath.join(root, job.array_id or job.id)
+
+    def free(self, job: Job) -> None:
+        self.transport.remove_tree(self.job_dir(job))
+
+    def close(self) -> None:
+        self.transport.close()
+
+    @staticmethod
+    def _member_suffix(job: Job) -> str:
+        return "" if job.array_index is None else f".{job.array_index}"
+
+    def _run(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        try:
+            return self.transport.run(
+                argv, cwd=cwd, env=env, timeout=self.options.command_timeout, check=check
+            )
+        except JobbridgeError:
+            raise
+        except OSError as error:
+            raise BackendError(f"{argv[0]}: {error}", retryable=True) from error
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+
+    def unsupported(self, field: str, reason: str = "") -> ResourcesNotSupportedError:
+        return ResourcesNotSupportedError(
+            self.name, field, reason or f"{self.scheduler} has no such option"
+        )
+
+
+def _merged(scheduler: JobStatus, exit_file: JobStatus) -> JobStatus:
+    """The scheduler's word on how a job ended, with the exit code its script recorded."""
+    return scheduler.model_copy(
+        update={
+            "exit_code": exit_file.exit_code,
+            "started": scheduler.started or exit_file.started,
+            "ended": scheduler.ended or exit_file.ended,
+        }
+    )
+
+
+def _exit_file_status(content: bytes) -> JobStatus:
+    fields = content.decode(errors="replace").split()
+    code = int(fields[0])
+    started = _epoch(fields[1]) if len(fields) > 1 else None
+    ended = _epoch(fields[2]) if len(fields) > 2 else None
+    phase = Phase.COMPLETED if code == 0 else Phase.ERROR
+    return JobStatus(phase=phase, exit_code=code, started=started, ended=ended)
+
+
+def _epoch(text: str) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(int(text), UTC)
+    except ValueError:
+        return None
+
+
+def epoch_or_none(text: str) -> datetime | None:
+    """A time from a scheduler told to print seconds since the epoch; None for 'Unknown'."""
+    text = text.strip()
+    return _epoch(text) if text.isdigit() and int(text) > 0 else None
+
+
+def walltime_parts(seconds: float) -> tuple[int, int, int, int]:
+    """Days, hours, minutes, seconds, rounded up to the whole second."""
+    total = math.ceil(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return days, hours, minutes, secs
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

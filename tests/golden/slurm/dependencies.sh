@@ -1,0 +1,27 @@
+#!/bin/bash
+#SBATCH --job-name=echo
+#SBATCH --output=slurm-%j.out
+#SBATCH --error=slurm-%j.err
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --cpus-per-task=1
+#SBATCH --export=ALL
+#SBATCH --dependency=afterok:1001,afterany:1002
+# jobbridge job jb0case0plai (slurm)
+export PATH="${PATH:-/usr/local/bin:/usr/bin:/bin}"
+export JOBBRIDGE_JOB_ID="$SLURM_JOB_ID"
+export JOBBRIDGE_SUBMIT_HOST="$SLURM_SUBMIT_HOST"
+export JOBBRIDGE_NODELIST="$SLURM_JOB_NODELIST"
+export JOBBRIDGE_JOB_NAME=echo
+export JOBBRIDGE_WORKDIR='/scratch/jobbridge jobs/jb0case0plai'
+jobbridge_exit_file='/scratch/jobbridge jobs/jb0case0plai'/exitcode
+jobbridge_started=$(date +%s)
+jobbridge_record() {
+    printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
+    mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
+}
+cd '/scratch/jobbridge jobs/jb0case0plai' || { jobbridge_record 127; exit 127; }
+echo hello > '/scratch/jobbridge jobs/jb0case0plai/stdout' 2> '/scratch/jobbridge jobs/jb0case0plai/stderr'
+jobbridge_status=$?
+jobbridge_record "$jobbridge_status"
+exit "$jobbridge_status"

@@ -1,0 +1,167 @@
+"""SLURM against the real test cluster (slurmctld, slurmd, slurmdbd), plus its pure parts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobbridge import Engine, JobSpec, Phase, ResourcesNotSupportedError
+from jobbridge.backends.base import BackendContext
+from jobbridge.backends.batch.base import NativeState
+from jobbridge.backends.batch.slurm import SlurmBackend
+from tests.batch_support import (
+    CASES,
+    BatchScenarios,
+    CountingTransport,
+    check_golden,
+    make_engine,
+    render_case,
+    run_rendered_script,
+)
+from tests.conftest import cluster_env
+
+
+def slurm_backend(data_dir: Path, **options: object) -> SlurmBackend:
+    settings = {"min_refresh_interval": 0.3, "accounting_delay": 10, **options}
+    return SlurmBackend(
+        "slurm", SlurmBackend.Options.model_validate(settings), BackendContext(data_dir / "jobs")
+    )
+
+
+@pytest.fixture
+def engine(isolated_data_dir: Path) -> Iterator[Engine]:
+    cluster_env("slurm")
+    engine = make_engine(slurm_backend(isolated_data_dir), isolated_data_dir)
+    yield engine
+    for job in engine.store.active():
+        if job.is_submitted:
+            engine.backend().cancel(job)
+    engine.close()
+
+
+@pytest.mark.slurm
+class TestSlurm(BatchScenarios):
+    walltime = 60
+    walltime_timeout = 180
+
+
+@pytest.mark.slurm
+def test_without_accounting_ended_jobs_are_resolved_from_scontrol_or_exit_files(
+    isolated_data_dir: Path,
+) -> None:
+    cluster_env("slurm")
+    backend = slurm_backend(isolated_data_dir, accounting=False)
+    with make_engine(backend, isolated_data_dir) as engine:
+        good = engine.submit(JobSpec(executable="true"))
+        bad = engine.submit(JobSpec(executable="sh", arguments=["-c", "exit 4"]))
+        done = engine.wait([good.id, bad.id], timeout=60)
+    assert [(j.phase, j.exit_code) for j in done] == [(Phase.COMPLETED, 0), (Phase.ERROR, 4)]
+
+
+@pytest.mark.slurm
+def test_one_refresh_of_200_active_jobs_runs_one_status_command(isolated_data_dir: Path) -> None:
+    cluster_env("slurm")
+    backend = slurm_backend(isolated_data_dir)
+    counting = CountingTransport(backend.transport)
+    backend.transport = counting  # type: ignore[assignment]
+    with make_engine(backend, isolated_data_dir) as engine:
+        spec = JobSpec(executable="true", attributes={"slurm.hold": True})
+        jobs = [engine.submit(spec) for _ in range(200)]
+        try:
+            counting.commands.clear()
+            engine.refresh()
+            status_commands = [
+                c for c in counting.commands if c[0] in ("squeue", "sacct", "scontrol")
+            ]
+            assert len(status_commands) == 1, status_commands
+            assert all(engine.get(job.id).phase is Phase.HELD for job in jobs)
+        finally:
+            backend._run(["scancel", *[job.native_id or "" for job in jobs]])
+
+
+@pytest.mark.slurm
+def test_a_job_purged_from_the_queue_is_resolved_from_accounting(isolated_data_dir: Path) -> None:
+    cluster_env("slurm")
+    backend = slurm_backend(isolated_data_dir)
+    with make_engine(backend, isolated_data_dir) as engine:
+        job = engine.submit(JobSpec(executable="sh", arguments=["-c", "exit 6"]))
+        native = job.native_id or ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not backend._run(
+            ["sacct", "-n", "-X", "-j", native, "-o", "State"], check=False
+        ).stdout.strip().startswith("FAILED"):
+            time.sleep(0.2)
+        # the queue forgets the job (as sites with a short MinJobAge do) and no exit file exists
+        Path(backend.exit_code_path(job)).unlink()
+        backend.status_command = lambda ids: ["squeue", "--noheader", "--jobs=999999999"]  # type: ignore[method-assign]
+        [done] = engine.wait([job.id], timeout=30)
+    assert (done.phase, done.exit_code) == (Phase.ERROR, 6)
+
+
+def test_scripts_match_the_golden_files(tmp_path: Path) -> None:
+    backend = slurm_backend(tmp_path, work_dir="/scratch/jobbridge jobs")
+    for case in CASES:
+        check_golden("slurm", f"{case}.sh", render_case(backend, case))
+    check_golden("slurm", "dependencies.sh", render_case(backend, "plain", dependencies=True))
+
+
+def test_the_generated_script_passes_everything_verbatim(tmp_path: Path) -> None:
+    backend = slurm_backend(tmp_path)
+    seen = run_rendered_script(
+        backend,
+        tmp_path,
+        {"SLURM_JOB_ID": "42", "SLURM_SUBMIT_HOST": "login", "SLURM_JOB_NODELIST": "node1"},
+    )
+    assert seen["stdin"] == "from stdin\n"
+    assert seen["cwd"].endswith("it's")
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"queue": "long; rm -rf /"}, "queue"),
+        ({"account": "a b"}, "account"),
+        ({"account": "a", "project": "b"}, "project"),
+        ({"attributes": {"slurm.Bad_Name": "x"}}, "attributes.slurm.Bad_Name"),
+        ({"attributes": {"slurm.constraint": "x\ny"}}, "attributes.slurm.constraint"),
+    ],
+)
+def test_what_a_directive_cannot_carry_is_refused(
+    tmp_path: Path, changes: dict, field: str
+) -> None:
+    with pytest.raises(ResourcesNotSupportedError, match=field.replace(".", r"\.")):
+        slurm_backend(tmp_path).check(JobSpec(executable="x").replace(**changes))
+
+
+def test_parsing_squeue_and_sacct() -> None:
+    backend = SlurmBackend("slurm", SlurmBackend.Options(), BackendContext(Path("/x")))
+    queue = backend.parse_status(
+        "12|PENDING|JobHeldUser|0|0\n13_[2-4,7%2]|PENDING|None|0|0\n14|RUNNING|None|1767225600|0\n"
+    )
+    assert queue["12"].reason == "JobHeldUser"
+    assert set(queue) == {"12", "13_2", "13_3", "13_4", "13_7", "14"}
+    assert queue["14"].started is not None and queue["14"].started.year == 2026
+    assert backend.to_status(queue["12"]).phase is Phase.HELD
+    accounting = backend.parse_accounting(
+        "20|COMPLETED|0:0|1|2\n21|FAILED|3:0|1|2\n22|CANCELLED by 0|0:15|1|2\n"
+        "23|OUT_OF_MEMORY|0:125|1|2\n24|TIMEOUT|0:0|1|Unknown\n"
+    )
+    summary = {
+        k: (backend.to_status(v).phase, backend.to_status(v).detail, v.exit_code)
+        for k, v in accounting.items()
+    }
+    assert summary == {
+        "20": (Phase.COMPLETED, None, 0),
+        "21": (Phase.ERROR, None, 3),
+        "22": (Phase.ABORTED, "CANCELLED", 143),
+        "23": (Phase.ERROR, "OUT_OF_MEMORY", 253),
+        "24": (Phase.ERROR, "TIMEOUT", 0),
+    }
+    assert backend.to_status(NativeState("BRAND_NEW")).phase is Phase.UNKNOWN
+    scontrol = backend.parse_accounting(
+        "JobId=31 ArrayJobId=30 ArrayTaskId=1 JobState=FAILED Reason=NonZeroExitCode ExitCode=2:0\n"
+    )
+    assert scontrol["30_1"].exit_code == 2
