@@ -176,9 +176,7 @@ class BatchBackend(Backend):
     ) -> str:
         job_dir = self.job_dir(job)
         self.transport.make_dirs(job_dir)
-        script = self.render_script(job, members, dependencies)
-        path = posixpath.join(job_dir, self.script_name)
-        self.transport.write_bytes(path, script.encode(), mode=0o700)
+        path = self.prepare_submission(job_dir, job, members, dependencies)
         program, *arguments = self.submit_command(path)
         result = self._run([program, *self.options.submit_arguments, *arguments], cwd=job_dir)
         try:
@@ -187,6 +185,19 @@ class BatchBackend(Backend):
             raise BackendError(
                 f"{self.scheduler}: cannot read a job id from {result.stdout.strip()!r}"
             ) from error
+
+    def prepare_submission(
+        self,
+        job_dir: str,
+        job: Job,
+        members: Sequence[Job],
+        dependencies: Sequence[NativeDependency],
+    ) -> str:
+        """Write what the submission command takes into the job directory; return its path."""
+        script = self.render_script(job, members, dependencies)
+        path = posixpath.join(job_dir, self.script_name)
+        self.transport.write_bytes(path, script.encode(), mode=0o700)
+        return path
 
     def render_script(
         self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency] = ()
