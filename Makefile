@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # test servers that `make test` starts (see scripts/test-clusters.sh)
-CLUSTERS ?= postgres
+CLUSTERS ?= all
 
 .PHONY: run test lint typecheck unit clusters clusters-down bench clean
 
