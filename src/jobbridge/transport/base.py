@@ -33,14 +33,16 @@ class Transport(ABC):
         cwd: str | None = None,
         check: bool = True,
     ) -> CommandResult:
-        """Run a command to its end. Raises ``CommandFailed`` on a non-zero exit if ``check``,
-        ``CommandTimeout`` past ``timeout`` and ``TransportError`` if it cannot start."""
+        """Run a command to its end, with ``env`` added to the environment it inherits.
+        Raises ``CommandFailed`` on a non-zero exit if ``check``, ``CommandTimeout`` past
+        ``timeout`` and ``TransportError`` if it cannot start."""
 
     @abstractmethod
     def spawn(
         self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None
     ) -> None:
-        """Start a command in a session of its own and return at once; it outlives us."""
+        """Start a command in a session of its own and return at once; it outlives us.
+        ``env``, if given, is its whole environment."""
 
     @abstractmethod
     def read_bytes(self, path: str, offset: int = 0, size: int | None = None) -> bytes:

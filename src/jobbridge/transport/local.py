@@ -38,7 +38,7 @@ class LocalTransport(Transport):
                 capture_output=True,
                 text=True,
                 timeout=timeout,
-                env=None if env is None else dict(env),
+                env=None if env is None else {**os.environ, **env},
                 cwd=cwd,
                 stdin=None if stdin is not None else subprocess.DEVNULL,
             )
