@@ -29,8 +29,10 @@ def plugin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     )
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     registry.backend_kinds.cache_clear()
+    registry.backend_kind.cache_clear()
     yield tmp_path
     registry.backend_kinds.cache_clear()
+    registry.backend_kind.cache_clear()
 
 
 def test_built_in_backends_are_entry_points() -> None:
@@ -48,3 +50,11 @@ def test_a_broken_plugin_is_logged_and_the_rest_load(
     assert "'broken'" in caplog.text and "failed to load" in caplog.text
     assert "not a Backend class" in caplog.text
     assert "jobbridge_no_such_module" not in sys.modules
+
+
+def test_creating_one_backend_loads_no_other_plugin(
+    plugin_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert registry.backend_kind("fromplugin") is LocalBackend
+    assert caplog.text == ""
