@@ -118,8 +118,7 @@ def test_a_failed_status_query_never_ends_a_job(engine: Engine, cluster: FakeClu
     cluster.set(job, Phase.EXECUTING)
     engine.refresh()
     cluster.fail_status = 1
-    engine._polls["fake"].next_due = 0
-    engine.refresh()
+    engine.refresh(force=True)
     assert engine.get(job.id).phase is Phase.EXECUTING
 
 
@@ -129,15 +128,13 @@ def test_repeated_failures_show_unknown_then_recover(engine: Engine, cluster: Fa
     engine.refresh()
     cluster.fail_status = 3
     for _ in range(3):
-        engine._polls["fake"].next_due = 0  # skip the back-off pause
-        engine.refresh()
+        engine.refresh(force=True)  # skip the back-off pause
     unknown = engine.get(job.id)
     assert unknown.phase is Phase.UNKNOWN
     assert unknown.detail == "STATUS_UNAVAILABLE"
     assert "Socket timed out" in (unknown.message or "")
     cluster.set(job, Phase.COMPLETED, exit_code=0)
-    engine._polls["fake"].next_due = 0
-    engine.refresh()
+    engine.refresh(force=True)
     recovered = engine.get(job.id)
     assert (recovered.phase, recovered.detail, recovered.message) == (Phase.COMPLETED, None, None)
 
@@ -149,7 +146,7 @@ def test_failures_back_off(engine: Engine, cluster: FakeCluster) -> None:
     engine.refresh()
     engine.refresh()
     assert cluster.status_calls == 1
-    assert engine._polls["fake"].failures == 1
+    assert engine._poller.failures("fake") == 1
 
 
 def test_a_job_never_moves_backwards(engine: Engine, cluster: FakeCluster) -> None:
@@ -174,11 +171,9 @@ def test_unknown_does_not_lead_back_to_queued_once_started(
     engine.refresh()
     cluster.fail_status = 3
     for _ in range(3):
-        engine._polls["fake"].next_due = 0
-        engine.refresh()
+        engine.refresh(force=True)
     cluster.set(job, Phase.QUEUED)
-    engine._polls["fake"].next_due = 0
-    engine.refresh()
+    engine.refresh(force=True)
     assert engine.get(job.id).phase is Phase.UNKNOWN
 
 

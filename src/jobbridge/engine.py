@@ -10,19 +10,20 @@ backend answers again. A new engine on the same store carries on where another s
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
 
-from jobbridge.backends.base import Backend, BackendContext, NativeDependency, Stream
+from jobbridge import staging
+from jobbridge.backends.base import Backend, BackendContext, Stream
 from jobbridge.backends.registry import create_backend
 from jobbridge.config import Config, EngineSettings, load_config
-from jobbridge.dependencies import NEVER, Readiness, Verdict, judge
+from jobbridge.dispatch import Dispatcher
 from jobbridge.errors import (
-    JobbridgeError,
     JobNotFoundError,
     JobStateError,
     SpecError,
@@ -31,20 +32,16 @@ from jobbridge.errors import (
 from jobbridge.hooks import Hooks
 from jobbridge.job import Job, JobStatus, new_job_id, utcnow
 from jobbridge.phase import Phase
+from jobbridge.polling import Poller
 from jobbridge.spec import JobSpec
 from jobbridge.store import Store
+from jobbridge.transport.base import Transport
 
 __all__ = ["Engine"]
 
 log = logging.getLogger(__name__)
 
 _LOOP_TICK_FLOOR = 0.05
-
-
-@dataclass
-class _PollState:
-    next_due: float = 0.0
-    failures: int = 0
 
 
 class Engine:
@@ -56,13 +53,16 @@ class Engine:
         settings: EngineSettings | None = None,
         default_backend: str = "local",
         hooks: Hooks | None = None,
+        results_dir: Path | None = None,
     ) -> None:
         self.store = store
+        self.results_dir = results_dir
         self.backends = dict(backends)
         self.settings = settings or EngineSettings()
         self.default_backend = default_backend
         self.hooks = hooks or Hooks()
-        self._polls = {name: _PollState() for name in self.backends}
+        self._dispatch = Dispatcher(store, self.hooks, self._move)
+        self._poller = Poller(store, self.settings, self._move)
         self._refresh_lock = threading.Lock()
         self._changed = threading.Condition()
         self._stopping = threading.Event()
@@ -81,6 +81,7 @@ class Engine:
             backends,
             settings=config.engine,
             default_backend=config.default_backend,
+            results_dir=config.data_dir / "results",
             **kwargs,
         )
 
@@ -128,7 +129,7 @@ class Engine:
         if moved is None:
             raise JobStateError(f"job {job_id} changed phase while being started")
         self._announce(moved, Phase.PENDING)
-        return self._hand_over(self.backend(moved.backend), [moved])[0]
+        return self._dispatch.hand_over(self.backend(moved.backend), [moved])[0]
 
     def _add(
         self,
@@ -139,8 +140,10 @@ class Engine:
         destruction: datetime | None = None,
     ) -> list[Job]:
         backend = self.backend(backend_name)
+        backend.check_limits(spec)
         backend.check(spec)
         self._check_dependencies_exist(spec)
+        self._check_stage_out(spec)
         now = utcnow()
         common: dict[str, Any] = dict(
             spec=spec,
@@ -162,15 +165,14 @@ class Engine:
         if phase is not Phase.QUEUED:
             self.store.add(jobs)
             return jobs
-        # Jobs that may run at once are recorded as claimed, so no other engine takes them.
-        verdict = self._verdict(backend, jobs[0])
-        ready = verdict.readiness is Readiness.READY
-        go_now = self._fitting(backend, jobs) if ready else []
-        self.store.add(jobs, claimed=[job.id for job in go_now])
-        handed = {job.id: job for job in self._submit_claimed(backend, go_now, verdict.native)}
-        later = [job for job in jobs if job.id not in handed]
-        handed.update((job.id, job) for job in self._hand_over(backend, later))
-        return [handed.get(job.id, job) for job in jobs]
+        return self._dispatch.add(backend, jobs)
+
+    def _check_stage_out(self, spec: JobSpec) -> None:
+        relative = [t.target for t in spec.stage_out if not os.path.isabs(t.target)]
+        if relative and self.results_dir is None:
+            raise SpecError(
+                f"stage_out target {relative[0]!r} is relative and no results_dir is set"
+            )
 
     def _check_dependencies_exist(self, spec: JobSpec) -> None:
         try:
@@ -180,196 +182,21 @@ class Engine:
                 f"depends_on names job {error.job_id!r}, which does not exist"
             ) from None
 
-    # -- handing jobs to backends -------------------------------------------------------------
-
-    def _hand_over(self, backend: Backend, waiting: Sequence[Job]) -> list[Job]:
-        """Submit what may run now; return the jobs as they are afterwards."""
-        results: list[Job] = []
-        for group in _array_groups(waiting):
-            verdict = self._verdict(backend, group[0])
-            if verdict.readiness is Readiness.NEVER:
-                results.extend(self._never_runs(job) for job in group)
-            elif verdict.readiness is Readiness.READY:
-                results.extend(self._submit_group(backend, group, verdict.native))
-            else:
-                results.extend(group)
-        return results
-
-    def _verdict(self, backend: Backend, job: Job) -> Verdict:
-        if not job.spec.depends_on:
-            return Verdict(Readiness.READY)
-        try:
-            parents = self.store.get_many(d.job_id for d in job.spec.depends_on)
-        except JobNotFoundError:
-            return NEVER
-        return judge(job, parents, scheduler_enforces=backend.native_dependencies)
-
-    def _never_runs(self, job: Job) -> Job:
-        moved = self._move(
-            job,
-            Phase.ABORTED,
-            JobStatus(
-                phase=Phase.ABORTED,
-                detail="DEPENDENCY_NEVER_SATISFIED",
-                message="a job it depends on ended in a way the dependency excludes",
-            ),
-        )
-        return moved or job
-
-    def _submit_group(
-        self, backend: Backend, group: list[Job], native: Sequence[NativeDependency]
-    ) -> list[Job]:
-        fitting = self._fitting(backend, group)
-        claimed = [job for job in fitting if self.store.claim_for_submission(job.id)]
-        fresh = {job.id: job for job in self._submit_claimed(backend, claimed, native)}
-        return [fresh.get(job.id, job) for job in group]
-
-    def _fitting(self, backend: Backend, group: list[Job]) -> list[Job]:
-        """The jobs of ``group`` that fit under the backend's limits now."""
-        room = self._room(backend, group[0])
-        return group[:room]
-
-    def _submit_claimed(
-        self, backend: Backend, claimed: list[Job], native: Sequence[NativeDependency] = ()
-    ) -> list[Job]:
-        """Hand over jobs this engine holds the claim on; a whole array in one go if it can."""
-        if not claimed:
-            return []
-        array = claimed[0].spec.array
-        native_array = backend.native_arrays and claimed[0].array_id is not None
-        if native_array and array is not None and len(claimed) == len(array):
-            return self._submit_array(backend, claimed, native)
-        return [self._submit_one(backend, job, native) for job in claimed]
-
-    def _room(self, backend: Backend, job: Job) -> int:
-        limits = []
-        if backend.options.max_jobs_in_flight is not None:
-            in_flight = self.store.count_in_flight(backend.name)
-            limits.append(backend.options.max_jobs_in_flight - in_flight)
-        array = job.spec.array
-        if job.array_id is not None and array is not None and array.max_concurrent is not None:
-            in_flight = self.store.count_in_flight(backend.name, job.array_id)
-            limits.append(array.max_concurrent - in_flight)
-        return max(0, min(limits)) if limits else 1_000_000_000
-
-    def _submit_one(
-        self, backend: Backend, job: Job, native: Sequence[NativeDependency] = ()
-    ) -> Job:
-        """Submit a job this engine holds the claim on."""
-        self.hooks.run_before_submit(job)
-        try:
-            native_id = backend.submit(job, native)
-        except Exception as error:
-            return self._submission_failed(job, error)
-        return self._submitted(backend, job, native_id)
-
-    def _submit_array(
-        self, backend: Backend, members: list[Job], native: Sequence[NativeDependency]
-    ) -> list[Job]:
-        for job in members:
-            self.hooks.run_before_submit(job)
-        try:
-            native_ids = backend.submit_array(members, native)
-        except Exception as error:
-            return [self._submission_failed(job, error) for job in members]
-        return [
-            self._submitted(backend, job, native)
-            for job, native in zip(members, native_ids, strict=True)
-        ]
-
-    def _submitted(self, backend: Backend, job: Job, native_id: str) -> Job:
-        job = self.store.update(job.id, native_id=native_id, submitting_since=None)
-        self.hooks.run_after_submit(job)
-        if job.phase is Phase.ABORTED:  # cancelled while it was being handed over
-            self._cancel_quietly(backend, job)
-        return job
-
-    def _submission_failed(self, job: Job, error: Exception) -> Job:
-        if isinstance(error, JobbridgeError) and error.retryable:
-            log.warning("submitting job %s failed, will retry: %s", job.id, error)
-            return self.store.update(
-                job.id, submitting_since=None, message=f"submission failed, will retry: {error}"
-            )
-        if not isinstance(error, JobbridgeError):
-            log.error("submitting job %s failed unexpectedly", job.id, exc_info=error)
-        status = JobStatus(phase=Phase.ERROR, detail="SUBMIT_FAILED", message=str(error))
-        return self._move(
-            self.store.update(job.id, submitting_since=None), Phase.ERROR, status
-        ) or (self.store.get(job.id))
-
-    def _cancel_quietly(self, backend: Backend, job: Job) -> None:
-        try:
-            backend.cancel(job)
-        except Exception:
-            log.warning("could not cancel job %s on %s", job.id, backend.name, exc_info=True)
-
     # -- refreshing -----------------------------------------------------------------------------
 
-    def refresh(self) -> None:
-        """One cycle: recover, hand over waiting jobs, ask each due backend about its jobs."""
+    def refresh(self, *, force: bool = False) -> None:
+        """One cycle: recover, hand over waiting jobs, ask each due backend about its jobs
+        (``force``: every backend, whatever its minimum interval or back-off)."""
         with self._refresh_lock:
-            self._recover_interrupted()
+            self._dispatch.recover_interrupted(self.backends, self.settings.submit_timeout)
             for backend in self.backends.values():
                 waiting = self.store.find(
                     phases=[Phase.QUEUED], backend=backend.name, submitted=False, newest_first=False
                 )
                 if waiting:
-                    self._hand_over(backend, waiting)
-            for name in self.backends:
-                self._poll(name)
-
-    def _recover_interrupted(self) -> None:
-        before = utcnow() - timedelta(seconds=self.settings.submit_timeout)
-        for job in self.store.interrupted_submissions(before):
-            backend = self.backends.get(job.backend)
-            native_id = backend.locate(job) if backend else None
-            if native_id is not None:
-                log.info("job %s was submitted before an interruption; found it", job.id)
-                self._submitted(backend, job, native_id)  # type: ignore[arg-type]
-                continue
-            status = JobStatus(
-                phase=Phase.ERROR,
-                detail="SUBMIT_INTERRUPTED",
-                message="the submission was interrupted and the backend does not know the job",
-            )
-            self._move(self.store.update(job.id, submitting_since=None), Phase.ERROR, status)
-
-    def _poll(self, name: str) -> None:
-        backend, state = self.backends[name], self._polls[name]
-        now = time.monotonic()
-        if now < state.next_due:
-            return
-        jobs = [job for job in self.store.active(name) if job.is_submitted]
-        if not jobs:
-            return
-        try:
-            news = backend.status(jobs)
-        except Exception as error:
-            self._status_failed(backend, state, jobs, error)
-            return
-        state.failures = 0
-        state.next_due = now + backend.options.min_refresh_interval
-        for job in jobs:
-            if job.id in news:
-                self._move(job, news[job.id].phase, news[job.id])
-
-    def _status_failed(
-        self, backend: Backend, state: _PollState, jobs: list[Job], error: Exception
-    ) -> None:
-        state.failures += 1
-        pause = max(backend.options.min_refresh_interval, 0.5) * 2 ** (state.failures - 1)
-        state.next_due = time.monotonic() + min(pause, self.settings.max_backoff)
-        log.warning("status query %d on %s failed: %s", state.failures, backend.name, error)
-        if state.failures < self.settings.status_failure_threshold:
-            return
-        unknown = JobStatus(
-            phase=Phase.UNKNOWN,
-            detail="STATUS_UNAVAILABLE",
-            message=f"{state.failures} status queries in a row failed; the last said: {error}",
-        )
-        for job in jobs:
-            if job.phase is not Phase.UNKNOWN:
-                self._move(job, Phase.UNKNOWN, unknown)
+                    self._dispatch.hand_over(backend, waiting)
+            for backend in self.backends.values():
+                self._poller.poll(backend, force=force)
 
     def _move(self, job: Job, new: Phase, news: JobStatus) -> Job | None:
         """Apply what a backend (or jobbridge itself) said, if it moves the job forward."""
@@ -398,9 +225,25 @@ class Engine:
             return None
         if news.detail == "DEPENDENCY_NEVER_SATISFIED" and moved.is_submitted:
             # the scheduler would keep it pending for ever
-            self._cancel_quietly(self.backend(moved.backend), moved)
+            self._dispatch.cancel_quietly(self.backend(moved.backend), moved)
+        if new.is_final and moved.spec.stage_out and moved.is_submitted:
+            moved = self._stage_out(moved)
         self._announce(moved, job.phase)
         return moved
+
+    def _stage_out(self, job: Job) -> Job:
+        """Bring the job's declared outputs back; a failure is recorded, the phase stays."""
+        root = str((self.results_dir or Path.cwd()) / job.id)
+        try:
+            transport, sandbox = self.backend(job.backend).sandbox(job)
+            staging.stage_out(transport, sandbox, job.spec.stage_out, root)
+        except Exception as error:
+            log.warning("stage-out of job %s failed: %s", job.id, error)
+            note = f"stage-out failed: {error}"
+            return self.store.update(
+                job.id, message=f"{job.message}; {note}" if job.message else note
+            )
+        return job
 
     def _announce(self, job: Job, old: Phase) -> None:
         self.hooks.run_phase_change(job, old)
@@ -460,6 +303,47 @@ class Engine:
             except Exception:
                 log.warning("could not free what job %s left behind", job_id, exc_info=True)
         self.store.delete(job_id)
+
+    def get_results(
+        self,
+        job_id: str,
+        download_dir: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        changed_only: bool = True,
+    ) -> list[str]:
+        """Copy the files of the job's directory into ``download_dir`` (gc3libs' semantics,
+        see ``staging.get_results``); returns the relative paths copied."""
+        transport, sandbox = self._sandbox(job_id)
+        return staging.get_results(
+            transport, sandbox, os.fspath(download_dir), overwrite=overwrite,
+            changed_only=changed_only,
+        )  # fmt: skip
+
+    def peek(
+        self,
+        job_id: str,
+        remote_file: str,
+        local_file: str | BinaryIO,
+        offset: int = 0,
+        size: int | None = None,
+    ) -> int:
+        """Copy part of a file of the job's directory (a negative offset counts from its end)."""
+        transport, sandbox = self._sandbox(job_id)
+        return staging.peek(transport, sandbox, remote_file, local_file, offset, size)
+
+    def free(self, job_id: str) -> None:
+        """Remove the job's directory from the resource; refused while the job is active."""
+        job = self.store.get(job_id)
+        if job.phase.is_active:
+            raise JobStateError(f"job {job_id} is {job.phase}; its directory is still in use")
+        self.backend(job.backend).free(job)
+
+    def _sandbox(self, job_id: str) -> tuple[Transport, str]:
+        job = self.store.get(job_id)
+        if not job.is_submitted:
+            raise JobStateError(f"job {job_id} has not been handed to its backend yet")
+        return self.backend(job.backend).sandbox(job)
 
     def read_output(
         self, job_id: str, stream: Stream = "stdout", offset: int = 0, size: int | None = None
@@ -544,14 +428,6 @@ class Engine:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _array_groups(jobs: Sequence[Job]) -> list[list[Job]]:
-    """Members of one array together (for native submission), every other job alone."""
-    groups: dict[str, list[Job]] = {}
-    for job in jobs:
-        groups.setdefault(job.array_id or job.id, []).append(job)
-    return list(groups.values())
 
 
 def _backwards_from_unknown(job: Job, new: Phase) -> bool:

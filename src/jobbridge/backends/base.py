@@ -10,9 +10,10 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobbridge.errors import BackendError
+from jobbridge.errors import BackendError, LimitExceededError
 from jobbridge.job import Job, JobStatus
-from jobbridge.spec import JobSpec
+from jobbridge.spec import JobSpec, Memory, Walltime
+from jobbridge.transport.base import Transport
 
 __all__ = ["Backend", "BackendContext", "BackendOptions", "NativeDependency", "Stream"]
 
@@ -29,6 +30,12 @@ class BackendOptions(BaseModel):
     )
     min_refresh_interval: float = Field(
         1.0, ge=0, description="seconds between two status queries, to spare the scheduler"
+    )
+    max_cores_per_job: int | None = Field(None, ge=1)
+    max_memory_per_core: Memory | None = None
+    max_walltime: Walltime | None = None
+    max_cores_in_flight: int | None = Field(
+        None, ge=1, description="cores of all jobs handed over at once; the rest wait"
     )
 
 
@@ -60,6 +67,37 @@ class Backend(ABC):
         self.name = name
         self.options = options
         self.context = context
+
+    def check_limits(self, spec: JobSpec) -> None:
+        """Refuse a job beyond this backend's configured limits, naming the limit."""
+        options, resources = self.options, spec.resources
+        cores = resources.cores
+        if options.max_cores_per_job is not None and cores > options.max_cores_per_job:
+            raise LimitExceededError(
+                self.name, "max_cores_per_job", cores, options.max_cores_per_job
+            )
+        if options.max_cores_in_flight is not None and cores > options.max_cores_in_flight:
+            raise LimitExceededError(
+                self.name, "max_cores_in_flight", cores, options.max_cores_in_flight
+            )
+        if options.max_memory_per_core is not None and resources.memory is not None:
+            per_core = resources.memory / cores
+            if per_core > options.max_memory_per_core:
+                raise LimitExceededError(
+                    self.name, "max_memory_per_core", f"{per_core:.0f} bytes",
+                    f"{options.max_memory_per_core} bytes",
+                )  # fmt: skip
+        walltime = resources.walltime
+        if (
+            options.max_walltime is not None
+            and walltime is not None
+            and walltime > options.max_walltime
+        ):
+            raise LimitExceededError(self.name, "max_walltime", walltime, options.max_walltime)
+
+    def sandbox(self, job: Job) -> tuple[Transport, str]:
+        """Where the job's directory is: the transport that reaches it, and its path."""
+        raise BackendError(f"backend {self.name!r} keeps no job directory")
 
     def check(self, spec: JobSpec) -> None:  # noqa: B027 - accepting everything is a valid default
         """Raise ``ResourcesNotSupportedError`` or ``LimitExceededError`` before anything is

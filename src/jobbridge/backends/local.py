@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import Field
 
+from jobbridge import staging
 from jobbridge.backends import local_runner
 from jobbridge.backends.base import (
     Backend,
@@ -26,6 +27,7 @@ from jobbridge.errors import LimitExceededError, ResourcesNotSupportedError
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
 from jobbridge.spec import JobSpec, Launcher
+from jobbridge.transport.base import Transport
 from jobbridge.transport.local import LocalTransport
 
 __all__ = ["LocalBackend", "LocalOptions"]
@@ -64,8 +66,6 @@ class LocalBackend(Backend):
             "project": spec.project is not None,
             "reservation": spec.reservation is not None,
             "launcher": spec.launcher is Launcher.SRUN,
-            "stage_in": bool(spec.stage_in),
-            "stage_out": bool(spec.stage_out),
         }
         unsupported.update(
             {f"attributes.local.{key}": True for key in spec.attributes_for("local")}
@@ -73,12 +73,16 @@ class LocalBackend(Backend):
         for field, refused in unsupported.items():
             if refused:
                 raise ResourcesNotSupportedError(self.name, field, "not available on this machine")
+        problems = staging.validate_data(spec.stage_in)
+        if problems:
+            raise ResourcesNotSupportedError(self.name, "stage_in", "; ".join(problems))
         if spec.resources.cores > self.options.cores:
             raise LimitExceededError(self.name, "cores", spec.resources.cores, self.options.cores)
 
     def submit(self, job: Job, dependencies: Sequence[NativeDependency] = ()) -> str:
         job_dir = self._job_dir(job)
         self.transport.make_dirs(job_dir)
+        staging.stage_in(self.transport, job_dir, job.spec.stage_in)
         plan = self._plan(job, job_dir)
         self.transport.write_bytes(os.path.join(job_dir, "job.json"), json.dumps(plan).encode())
         self.transport.spawn(
@@ -116,6 +120,9 @@ class LocalBackend(Backend):
         if chosen is None:
             return os.path.join(job_dir, stream)
         return os.path.join(job.spec.directory or job_dir, chosen)
+
+    def sandbox(self, job: Job) -> tuple[Transport, str]:
+        return self.transport, self._job_dir(job)
 
     def free(self, job: Job) -> None:
         self.transport.remove_tree(self._job_dir(job))

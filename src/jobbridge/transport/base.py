@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["CommandResult", "Transport"]
+__all__ = ["CommandResult", "RemoteFile", "Transport"]
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,15 @@ class CommandResult:
     returncode: int
     stdout: str
     stderr: str
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A regular file below a directory: its path relative to that directory."""
+
+    path: str
+    size: int
+    mtime: float
 
 
 class Transport(ABC):
@@ -72,6 +81,22 @@ class Transport(ABC):
 
     @abstractmethod
     def exists(self, path: str) -> bool: ...
+
+    @abstractmethod
+    def list_files(self, directory: str) -> list[RemoteFile]:
+        """Regular files below ``directory`` (symbolic links are not followed or listed)."""
+
+    @abstractmethod
+    def real_path(self, path: str) -> str:
+        """``path`` with every symbolic link resolved (it need not exist)."""
+
+    @abstractmethod
+    def put(self, local_path: str, remote_path: str) -> None:
+        """Copy a local file or directory tree to ``remote_path``, keeping times and modes."""
+
+    @abstractmethod
+    def get(self, directory: str, names: Sequence[str], local_directory: str) -> None:
+        """Copy files named relative to ``directory`` into ``local_directory``, keeping times."""
 
     def close(self) -> None:  # noqa: B027 - a transport without connections has nothing to close
         pass

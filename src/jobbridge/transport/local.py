@@ -6,12 +6,13 @@ import contextlib
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 
 from jobbridge.errors import CommandFailed, CommandTimeout, TransportError
-from jobbridge.transport.base import CommandResult, Transport
+from jobbridge.transport.base import CommandResult, RemoteFile, Transport
 
 __all__ = ["LocalTransport"]
 
@@ -104,6 +105,33 @@ class LocalTransport(Transport):
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
+
+    def list_files(self, directory: str) -> list[RemoteFile]:
+        found = []
+        for root, _dirs, files in os.walk(directory):
+            for name in files:
+                path = os.path.join(root, name)
+                info = os.lstat(path)
+                if stat.S_ISREG(info.st_mode):
+                    relative = os.path.relpath(path, directory)
+                    found.append(RemoteFile(relative, info.st_size, info.st_mtime))
+        return found
+
+    def real_path(self, path: str) -> str:
+        return os.path.realpath(path)
+
+    def put(self, local_path: str, remote_path: str) -> None:
+        os.makedirs(os.path.dirname(remote_path) or ".", exist_ok=True)
+        if os.path.isdir(local_path):
+            shutil.copytree(local_path, remote_path, symlinks=True, dirs_exist_ok=True)
+        else:
+            shutil.copy2(local_path, remote_path)
+
+    def get(self, directory: str, names: Sequence[str], local_directory: str) -> None:
+        for name in names:
+            target = os.path.join(local_directory, name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copy2(os.path.join(directory, name), target)
 
     def close(self) -> None:
         self._reap()

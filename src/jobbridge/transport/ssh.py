@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import shlex
 import stat
 import subprocess
+import tarfile
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from jobbridge.errors import CommandFailed, CommandTimeout, TransportError
-from jobbridge.transport.base import CommandResult, Transport
+from jobbridge.transport.base import CommandResult, RemoteFile, Transport
 
 __all__ = ["SshTransport"]
 
@@ -44,6 +47,9 @@ do [ -f "$f" ] || continue
 n=$(head -c "$limit" -- "$f" | wc -c)
 printf '%s\\0%d\\n' "$f" "$n"; head -c "$n" -- "$f"
 done; :"""
+_LIST = """cd "$1" && find . -type f -printf '%P\\0%s\\0%T@\\0'"""
+_TAR = """cd "$1" && shift && tar -cf - -- "$@" """
+_UNTAR = """mkdir -p -- "$1" && tar -C "$1" -xpf - """
 _SPAWN = """cd "$1" || exit 1; shift; setsid "$@" > /dev/null 2>&1 < /dev/null & """
 
 
@@ -131,6 +137,59 @@ class SshTransport(Transport):
 
     def exists(self, path: str) -> bool:
         return self.run(["test", "-e", path], check=False).returncode == 0
+
+    def list_files(self, directory: str) -> list[RemoteFile]:
+        code, out, err = self._ssh(_sh(_LIST, directory), None, 120)
+        if code != 0:
+            raise TransportError(f"listing {directory} on {self.host} failed: {err.strip()}")
+        fields = out.split(b"\0")
+        return [
+            RemoteFile(fields[i].decode(), int(fields[i + 1]), float(fields[i + 2]))
+            for i in range(0, len(fields) - 2, 3)
+        ]
+
+    def real_path(self, path: str) -> str:
+        return self.run(["realpath", "-m", "--", path]).stdout.rstrip("\n")
+
+    def put(self, local_path: str, remote_path: str) -> None:
+        """One tar stream over the shared connection."""
+        parent = posixpath.dirname(remote_path) or "."
+        with (
+            self._stream(_sh(_UNTAR, parent), sending=True) as pipe,
+            tarfile.open(fileobj=pipe, mode="w|") as archive,
+        ):
+            archive.add(local_path, arcname=posixpath.basename(remote_path))
+
+    def get(self, directory: str, names: Sequence[str], local_directory: str) -> None:
+        if not names:
+            return
+        with (
+            self._stream(_sh(_TAR, directory, *names), sending=False) as pipe,
+            tarfile.open(fileobj=pipe, mode="r|") as archive,
+        ):
+            archive.extractall(local_directory, filter="data")
+
+    @contextlib.contextmanager
+    def _stream(self, remote: str, *, sending: bool) -> Iterator[IO[bytes]]:
+        """A pipe to or from a remote command, for data too big to hold in memory."""
+        self.run(["true"])  # connect (or reconnect) first: a stream cannot be replayed
+        process = subprocess.Popen(
+            self.ssh_command(remote),
+            stdin=subprocess.PIPE if sending else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL if sending else subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        pipe = process.stdin if sending else process.stdout
+        assert pipe is not None and process.stderr is not None
+        try:
+            yield pipe
+        finally:
+            pipe.close()
+            error = process.stderr.read().decode(errors="replace")
+            process.stderr.close()
+            code = process.wait()
+        if code != 0:
+            raise TransportError(f"file transfer with {self.host} failed: {error.strip()}")
 
     # -- the connection ---------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from jobbridge import staging
 from jobbridge.backends.base import (
     Backend,
     BackendContext,
@@ -30,6 +31,7 @@ from jobbridge.phase import Phase
 from jobbridge.spec import JobSpec, Launcher
 from jobbridge.transport.base import CommandResult, Transport
 from jobbridge.transport.local import LocalTransport
+from jobbridge.transport.ssh import SshTransport
 
 __all__ = ["BatchBackend", "BatchOptions", "NativeDependency", "NativeState"]
 
@@ -50,6 +52,14 @@ class BatchOptions(BackendOptions):
     submit_arguments: list[str] = Field(
         default_factory=list, description="extra arguments for every submission command"
     )
+    host: str | None = Field(
+        None, description="reach the scheduler over SSH at this destination (user@login)"
+    )
+    port: int | None = Field(None, ge=1, le=65535)
+    identity_file: str | None = None
+    known_hosts: str | None = Field(None, description="pin host keys to this file")
+    ssh_config: str | None = Field(None, description="an ssh_config file other than ~/.ssh/config")
+    ssh_options: list[str] = Field(default_factory=list, description="more ssh -o options")
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,8 @@ class BatchBackend(Backend):
 
     def __init__(self, name: str, options: BackendOptions, context: BackendContext) -> None:
         super().__init__(name, options, context)
-        self.transport: Transport = LocalTransport()
+        self.transport: Transport = _transport(self.options)
+        self._root: str | None = None
         self._last_seen: dict[str, float] = {}
         self._ended_seen: dict[str, float] = {}
 
@@ -147,8 +158,9 @@ class BatchBackend(Backend):
     # -- what the engine calls ---------------------------------------------------------------
 
     def check(self, spec: JobSpec) -> None:
-        if spec.stage_in or spec.stage_out:
-            raise ResourcesNotSupportedError(self.name, "stage_in", "file staging is not here yet")
+        problems = staging.validate_data(spec.stage_in)
+        if problems:
+            raise ResourcesNotSupportedError(self.name, "stage_in", "; ".join(problems))
         if spec.launcher is Launcher.SRUN and self.scheduler != "slurm":
             raise ResourcesNotSupportedError(self.name, "launcher", "srun needs SLURM")
         probe = Job(id="check", spec=spec, backend=self.name, created=datetime.now(UTC))
@@ -176,6 +188,7 @@ class BatchBackend(Backend):
     ) -> str:
         job_dir = self.job_dir(job)
         self.transport.make_dirs(job_dir)
+        staging.stage_in(self.transport, job_dir, job.spec.stage_in)
         path = self.prepare_submission(job_dir, job, members, dependencies)
         program, *arguments = self.submit_command(path)
         result = self._run([program, *self.options.submit_arguments, *arguments], cwd=job_dir)
@@ -378,8 +391,23 @@ class BatchBackend(Backend):
         return posixpath.join(self.job_dir(job), "exitcode" + self._member_suffix(job))
 
     def job_dir(self, job: Job) -> str:
-        root = self.options.work_dir or str(self.context.jobs_dir)
-        return posixpath.join(root, job.array_id or job.id)
+        return posixpath.join(self.jobs_root(), job.array_id or job.id)
+
+    def jobs_root(self) -> str:
+        """Where job directories go: ``work_dir``, or jobbridge's own here, or
+        ``~/.jobbridge/jobs`` on a remote host (asked once)."""
+        if self._root is None:
+            if self.options.work_dir:
+                self._root = self.options.work_dir
+            elif self.options.host is None:
+                self._root = str(self.context.jobs_dir)
+            else:
+                home = self._run(["sh", "-c", 'printf %s "$HOME"']).stdout
+                self._root = posixpath.join(home, ".jobbridge", "jobs")
+        return self._root
+
+    def sandbox(self, job: Job) -> tuple[Transport, str]:
+        return self.transport, self.job_dir(job)
 
     def free(self, job: Job) -> None:
         self.transport.remove_tree(self.job_dir(job))
@@ -414,6 +442,20 @@ class BatchBackend(Backend):
         return ResourcesNotSupportedError(
             self.name, field, reason or f"{self.scheduler} has no such option"
         )
+
+
+def _transport(options: BatchOptions) -> Transport:
+    if options.host is None:
+        return LocalTransport()
+    return SshTransport(
+        options.host,
+        port=options.port,
+        identity_file=options.identity_file,
+        known_hosts=options.known_hosts,
+        config_file=options.ssh_config,
+        options=options.ssh_options,
+        connect_timeout=min(30.0, options.command_timeout),
+    )
 
 
 def _merged(scheduler: JobStatus, exit_file: JobStatus) -> JobStatus:
