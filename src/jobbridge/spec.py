@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 from datetime import timedelta
 from enum import StrEnum
@@ -254,6 +255,12 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ATTRIBUTE_KEY = re.compile(r"^[a-z][a-z0-9_]*\.[A-Za-z0-9_.-]+$")
 
 
+def _in_sandbox(path: str, what: str) -> None:
+    normal = posixpath.normpath(path)
+    if posixpath.isabs(path) or normal == ".." or normal.startswith("../"):
+        raise ValueError(f"{what} {path!r} must be a relative path inside the job's directory")
+
+
 def _no_nul(value: str, what: str) -> str:
     if "\0" in value:
         raise ValueError(f"{what} must not contain a NUL character")
@@ -312,6 +319,20 @@ class JobSpec(BaseModel):
             if not _ENV_NAME.match(key):
                 raise ValueError(f"{key!r} is not a valid environment variable name")
             _no_nul(item, f"environment value of {key}")
+        return value
+
+    @field_validator("stage_in")
+    @classmethod
+    def _stage_in_targets(cls, value: list[FileTransfer]) -> list[FileTransfer]:
+        for transfer in value:
+            _in_sandbox(transfer.target, "stage_in target")
+        return value
+
+    @field_validator("stage_out")
+    @classmethod
+    def _stage_out_sources(cls, value: list[FileTransfer]) -> list[FileTransfer]:
+        for transfer in value:
+            _in_sandbox(transfer.source, "stage_out source")
         return value
 
     @field_validator("attributes")

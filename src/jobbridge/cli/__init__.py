@@ -1,4 +1,5 @@
-"""The ``jobbridge`` command line: submit, status, list, wait, cancel, logs, delete, backends.
+"""The ``jobbridge`` command line: submit, status, list, wait, cancel, hold, release, logs,
+results, peek, free, delete, backends.
 
 Each verb lives in a module of this package and is added to the ``cli`` group here.
 """
@@ -6,13 +7,17 @@ Each verb lives in a module of this package and is added to the ``cli`` group he
 from __future__ import annotations
 
 from jobbridge.cli.app import cli
-from jobbridge.cli.jobs import backends, cancel, delete, list_jobs, status, wait
+from jobbridge.cli.files import free, peek, results
+from jobbridge.cli.jobs import backends, cancel, delete, hold, list_jobs, release, status, wait
 from jobbridge.cli.logs import logs
 from jobbridge.cli.submit import submit
 
 __all__ = ["cli", "main"]
 
-for _verb in (submit, status, list_jobs, wait, cancel, logs, delete, backends):
+for _verb in (
+    submit, status, list_jobs, wait, cancel, hold, release, logs, results, peek, free, delete,
+    backends,
+):  # fmt: skip
     cli.add_command(_verb)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import click
@@ -20,6 +21,7 @@ from jobbridge import __version__
 from jobbridge.config import Config, load_config
 from jobbridge.engine import Engine
 from jobbridge.errors import JobbridgeError
+from jobbridge.job import Job
 from jobbridge.spec import format_validation_error
 
 __all__ = ["EXIT_FAILED", "EXIT_TIMEOUT", "EXIT_USAGE", "CliError", "Session", "cli"]
@@ -139,3 +141,26 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     session = Session(config_path)
     ctx.obj = session
     ctx.call_on_close(session.close)
+
+
+def act_on_each(
+    session: Session,
+    job_ids: Sequence[str],
+    action: Callable[[str], Job | None],
+    done: str = "done",
+) -> None:
+    """Do ``action`` to every job, saying how each went (``done`` where the action returns
+    nothing); exit 1 if any was refused."""
+    failed = False
+    for job_id in job_ids:
+        try:
+            job = action(job_id)
+        except JobbridgeError as error:
+            click.echo(f"error: {error}", err=True)
+            failed = True
+            continue
+        if job is None:
+            session.out.print(f"job {job_id}: {done}", highlight=False)
+        else:
+            session.out.print(f"job {job.id} ({job.name}): {job.phase}", highlight=False)
+    click.get_current_context().exit(EXIT_FAILED if failed else 0)

@@ -9,18 +9,16 @@ import click
 from rich.table import Table
 
 from jobbridge.backends.registry import backend_kinds
-from jobbridge.cli.app import EXIT_FAILED, Session
+from jobbridge.cli.app import Session, act_on_each
 from jobbridge.cli.output import (
     display_name,
     events_table,
     job_json,
     jobs_table,
-    phase_text,
     print_json,
     report_outcome,
     wait_with_progress,
 )
-from jobbridge.errors import JobbridgeError
 from jobbridge.job import utcnow
 from jobbridge.phase import Phase
 
@@ -171,18 +169,25 @@ def wait(session: Session, job_ids: tuple[str, ...], timeout: float | None, quie
 @click.pass_obj
 def cancel(session: Session, job_ids: tuple[str, ...]) -> None:
     """Stop jobs; they end ABORTED."""
-    engine = session.engine
-    engine.refresh()
-    failed = False
-    for job_id in job_ids:
-        try:
-            job = engine.cancel(job_id)
-        except JobbridgeError as error:
-            click.echo(f"error: {error}", err=True)
-            failed = True
-            continue
-        session.out.print(f"job {job.id} ({display_name(job)}): ", phase_text(job.phase), sep="")
-    click.get_current_context().exit(EXIT_FAILED if failed else 0)
+    session.engine.refresh()
+    act_on_each(session, job_ids, session.engine.cancel)
+
+
+@click.command()
+@click.argument("job_ids", nargs=-1, required=True, metavar="ID...")
+@click.pass_obj
+def hold(session: Session, job_ids: tuple[str, ...]) -> None:
+    """Keep queued jobs from starting (they show HELD) until released."""
+    session.engine.refresh()
+    act_on_each(session, job_ids, session.engine.hold)
+
+
+@click.command()
+@click.argument("job_ids", nargs=-1, required=True, metavar="ID...")
+@click.pass_obj
+def release(session: Session, job_ids: tuple[str, ...]) -> None:
+    """Let held jobs start."""
+    act_on_each(session, job_ids, session.engine.release)
 
 
 @click.command()
@@ -191,18 +196,10 @@ def cancel(session: Session, job_ids: tuple[str, ...]) -> None:
 @click.pass_obj
 def delete(session: Session, job_ids: tuple[str, ...], force: bool) -> None:
     """Forget jobs and remove what they left behind."""
-    engine = session.engine
-    engine.refresh()
-    failed = False
-    for job_id in job_ids:
-        try:
-            engine.delete(job_id, force=force)
-        except JobbridgeError as error:
-            click.echo(f"error: {error}", err=True)
-            failed = True
-            continue
-        session.out.print(f"job {job_id} deleted")
-    click.get_current_context().exit(EXIT_FAILED if failed else 0)
+    session.engine.refresh()
+    act_on_each(
+        session, job_ids, lambda job_id: session.engine.delete(job_id, force=force), "deleted"
+    )
 
 
 @click.command()
