@@ -11,7 +11,7 @@ from typing import Any
 from jobbridge import Engine, EngineSettings, Store
 from jobbridge.backends.base import BackendContext
 from jobbridge.backends.batch.slurm import SlurmBackend
-from jobbridge.transport.base import CommandResult
+from jobbridge.transport.base import CommandResult, Transport
 from jobbridge.transport.local import LocalTransport
 
 
@@ -26,13 +26,17 @@ class CountingTransport(LocalTransport):
 
 
 @contextmanager
-def slurm_engine() -> Iterator[tuple[Engine, SlurmBackend, CountingTransport]]:
+def slurm_engine(
+    **options: Any,
+) -> Iterator[tuple[Engine, SlurmBackend, CountingTransport | Transport]]:
+    """An engine with one SLURM backend; on this machine its commands are counted."""
     with tempfile.TemporaryDirectory(prefix="jobbridge-bench-") as scratch:
         root = Path(scratch)
-        options = SlurmBackend.Options(min_refresh_interval=0)
-        backend = SlurmBackend("slurm", options, BackendContext(root / "jobs"))
-        transport = CountingTransport()
-        backend.transport = transport
+        settings = SlurmBackend.Options.model_validate({"min_refresh_interval": 0, **options})
+        backend = SlurmBackend("slurm", settings, BackendContext(root / "jobs"))
+        transport: CountingTransport | Transport = backend.transport
+        if settings.host is None:
+            transport = backend.transport = CountingTransport()
         engine = Engine(
             Store(f"sqlite:///{root / 'jobbridge.db'}"),
             {"slurm": backend},
