@@ -224,9 +224,8 @@ class BatchScenarios:
 
     def test_a_held_job(self, engine: Engine) -> None:
         blocker = engine.submit(JobSpec(executable="sleep", arguments=["60"]))
-        job = engine.submit(
-            JobSpec(executable="echo", arguments=["released"], depends_on=[blocker.id])
-        )
+        spec = JobSpec(executable="echo", arguments=["released"])
+        job = engine.submit(spec.replace(depends_on=[f"afterany:{blocker.id}"]))
         held = engine.hold(job.id)
         assert held.phase is Phase.HELD
         engine.cancel(blocker.id)

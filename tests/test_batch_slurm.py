@@ -62,6 +62,26 @@ def test_without_accounting_ended_jobs_are_resolved_from_scontrol_or_exit_files(
 
 
 @pytest.mark.slurm
+def test_capped_arrays_and_lone_members_run_natively(isolated_data_dir: Path) -> None:
+    cluster_env("slurm")
+    backend = slurm_backend(isolated_data_dir, max_jobs_in_flight=2)
+    with make_engine(backend, isolated_data_dir) as engine:
+        script = 'echo "$JOBBRIDGE_ARRAY_INDEX"'
+        members = engine.submit_array(
+            JobSpec(executable="sh", arguments=["-c", script], array="3-6")
+        )
+        assert [m.native_id is not None for m in members] == [True, True, False, False]
+        assert members[0].native_id and members[0].native_id.endswith("_3")
+        done = engine.wait([m.id for m in members], timeout=120)
+    assert [engine_output(backend, m) for m in done] == ["3\n", "4\n", "5\n", "6\n"]
+    assert all(m.phase is Phase.COMPLETED for m in done)
+
+
+def engine_output(backend: SlurmBackend, job: object) -> str:
+    return backend.read_output(job, "stdout").decode()  # type: ignore[arg-type]
+
+
+@pytest.mark.slurm
 def test_one_refresh_of_200_active_jobs_runs_one_status_command(isolated_data_dir: Path) -> None:
     cluster_env("slurm")
     backend = slurm_backend(isolated_data_dir)

@@ -304,6 +304,65 @@ def test_a_job_the_scheduler_says_can_never_run_is_cancelled_there(
         assert cluster.cancelled == [child.native_id]
 
 
+def test_cancelling_a_parent_ends_its_afterok_dependents_first(
+    db_url: str, cluster: FakeCluster
+) -> None:
+    with make_engine(db_url, cluster, native_dependencies=True) as engine:
+        parent = engine.submit(SPEC)
+        strict = engine.submit(SPEC.replace(depends_on=[parent.id]))
+        lenient = engine.submit(SPEC.replace(depends_on=[f"afterany:{parent.id}"]))
+        engine.cancel(parent.id)
+        assert cluster.cancelled == [strict.native_id, parent.native_id]
+        child = engine.get(strict.id)
+        assert (child.phase, child.detail) == (Phase.ABORTED, "DEPENDENCY_NEVER_SATISFIED")
+        assert engine.get(lenient.id).phase is Phase.QUEUED
+
+
+def test_a_parent_ending_badly_ends_its_waiting_dependents(
+    engine: Engine, cluster: FakeCluster
+) -> None:
+    parent = engine.submit(SPEC)
+    child = engine.submit(SPEC.replace(depends_on=[parent.id]))
+    grandchild = engine.submit(SPEC.replace(depends_on=[child.id]))
+    cluster.set(parent, Phase.ERROR, exit_code=2)
+    engine.refresh()
+    for job in (child, grandchild):
+        assert engine.get(job.id).detail == "DEPENDENCY_NEVER_SATISFIED"
+    assert cluster.submit_calls == 1
+
+
+def test_a_condition_the_scheduler_cannot_enforce_is_waited_for(
+    db_url: str, cluster: FakeCluster
+) -> None:
+    with make_engine(db_url, cluster, native_dependencies=True) as engine:
+        backend = engine.backend()
+        backend.native_conditions = frozenset({"afterok", "afterany"})  # type: ignore[misc]
+        parent = engine.submit(SPEC)
+        child = engine.submit(SPEC.replace(depends_on=[f"afternotok:{parent.id}"]))
+        assert not child.is_submitted
+        cluster.set(parent, Phase.ERROR, exit_code=1)
+        engine.refresh()
+        engine.refresh()
+        assert engine.get(child.id).is_submitted
+        assert cluster.dependencies[child.id] == []
+
+
+def test_a_native_array_with_a_cap_goes_whole_to_the_scheduler(
+    db_url: str, cluster: FakeCluster
+) -> None:
+    with make_engine(db_url, cluster, native_arrays=True) as engine:
+        members = engine.submit_array(SPEC.replace(array="0-9%3"))
+        assert (cluster.array_calls, cluster.submit_calls) == (1, 0)
+        assert all(member.is_submitted for member in members)
+
+
+def test_array_members_beyond_the_limits_go_one_by_one(db_url: str, cluster: FakeCluster) -> None:
+    with make_engine(db_url, cluster, native_arrays=True, max_jobs_in_flight=4) as engine:
+        members = engine.submit_array(SPEC.replace(array="0-9"))
+        assert (cluster.array_calls, cluster.submit_calls) == (0, 4)
+        assert sum(member.is_submitted for member in members) == 4
+
+
 def test_a_dependency_on_an_unknown_job_is_refused(engine: Engine) -> None:
     with pytest.raises(SpecError, match="nosuchjob"):
         engine.submit(SPEC.replace(depends_on=["nosuchjob"]))

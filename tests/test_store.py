@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from jobbridge import Job, JobNotFoundError, JobSpec, Phase, Store
 from jobbridge.errors import InvalidTransitionError
@@ -182,3 +184,42 @@ def test_processes_opening_a_new_database_at_once_migrate_it_once(store_url: str
     store.add([make_job()])
     assert store.count() == 1
     store.close()
+
+
+def test_dependents_are_found_by_their_parent(store: Store) -> None:
+    parent = make_job(spec=SPEC.replace(depends_on=[]))
+    first = make_job(spec=SPEC.replace(depends_on=[parent.id]))
+    second = make_job(spec=SPEC.replace(depends_on=[f"afterany:{parent.id}", "other"]))
+    store.add([parent, first, second])
+    found = {(job.id, condition) for job, condition in store.dependents(parent.id)}
+    assert found == {(first.id, "afterok"), (second.id, "afterany")}
+    store.delete(first.id)
+    assert [job.id for job, _ in store.dependents(parent.id)] == [second.id]
+
+
+def test_upgrading_an_older_store_keeps_every_dependency(store_url: str) -> None:
+    from alembic import command
+
+    from jobbridge.store.store import _alembic_config
+
+    old = Store(store_url, migrate=False)
+    with old._writer.begin() as conn:
+        config = _alembic_config()
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        conn.execute(
+            sa.text(
+                "INSERT INTO jobs (id, name, backend, phase, spec, created)"
+                " VALUES ('child', 'c', 'local', 'QUEUED', :spec, :created)"
+            ),
+            {
+                "spec": json.dumps(
+                    SPEC.replace(depends_on=["afterany:mum"]).model_dump(mode="json")
+                ),
+                "created": "2026-01-01 00:00:00",
+            },
+        )
+    old.close()
+    upgraded = Store(store_url)
+    assert [(job.id, c) for job, c in upgraded.dependents("mum")] == [("child", "afterany")]
+    upgraded.close()

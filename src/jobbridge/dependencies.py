@@ -11,7 +11,7 @@ from jobbridge.backends.base import NativeDependency
 from jobbridge.job import Job
 from jobbridge.phase import Phase
 
-__all__ = ["Readiness", "Verdict", "judge"]
+__all__ = ["Readiness", "Verdict", "judge", "met"]
 
 
 class Readiness(Enum):
@@ -38,15 +38,22 @@ _MET: dict[str, Callable[[Phase], bool]] = {
 }
 
 
-def judge(job: Job, parents: Sequence[Job], *, scheduler_enforces: bool) -> Verdict:
-    """``parents`` in the order of ``job.spec.depends_on``. With ``scheduler_enforces``, a
-    parent still running on the job's own backend becomes a native dependency."""
+def met(condition: str, parent_phase: Phase) -> bool:
+    """Whether a parent that ended in ``parent_phase`` lets a ``condition`` dependent run."""
+    return _MET[condition](parent_phase)
+
+
+def judge(job: Job, parents: Sequence[Job], *, native_conditions: frozenset[str]) -> Verdict:
+    """``parents`` in the order of ``job.spec.depends_on``. A parent still running on the
+    job's own backend, under a condition that backend enforces, becomes a native dependency;
+    for any other running parent the job waits."""
     native = []
     for dependency, parent in zip(job.spec.depends_on, parents, strict=True):
+        enforced = dependency.condition in native_conditions
         if parent.phase.is_final:
-            if not _MET[dependency.condition](parent.phase):
+            if not met(dependency.condition, parent.phase):
                 return NEVER
-        elif scheduler_enforces and parent.backend == job.backend and parent.native_id:
+        elif enforced and parent.backend == job.backend and parent.native_id:
             native.append(NativeDependency(parent.native_id, dependency.condition))
         else:
             return WAIT

@@ -20,6 +20,8 @@ __all__ = ["Dispatcher", "Mover"]
 
 log = logging.getLogger(__name__)
 
+_UNLIMITED = 1_000_000_000
+
 Mover = Callable[[Job, Phase, JobStatus], "Job | None"]
 """Applies a phase change the way the engine does (events, hooks, follow-ups)."""
 
@@ -62,7 +64,8 @@ class Dispatcher:
             parents = self.store.get_many(d.job_id for d in job.spec.depends_on)
         except JobNotFoundError:
             return NEVER
-        return judge(job, parents, scheduler_enforces=backend.native_dependencies)
+        enforced = backend.native_conditions if backend.native_dependencies else frozenset()
+        return judge(job, parents, native_conditions=enforced)
 
     def _never_runs(self, job: Job) -> Job:
         moved = self._move(
@@ -85,9 +88,12 @@ class Dispatcher:
         return [fresh.get(job.id, job) for job in group]
 
     def _fitting(self, backend: Backend, group: list[Job]) -> list[Job]:
-        """The jobs of ``group`` that fit under the backend's limits now."""
+        """What of ``group`` may be handed over now: a whole array the scheduler takes in
+        one go (it applies any ``%N`` itself), else as many as the limits leave room for."""
         room = self._room(backend, group[0])
-        return group[:room]
+        if _whole_native_array(backend, group) and room >= len(group):
+            return group
+        return group[: min(room, self._room_in_array(backend, group[0]))]
 
     def _submit_claimed(
         self, backend: Backend, claimed: list[Job], native: Sequence[NativeDependency] = ()
@@ -95,9 +101,7 @@ class Dispatcher:
         """Hand over jobs this engine holds the claim on; a whole array in one go if it can."""
         if not claimed:
             return []
-        array = claimed[0].spec.array
-        native_array = backend.native_arrays and claimed[0].array_id is not None
-        if native_array and array is not None and len(claimed) == len(array):
+        if _whole_native_array(backend, claimed):
             return self._submit_array(backend, claimed, native)
         return [self._submit_one(backend, job, native) for job in claimed]
 
@@ -112,11 +116,15 @@ class Dispatcher:
                 j.spec.resources.cores for j in self.store.active(backend.name) if j.is_submitted
             )
             limits.append((options.max_cores_in_flight - busy) // job.spec.resources.cores)
+        return max(0, min(limits)) if limits else _UNLIMITED
+
+    def _room_in_array(self, backend: Backend, job: Job) -> int:
+        """How many more members of the job's array its ``%N`` lets run."""
         array = job.spec.array
-        if job.array_id is not None and array is not None and array.max_concurrent is not None:
-            in_flight = self.store.count_in_flight(backend.name, job.array_id)
-            limits.append(array.max_concurrent - in_flight)
-        return max(0, min(limits)) if limits else 1_000_000_000
+        if job.array_id is None or array is None or array.max_concurrent is None:
+            return _UNLIMITED
+        in_flight = self.store.count_in_flight(backend.name, job.array_id)
+        return max(0, array.max_concurrent - in_flight)
 
     def _submit_one(
         self, backend: Backend, job: Job, native: Sequence[NativeDependency] = ()
@@ -192,3 +200,13 @@ def _array_groups(jobs: Sequence[Job]) -> list[list[Job]]:
     for job in jobs:
         groups.setdefault(job.array_id or job.id, []).append(job)
     return list(groups.values())
+
+
+def _whole_native_array(backend: Backend, jobs: Sequence[Job]) -> bool:
+    array = jobs[0].spec.array
+    return (
+        backend.native_arrays
+        and jobs[0].array_id is not None
+        and array is not None
+        and len(jobs) == len(array)
+    )

@@ -22,6 +22,7 @@ from jobbridge import staging
 from jobbridge.backends.base import Backend, BackendContext, Stream
 from jobbridge.backends.registry import create_backend
 from jobbridge.config import Config, EngineSettings, load_config
+from jobbridge.dependencies import met
 from jobbridge.dispatch import Dispatcher
 from jobbridge.errors import (
     JobNotFoundError,
@@ -229,7 +230,22 @@ class Engine:
         if new.is_final and moved.spec.stage_out and moved.is_submitted:
             moved = self._stage_out(moved)
         self._announce(moved, job.phase)
+        if new.is_final:
+            self._settle_dependents(moved.id, new)
         return moved
+
+    def _settle_dependents(self, parent_id: str, ending: Phase) -> None:
+        """End every job that ``parent_id`` ending in ``ending`` can never let run, and take it
+        off its backend (some schedulers would run it, others keep it waiting for ever)."""
+        for child, condition in self.store.dependents(parent_id):
+            if child.phase.is_final or met(condition, ending):
+                continue
+            never = JobStatus(
+                phase=Phase.ABORTED,
+                detail="DEPENDENCY_NEVER_SATISFIED",
+                message=f"job {parent_id} ended {ending}, which {condition} excludes",
+            )
+            self._move(child, Phase.ABORTED, never)  # which takes it off its backend
 
     def _stage_out(self, job: Job) -> Job:
         """Bring the job's declared outputs back; a failure is recorded, the phase stays."""
@@ -261,6 +277,8 @@ class Engine:
             job = self.store.get(job_id)
             if job.phase.is_final:
                 raise JobStateError(f"job {job_id} has already ended ({job.phase})")
+            # before the backend hears of it: some release dependents when a parent goes
+            self._settle_dependents(job_id, Phase.ABORTED)
             if job.is_submitted:
                 self.backend(job.backend).cancel(job)
             aborted = JobStatus(phase=Phase.ABORTED, detail="CANCELLED", message="cancelled")

@@ -62,6 +62,8 @@ class Backend(ABC):
     native_arrays: ClassVar[bool] = False
     native_dependencies: ClassVar[bool] = False
     """True if the backend can be handed a job whose parents it still runs."""
+    native_conditions: ClassVar[frozenset[str]] = frozenset({"afterok", "afterany", "afternotok"})
+    """With ``native_dependencies``: the conditions it enforces; for others jobbridge waits."""
 
     def __init__(self, name: str, options: BackendOptions, context: BackendContext) -> None:
         self.name = name

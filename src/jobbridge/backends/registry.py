@@ -44,9 +44,7 @@ def _load(point: EntryPoint) -> type[Backend] | None:
     try:
         cls = point.load()
     except Exception:
-        log.warning(
-            "backend plugin %r (%s) failed to load", point.name, point.value, exc_info=True
-        )
+        log.warning("backend plugin %r (%s) failed to load", point.name, point.value, exc_info=True)
         return None
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         log.warning("backend plugin %r (%s) is not a Backend class", point.name, point.value)

@@ -73,3 +73,12 @@ events = sa.Table(
     sa.Column("message", sa.Text),
     sa.Index("ix_events_job_time", "job_id", "time"),
 )
+
+dependencies = sa.Table(
+    "dependencies",
+    metadata,
+    sa.Column("job_id", sa.String(32), primary_key=True),
+    sa.Column("parent_id", sa.String(32), primary_key=True),
+    sa.Column("condition", sa.String(16), primary_key=True),
+    sa.Index("ix_dependencies_parent", "parent_id"),
+)

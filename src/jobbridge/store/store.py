@@ -19,7 +19,7 @@ from jobbridge.errors import JobNotFoundError
 from jobbridge.job import Event, Job, utcnow
 from jobbridge.phase import ACTIVE_PHASES, Phase
 from jobbridge.spec import JobSpec
-from jobbridge.store.schema import events, jobs
+from jobbridge.store.schema import dependencies, events, jobs
 
 __all__ = ["Store"]
 
@@ -81,8 +81,18 @@ class Store:
             {**_job_row(job), "submitting_since": now if job.id in claimed else None}
             for job in new_jobs
         ]
+        links = {
+            (job.id, dependency.job_id, dependency.condition)
+            for job in new_jobs
+            for dependency in job.spec.depends_on
+        }
         with self._write() as conn:
             conn.execute(jobs.insert(), rows)
+            if links:
+                conn.execute(
+                    dependencies.insert(),
+                    [{"job_id": j, "parent_id": p, "condition": c} for j, p, c in sorted(links)],
+                )
             conn.execute(
                 events.insert(),
                 [_event_row(job.id, job.created, None, job.phase) for job in new_jobs],
@@ -144,6 +154,7 @@ class Store:
     def delete(self, job_id: str) -> None:
         with self._write() as conn:
             conn.execute(events.delete().where(events.c.job_id == job_id))
+            conn.execute(dependencies.delete().where(dependencies.c.job_id == job_id))
             if conn.execute(jobs.delete().where(jobs.c.id == job_id)).rowcount != 1:
                 raise JobNotFoundError(job_id)
 
@@ -231,6 +242,17 @@ class Store:
             query = query.where(jobs.c.array_id == array_id)
         with self._read() as conn:
             return int(conn.execute(query).scalar_one())
+
+    def dependents(self, parent_id: str) -> list[tuple[Job, str]]:
+        """The jobs that depend on ``parent_id``, each with the condition it depends under."""
+        query = (
+            sa.select(jobs, dependencies.c.condition)
+            .join(dependencies, dependencies.c.job_id == jobs.c.id)
+            .where(dependencies.c.parent_id == parent_id)
+            .order_by(jobs.c.created, jobs.c.id)
+        )
+        with self._read() as conn:
+            return [(_job_from_row(row), row.condition) for row in conn.execute(query)]
 
     def events(self, job_id: str) -> list[Event]:
         query = (

@@ -175,7 +175,11 @@ class BatchBackend(Backend):
         self.directives(members[0], members, [])
 
     def submit(self, job: Job, dependencies: Sequence[NativeDependency] = ()) -> str:
-        return self._submit(job, [job], dependencies)
+        """A job; or one array member on its own, as a one-task array keeping its index."""
+        native_id = self._submit(job, [job], dependencies)
+        if job.array_index is None:
+            return native_id
+        return self.member_ids(native_id, [job])[0]
 
     def submit_array(
         self, jobs: Sequence[Job], dependencies: Sequence[NativeDependency] = ()

@@ -88,7 +88,7 @@ class SlurmBackend(BatchBackend):
         if spec.reservation:
             lines.append(f"--reservation={self._value('reservation', spec.reservation)}")
         if spec.array is not None:
-            lines.append(f"--array={spec.array}")
+            lines.append(f"--array={_array_line(spec.array, members)}")
         if dependencies:
             terms = ",".join(f"{d.condition}:{d.native_id}" for d in dependencies)
             lines.append(f"--dependency={terms}")
@@ -216,6 +216,13 @@ class SlurmBackend(BatchBackend):
                 message="a job it depends on ended in a way the dependency excludes",
             )
         return super().to_status(state)
+
+
+def _array_line(array: ArraySpec, members: Sequence[Job]) -> str:
+    """The whole array with its cap, or the members handed over without the rest."""
+    if len(members) == len(array):
+        return str(array)
+    return str(ArraySpec(tuple(sorted(m.array_index or 0 for m in members))))
 
 
 def _expand(job_id: str) -> list[str]:

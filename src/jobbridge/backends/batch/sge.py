@@ -1,0 +1,693 @@
+"""Grid Engine (SGE, OGE, Son of Grid Engine 8.1): qsub of a script, one ``qstat -xml`` for
+every job in the queue, ``qacct`` for jobs that left it without an exit-code file, qdel.
+
+Grid Engine holds a job for others (``-hold_jid``) until they leave the queue, however they
+ended. ``afterok`` rests on what qsub(1) documents for ``-hold_jid``: a job whose script exits
+100 stays in the error state and its dependents stay held. Every jobbridge script for Grid
+Engine exits 100 when its program failed (the real exit code is in its exit-code file), and
+never 99, which would make Grid Engine run it again. jobbridge then reads that code, deletes
+the ``afterok`` dependents that can never run, and deletes the failed job, which releases the
+``afterany`` ones. ``afternotok`` cannot be held this way (a job that succeeds leaves the
+queue at once) and is refused. What this cannot cover: a job that Grid Engine kills (h_rt,
+qdel, a lost node) leaves the queue at once and releases its ``afterok`` dependents; those
+not yet started when jobbridge learns it are deleted, a started one is only logged.
+
+Slots are ``-pe`` (processes x cores), memory is per slot (``memory_resource``), and an
+attribute ``sge.NAME`` is a resource request ``-l NAME=VALUE``, except the switches
+``sge.hold`` (``-h``) and ``sge.notify`` (``-notify``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import pairwise
+from typing import ClassVar
+from xml.etree import ElementTree
+
+from pydantic import Field
+
+from jobbridge.backends.batch.base import (
+    BatchBackend,
+    BatchOptions,
+    NativeDependency,
+    NativeState,
+    walltime_parts,
+)
+from jobbridge.backends.batch.script import directive_value, render, scheduler_name
+from jobbridge.errors import BackendError
+from jobbridge.job import Job, JobStatus
+from jobbridge.phase import Phase
+from jobbridge.spec import ArraySpec, JobSpec
+from jobbridge.transport.base import CommandResult
+
+__all__ = ["SgeBackend", "SgeOptions"]
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_RESOURCE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_WAITING = "waiting for job"
+_GONE = "does not exist"
+_CLOCK_SKEW = 120.0
+"""Seconds by which the clocks of this host and the execution hosts may differ."""
+
+_PENDING = {"qw", "Rq", "hqw", "hRwq"}
+_HELD = {"hqw", "hRwq"}
+_ERROR_STATE = {"Eqw", "Ehqw", "EhRqw"}
+_SUSPENDED = ["s", "ts", "S", "tS", "T", "tT", "Rs", "Rts", "RS", "RtS", "RT", "RtT"]
+_DELETING = ["dr", "dt", "dRr", "dRt", "ds", "dS", "dT", "dRs", "dRS", "dRT"]
+
+_FLAGS = {"hold": "-h", "notify": "-notify"}
+"""``sge.*`` attributes that are qsub switches (true or false); all others are ``-l``."""
+
+
+class SgeOptions(BatchOptions):
+    sge_root: str | None = Field(
+        None, description="SGE_ROOT for Grid Engine's commands (default: this process's)"
+    )
+    sge_cell: str | None = Field(
+        None, description="SGE_CELL for Grid Engine's commands (default: this process's)"
+    )
+    user: str = Field(
+        "$user",
+        pattern=r"^(\$user|\*|[A-Za-z0-9_.-]+)$",
+        description="whose jobs qstat lists: '$user' (whoever runs the commands), a name, '*'",
+    )
+    parallel_environment: str = Field(
+        "smp",
+        pattern=_NAME.pattern,
+        description="parallel environment for several slots on one node ($pe_slots)",
+    )
+    multinode_parallel_environment: str | None = Field(
+        None,
+        pattern=_NAME.pattern,
+        description="parallel environment for jobs across nodes; its allocation rule places"
+        " the slots. Without one, jobs asking for more than one node are refused",
+    )
+    memory_resource: str = Field(
+        "h_vmem",
+        pattern=_RESOURCE.pattern,
+        description="per-slot resource that carries a memory request. h_vmem is a limit Grid"
+        " Engine enforces; mem_free or virtual_free only guide placement",
+    )
+
+
+@dataclass(frozen=True)
+class _Tasks:
+    """Grid Engine numbers array tasks from 1 in one range with a step (``-t 1-10:1``).
+    jobbridge's indices that form such a range, shifted up when they start below 1, become
+    task ids directly; any other set is numbered 1..N and looked up in the script."""
+
+    first: int
+    last: int
+    step: int
+    shift: int
+    table: tuple[int, ...] | None
+
+    @classmethod
+    def of(cls, array: ArraySpec) -> _Tasks:
+        indices = array.indices
+        step = indices[1] - indices[0] if len(indices) > 1 else 1
+        if all(b - a == step for a, b in pairwise(indices)):
+            shift = max(0, 1 - indices[0])
+            return cls(indices[0] + shift, indices[-1] + shift, step, shift, None)
+        return cls(1, len(indices), 1, 0, indices)
+
+    @property
+    def switch_value(self) -> str:
+        return f"{self.first}-{self.last}:{self.step}"
+
+    def task_ids(self) -> dict[int, int]:
+        """Task id by jobbridge index."""
+        if self.table is not None:
+            return {index: number for number, index in enumerate(self.table, start=1)}
+        return {task - self.shift: task for task in range(self.first, self.last + 1, self.step)}
+
+    @property
+    def index_expression(self) -> str:
+        if self.table is not None:
+            return '"${jobbridge_indices[SGE_TASK_ID - 1]}"'
+        if self.shift:
+            return f'"$((SGE_TASK_ID - {self.shift}))"'
+        return '"$SGE_TASK_ID"'
+
+
+class SgeBackend(BatchBackend):
+    kind = "sge"
+    scheduler = "sge"
+    native_dependencies = True
+    Options = SgeOptions
+    options: SgeOptions
+    template = "sge.sh.j2"
+    STATES: ClassVar[Mapping[str, tuple[Phase, str | None]]] = {
+        # qstat's state letters, as sge_status(5) lists them
+        "qw": (Phase.QUEUED, None),
+        "Rq": (Phase.QUEUED, None),
+        "hqw": (Phase.HELD, None),
+        "hRwq": (Phase.HELD, None),
+        "r": (Phase.EXECUTING, None),
+        "hr": (Phase.EXECUTING, None),
+        "t": (Phase.EXECUTING, None),
+        "Rr": (Phase.EXECUTING, None),
+        "Rt": (Phase.EXECUTING, None),
+        **dict.fromkeys(_SUSPENDED, (Phase.SUSPENDED, None)),
+        **dict.fromkeys(_ERROR_STATE, (Phase.ERROR, "ERROR_STATE")),
+        **dict.fromkeys(_DELETING, (Phase.ABORTED, "CANCELLED")),
+        # qacct has no state word, only a `failed` code: _accounting_word names it
+        "COMPLETED": (Phase.COMPLETED, None),
+        "FAILED": (Phase.ERROR, None),
+        "TIMEOUT": (Phase.ERROR, "TIMEOUT"),
+        "OUT_OF_MEMORY": (Phase.ERROR, "OUT_OF_MEMORY"),
+        "CANCELLED": (Phase.ABORTED, "CANCELLED"),
+        "KILLED": (Phase.ERROR, "KILLED"),
+        "NODE_FAIL": (Phase.ERROR, "NODE_FAIL"),
+        "START_FAILED": (Phase.ERROR, "START_FAILED"),
+        "EPILOG_FAILED": (Phase.ERROR, "EPILOG_FAILED"),
+        "RESCHEDULED": (Phase.ERROR, "RESCHEDULED"),
+    }
+
+    # -- the script ---------------------------------------------------------------------------
+
+    def check(self, spec: JobSpec) -> None:
+        super().check(spec)
+        if any(dependency.condition == "afternotok" for dependency in spec.depends_on):
+            raise self.unsupported("depends_on", _NO_AFTERNOTOK)
+        if spec.reservation is not None and not spec.reservation.isdigit():
+            raise self.unsupported(
+                "reservation", "Grid Engine takes the number of an advance reservation (qrsub)"
+            )
+
+    def directives(
+        self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency]
+    ) -> list[str]:
+        spec, resources = job.spec, job.spec.resources
+        stem = "sge-$JOB_ID.$TASK_ID" if spec.array is not None else "sge-$JOB_ID"
+        lines = [f"-N {_job_name(job.name)}", f"-o {stem}.out", f"-e {stem}.err"]
+        lines += ["-S /bin/bash", "-cwd"]
+        if spec.inherit_environment:
+            lines.append("-V")
+        lines += self._slots(spec)
+        taken: set[str] = set()
+        if resources.memory is not None:
+            per_slot = math.ceil(resources.memory / resources.cores / 2**20)
+            lines.append(f"-l {self.options.memory_resource}={per_slot}M")
+            taken.add(self.options.memory_resource)
+        if resources.walltime is not None:
+            days, hours, minutes, seconds = walltime_parts(resources.walltime.total_seconds())
+            lines.append(f"-l h_rt={days * 24 + hours}:{minutes:02d}:{seconds:02d}")
+            taken.add("h_rt")
+        for switch, value in [
+            ("-q", spec.queue),
+            ("-A", spec.account),
+            ("-P", spec.project),
+            ("-ar", spec.reservation),
+        ]:
+            if value:
+                lines.append(f"{switch} {self._value(_FIELDS[switch], value)}")
+        if spec.array is not None:
+            lines.append(f"-t {self._task_range(spec.array, members)}")
+            if spec.array.max_concurrent and len(members) > 1:
+                lines.append(f"-tc {spec.array.max_concurrent}")
+        if dependencies:
+            lines.append(f"-hold_jid {self._hold_list(dependencies)}")
+        lines += self._attributes(spec, taken)
+        return [f"#$ {line}" for line in lines]
+
+    def _slots(self, spec: JobSpec) -> list[str]:
+        resources = spec.resources
+        if resources.gpus_per_process:
+            raise self.unsupported(
+                "resources.gpus_per_process",
+                "Grid Engine has no standard GPU resource; request your site's with an"
+                " attribute such as sge.gpu",
+            )
+        if resources.nodes > 1:
+            environment = self.options.multinode_parallel_environment
+            if environment is None:
+                raise self.unsupported(
+                    "resources.nodes",
+                    "jobs across nodes need the multinode_parallel_environment option",
+                )
+            return [f"-pe {environment} {resources.cores}"]
+        if resources.cores > 1:
+            return [f"-pe {self.options.parallel_environment} {resources.cores}"]
+        return []
+
+    def _task_range(self, array: ArraySpec, members: Sequence[Job]) -> str:
+        """The whole array, or the one member that jobbridge hands over alone (it does so to
+        keep an array under its ``%N`` itself)."""
+        tasks = _Tasks.of(array)
+        if len(members) == len(array):
+            return tasks.switch_value
+        if len(members) == 1 and members[0].array_index is not None:
+            task = tasks.task_ids()[members[0].array_index]
+            return f"{task}-{task}:1"
+        raise self.unsupported("array", "Grid Engine takes a whole array or one member")
+
+    def _hold_list(self, dependencies: Sequence[NativeDependency]) -> str:
+        if any(dependency.condition == "afternotok" for dependency in dependencies):
+            raise self.unsupported("depends_on", _NO_AFTERNOTOK)
+        # -hold_jid names whole jobs: a member's dependents wait for its whole array
+        jobs = dict.fromkeys(dependency.native_id.split(".")[0] for dependency in dependencies)
+        return self._value("depends_on", ",".join(jobs))
+
+    def _attributes(self, spec: JobSpec, taken: set[str]) -> list[str]:
+        lines = []
+        for key, setting in sorted(spec.attributes_for("sge").items()):
+            field = f"attributes.sge.{key}"
+            if key in _FLAGS:
+                if not isinstance(setting, bool):
+                    raise self.unsupported(field, "is a switch: true or false")
+                lines += [_FLAGS[key]] if setting else []
+            elif not _RESOURCE.match(key):
+                raise self.unsupported(field, "not a Grid Engine resource name")
+            elif key in taken:
+                raise self.unsupported(field, "the job's resources already set it")
+            else:
+                text = str(setting).upper() if isinstance(setting, bool) else setting
+                lines.append(f"-l {key}={self._value(field, text)}")
+        return lines
+
+    def _value(self, field: str, value: object) -> str:
+        return directive_value(self.scheduler, field, value)
+
+    def portable_variables(self, array: bool) -> dict[str, str]:
+        variables = {
+            "JOBBRIDGE_JOB_ID": '"$JOB_ID.$SGE_TASK_ID"' if array else '"$JOB_ID"',
+            "JOBBRIDGE_SUBMIT_HOST": '"$SGE_O_HOST"',
+            # a parallel job's hosts are in its PE_HOSTFILE, one per line with its slots
+            "JOBBRIDGE_NODELIST": '"$(if [ -r "${PE_HOSTFILE:-}" ]; then'
+            " cut -d ' ' -f 1 \"$PE_HOSTFILE\" | paste -s -d , -;"
+            ' else echo "$HOSTNAME"; fi)"',
+        }
+        if array:
+            variables["JOBBRIDGE_ARRAY_INDEX"] = '"$SGE_TASK_ID"'
+        return variables
+
+    def render_script(
+        self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency] = ()
+    ) -> str:
+        spec = job.spec
+        tasks = _Tasks.of(spec.array) if spec.array is not None else None
+        portable = self.portable_variables(tasks is not None)
+        if tasks is not None:
+            portable["JOBBRIDGE_ARRAY_INDEX"] = tasks.index_expression
+        job_dir = self.job_dir(job)
+        suffix = '."$JOBBRIDGE_ARRAY_INDEX"' if tasks is not None else ""
+        return render(
+            self.template,
+            job_id=job.array_id or job.id,
+            backend=self.name,
+            directives=self.directives(job, members, dependencies),
+            task_table=tasks.table if tasks is not None else None,
+            portable=portable,
+            name=job.name,
+            directory=spec.directory or job_dir,
+            environment=spec.environment,
+            job_dir=job_dir,
+            exit_suffix=suffix,
+            prologue=spec.prologue,
+            epilogue=spec.epilogue,
+            command=self.launch_command(spec),
+            stdin=spec.stdin,
+            stdout_word=self._output_word(spec.stdout, job_dir, "stdout", suffix),
+            stderr_word=self._output_word(spec.stderr, job_dir, "stderr", suffix),
+            same_output=spec.stdout is not None and spec.stdout == spec.stderr,
+        )
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def submit_command(self, script: str) -> list[str]:
+        return ["qsub", "-terse", script]
+
+    def parse_job_id(self, output: str) -> str:
+        last = output.strip().splitlines()[-1].strip()
+        job_id = last.split(".")[0]  # an array answers 12.1-10:1
+        if not job_id.isdigit():
+            raise ValueError(f"not a job id: {last!r}")
+        return job_id
+
+    def member_ids(self, native_id: str, members: Sequence[Job]) -> list[str]:
+        array = members[0].spec.array
+        assert array is not None
+        task_ids = _Tasks.of(array).task_ids()
+        return [f"{native_id}.{task_ids[job.array_index or 0]}" for job in members]
+
+    def status_command(self, native_ids: Sequence[str]) -> list[str]:
+        # -r adds each job's predecessors: what tells a dependency hold from a user hold
+        return ["qstat", "-xml", "-r", "-u", self.options.user]
+
+    def parse_status(self, output: str) -> dict[str, NativeState]:
+        if "<job_info" not in output:
+            raise ValueError("no <job_info> in the answer")
+        try:
+            root = ElementTree.fromstring(output)  # noqa: S314 - Grid Engine's own answer
+        except ElementTree.ParseError as error:
+            raise ValueError(f"not XML: {error}") from error
+        states = {}
+        for entry in root.iter("job_list"):
+            number = (entry.findtext("JB_job_number") or "").strip()
+            predecessors = [
+                job.strip()
+                for element in entry.findall("predecessor_jobs")
+                for job in (element.text or "").split(",")
+                if job.strip()
+            ]
+            state = NativeState(
+                word=(entry.findtext("state") or "").strip(),
+                reason=f"{_WAITING} {', '.join(predecessors)}" if predecessors else None,
+                started=_xml_time(entry.findtext("JAT_start_time")),
+            )
+            states.update(dict.fromkeys(_job_ids(number, entry.findtext("tasks")), state))
+        return states
+
+    def accounting_query(self, since: datetime) -> list[str]:
+        """Every job that ended after ``since``: qacct reads its whole file for any query, so
+        one pass bounded by end time costs less than one pass per job."""
+        stamp = since.astimezone(UTC).strftime("%Y%m%d%H%M.%S")
+        return ["qacct", "-E", "-b", stamp, "-j"]
+
+    def parse_accounting(self, output: str) -> dict[str, NativeState]:
+        states = {}
+        for record in re.split(r"^=+\s*$", output, flags=re.MULTILINE):
+            fields = _record_fields(record)
+            if "jobnumber" not in fields or "failed" not in fields:
+                continue
+            task = fields.get("taskid", "undefined")
+            key = fields["jobnumber"] if task == "undefined" else f"{fields['jobnumber']}.{task}"
+            failed = int(fields["failed"].split()[0])
+            exit_status = _int_or_none(fields.get("exit_status", "").split()[0:1])
+            word = _accounting_word(failed, exit_status, fields)
+            states[key] = NativeState(  # a rerun job has several records: the last counts
+                word=word,
+                reason=None if failed == 0 else f"failed {fields['failed']}",
+                exit_code=None if word == "FAILED" and failed == 30 else exit_status,
+                started=_qacct_time(fields.get("start_time", "")),
+                ended=_qacct_time(fields.get("end_time", "")),
+            )
+        return states
+
+    def cancel_command(self, native_ids: Sequence[str]) -> list[str]:
+        return ["qdel", *native_ids]
+
+    def hold_command(self, native_ids: Sequence[str]) -> list[str]:
+        return ["qhold", *native_ids]
+
+    def release_command(self, native_ids: Sequence[str]) -> list[str]:
+        return ["qrls", *native_ids]
+
+    def cancel(self, job: Job) -> None:
+        assert job.native_id is not None
+        result = self._run(self.cancel_command([job.native_id]), check=False)
+        if result.returncode != 0 and _GONE not in result.stdout + result.stderr:
+            raise BackendError(f"qdel {job.native_id} failed: {_said(result)}")
+
+    def command_environment(self) -> dict[str, str]:
+        # TZ: qstat and qacct print, and qacct -b reads, times in the local time zone
+        return {**self._sge_environment(), "TZ": "UTC"}
+
+    def _sge_environment(self) -> dict[str, str]:
+        found = {
+            "SGE_ROOT": self.options.sge_root or os.environ.get("SGE_ROOT"),
+            "SGE_CELL": self.options.sge_cell or os.environ.get("SGE_CELL"),
+        }
+        return {name: value for name, value in found.items() if value}
+
+    def _run(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        # every Grid Engine command needs SGE_ROOT, qsub and qdel too
+        merged = {**self._sge_environment(), **(env or {})}
+        return super()._run(argv, cwd=cwd, env=merged, check=check)
+
+    def to_status(self, state: NativeState) -> JobStatus:
+        if state.word in _HELD and state.reason and state.reason.startswith(_WAITING):
+            return JobStatus(phase=Phase.QUEUED, message=state.reason)
+        return super().to_status(state)
+
+    # -- status -------------------------------------------------------------------------------
+
+    def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
+        """One ``qstat`` for all jobs. For jobs it no longer lists, and jobs in the error
+        state, the exit-code files their scripts wrote; for jobs gone without one (killed,
+        out of time), one ``qacct``. Then one ``qdel`` if some jobs must leave the queue:
+        failed jobs in the error state, after the ``afterok`` dependents they rule out."""
+        by_native = {job.native_id: job for job in jobs if job.native_id}
+        if not by_native:
+            return {}
+        env = self.command_environment()
+        answer = self._run(self.status_command(list(by_native)), env=env, check=False)
+        if answer.returncode != 0:
+            raise BackendError(
+                f"qstat failed ({answer.returncode}): {_said(answer)}", retryable=True
+            )
+        queue = self._answer(answer, self.parse_status)
+        now = time.monotonic()
+        for native_id in by_native:
+            if native_id in queue:
+                self._last_seen[native_id] = now
+        gone = [native for native in by_native if native not in queue]
+        stuck = [native for native in by_native if _word(queue, native) in _ERROR_STATE]
+        exit_files = self._exit_files([by_native[native] for native in gone + stuck])
+        unresolved = [by_native[native] for native in gone if native not in exit_files]
+        accounted = self._accounting(unresolved, env)
+        answers = {}
+        for native_id, job in by_native.items():
+            status = self._sge_decision(
+                job, queue.get(native_id), exit_files.get(native_id), accounted.get(native_id)
+            )
+            if status is not None:
+                answers[job.id] = status
+        answers.update(self._never_satisfied(jobs, answers, queue))
+        self._delete_from_queue(jobs, answers, queue)
+        for job in jobs:
+            if job.id in answers and answers[job.id].phase.is_final:
+                self._last_seen.pop(job.native_id or "", None)
+                self._ended_seen.pop(job.native_id or "", None)
+        return answers
+
+    def _accounting(self, jobs: Sequence[Job], env: Mapping[str, str]) -> dict[str, NativeState]:
+        if not jobs or not self.options.accounting:
+            return {}
+        result = self._run(self.accounting_query(self._earliest_end(jobs)), env=env, check=False)
+        if result.returncode != 0:  # no accounting file, say: the exit-code files still count
+            log.warning("%s: qacct failed (%d): %s", self.name, result.returncode, _said(result))
+            return {}
+        return self._answer(result, self.parse_accounting)
+
+    def _earliest_end(self, jobs: Sequence[Job]) -> datetime:
+        """A time before which none of these jobs can have ended: when qstat last listed
+        them, or else when they started or were queued."""
+        wall, monotonic = time.time(), time.monotonic()
+        times = []
+        for job in jobs:
+            seen = self._last_seen.get(job.native_id or "")
+            if seen is not None:
+                times.append(wall - (monotonic - seen))
+            else:
+                times.append((job.started or job.queued or job.created).timestamp())
+        return datetime.fromtimestamp(min(times) - _CLOCK_SKEW, UTC)
+
+    def _sge_decision(
+        self,
+        job: Job,
+        queued: NativeState | None,
+        exit_file: JobStatus | None,
+        accounted: NativeState | None,
+    ) -> JobStatus | None:
+        if queued is not None and queued.word in _ERROR_STATE:
+            if exit_file is not None:  # its script failed and exited 100: see the module doc
+                return exit_file
+            return self._after_delay(job, self.to_status(queued))
+        if queued is not None:
+            if job.phase is Phase.HELD and queued.word in _HELD:
+                return None  # qstat shows one `h` for holds of every kind; jobbridge's stays
+            return self.to_status(queued)
+        if exit_file is not None:
+            return exit_file
+        if accounted is not None:
+            return self.to_status(accounted)
+        return self._decide(job, None, None)
+
+    def _after_delay(self, job: Job, status: JobStatus) -> JobStatus | None:
+        """``status`` once the job has shown it for ``accounting_delay`` seconds: time for
+        an exit-code file written on another host to show on this one."""
+        first = self._ended_seen.setdefault(job.native_id or "", time.monotonic())
+        return status if time.monotonic() - first > self.options.accounting_delay else None
+
+    def _never_satisfied(
+        self,
+        jobs: Sequence[Job],
+        answers: Mapping[str, JobStatus],
+        queue: Mapping[str, NativeState],
+    ) -> dict[str, JobStatus]:
+        """Pending jobs that wait for the success of a job that has just failed."""
+        failed = {
+            job_id
+            for job_id, status in answers.items()
+            if status.phase.is_final and status.phase is not Phase.COMPLETED
+        }
+        verdicts = {}
+        for job in jobs:
+            told = answers.get(job.id)
+            if (told is not None and told.phase.is_final) or not any(
+                dependency.condition == "afterok" and dependency.job_id in failed
+                for dependency in job.spec.depends_on
+            ):
+                continue
+            if _word(queue, job.native_id or "") not in _PENDING:
+                # a parent killed by Grid Engine leaves the queue at once, releasing it
+                log.warning("job %s started although a job it needs failed", job.id)
+                continue
+            verdicts[job.id] = JobStatus(
+                phase=Phase.ABORTED,
+                detail="DEPENDENCY_NEVER_SATISFIED",
+                message="a job it depends on ended in a way the dependency excludes",
+            )
+        return verdicts
+
+    def _delete_from_queue(
+        self,
+        jobs: Sequence[Job],
+        answers: Mapping[str, JobStatus],
+        queue: Mapping[str, NativeState],
+    ) -> None:
+        """One qdel: first the dependents that can never run, then the ended jobs still held
+        in the error state (which releases their other dependents)."""
+        ruled_out, ended = [], []
+        for job in jobs:
+            status = answers.get(job.id)
+            if status is None or not status.phase.is_final or job.native_id is None:
+                continue
+            if status.detail == "DEPENDENCY_NEVER_SATISFIED":
+                ruled_out.append(job.native_id)
+            elif _word(queue, job.native_id) in _ERROR_STATE:
+                ended.append(job.native_id)
+        if not ruled_out and not ended:
+            return
+        result = self._run(self.cancel_command(ruled_out + ended), check=False)
+        if result.returncode != 0:
+            log.warning("%s: qdel of ended jobs failed: %s", self.name, _said(result))
+
+
+_NO_AFTERNOTOK = (
+    "Grid Engine releases a job's dependents as soon as it succeeds, so it cannot hold one"
+    " until another fails"
+)
+_FIELDS = {"-q": "queue", "-A": "account", "-P": "project", "-ar": "reservation"}
+
+
+def _job_name(name: str) -> str:
+    """Grid Engine refuses job names that start with a digit."""
+    name = scheduler_name(name)
+    return f"job_{name}" if name[0].isdigit() else name
+
+
+def _word(queue: Mapping[str, NativeState], native_id: str) -> str | None:
+    state = queue.get(native_id)
+    return None if state is None else state.word
+
+
+def _job_ids(number: str, tasks: str | None) -> list[str]:
+    """``12`` and tasks ``3-9:2,12`` (how qstat shows pending tasks together) as
+    ``12.3 12.5 12.7 12.9 12.12``; a job without tasks as ``12``."""
+    if not tasks or not tasks.strip():
+        return [number]
+    ids = []
+    for part in tasks.strip().split(","):
+        span, _, step = part.partition(":")
+        first, _, last = span.partition("-")
+        for task in range(int(first), int(last or first) + 1, int(step or 1)):
+            ids.append(f"{number}.{task}")
+    return ids
+
+
+def _xml_time(text: str | None) -> datetime | None:
+    if not text or not text.strip():
+        return None
+    try:
+        return datetime.fromisoformat(text.strip()).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _qacct_time(text: str) -> datetime | None:
+    try:
+        return datetime.strptime(text.strip(), "%a %b %d %H:%M:%S %Y").replace(tzinfo=UTC)
+    except ValueError:  # "-/-" for a job that never started
+        return None
+
+
+def _record_fields(record: str) -> dict[str, str]:
+    fields = {}
+    for line in record.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key:
+            fields[key] = value.strip()
+    return fields
+
+
+def _int_or_none(words: list[str]) -> int | None:
+    return int(words[0]) if words and words[0].isdigit() else None
+
+
+def _accounting_word(failed: int, exit_status: int | None, fields: Mapping[str, str]) -> str:
+    """The word for a qacct record's ``failed`` code (sge_status(5) lists them)."""
+    if failed == 0:
+        return "COMPLETED" if exit_status == 0 else "FAILED"
+    if failed == 30:  # "application error": the script exited 100, its program failed
+        return "FAILED"
+    if failed == 37:
+        return _limit_word(fields.get("category", ""), fields.get("ru_wallclock", ""))
+    if failed == 17:  # "through signal (possibly qdel)"
+        return "CANCELLED"
+    if failed == 100:  # "assumedly after job": killed by a signal; SIGKILL is what qdel sends
+        return "CANCELLED" if exit_status == 137 else "KILLED"
+    if failed in (18, 19):
+        return "NODE_FAIL"
+    if 12 <= failed <= 16:
+        return "EPILOG_FAILED"
+    if failed in (24, 25):
+        return "RESCHEDULED"
+    return "START_FAILED"
+
+
+def _limit_word(category: str, wallclock: str) -> str:
+    """Failed 37 is one code for h_rt, h_cpu and h_vmem: the job's request tells which."""
+    requests = dict(
+        item.split("=", 1) for item in re.findall(r"\b[hs]_(?:rt|cpu|vmem)=[^ ,]+", category)
+    )
+    if not any(name in requests for name in ("h_rt", "s_rt", "h_cpu", "s_cpu")):
+        return "OUT_OF_MEMORY" if "h_vmem" in requests else "TIMEOUT"
+    if "h_vmem" not in requests:
+        return "TIMEOUT"
+    limit = _seconds(requests.get("h_rt", ""))
+    ran = _seconds(wallclock.rstrip("s"))
+    return "TIMEOUT" if limit is not None and ran is not None and ran >= limit else "OUT_OF_MEMORY"
+
+
+def _seconds(text: str) -> float | None:
+    """Grid Engine's time: seconds, or ``h:m:s``."""
+    try:
+        total = 0.0
+        for part in text.strip().split(":"):
+            total = total * 60 + float(part)
+        return total
+    except ValueError:
+        return None
+
+
+def _said(result: CommandResult) -> str:
+    return (result.stderr.strip() or result.stdout.strip())[:500]

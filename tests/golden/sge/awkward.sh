@@ -1,0 +1,46 @@
+#!/bin/bash
+#$ -N it_s_a_test_job_second_line
+#$ -o sge-$JOB_ID.out
+#$ -e sge-$JOB_ID.err
+#$ -S /bin/bash
+#$ -cwd
+#$ -V
+# jobbridge job jb0case0awkw (sge)
+export PATH="${PATH:-/usr/local/bin:/usr/bin:/bin}"
+export JOBBRIDGE_JOB_ID="$JOB_ID"
+export JOBBRIDGE_SUBMIT_HOST="$SGE_O_HOST"
+export JOBBRIDGE_NODELIST="$(if [ -r "${PE_HOSTFILE:-}" ]; then cut -d ' ' -f 1 "$PE_HOSTFILE" | paste -s -d , -; else echo "$HOSTNAME"; fi)"
+export JOBBRIDGE_JOB_NAME='it'"'"'s a $(test); job
+second line'
+export JOBBRIDGE_WORKDIR='/data/my dir/$(x)/it'"'"'s'
+export TRICKY='$(touch pwned) '"'"'single'"'"' "double" `tick` ;
+next line \'
+jobbridge_exit_file='/scratch/jobbridge jobs/jb0case0awkw'/exitcode
+jobbridge_started=$(date +%s)
+jobbridge_record() {
+    printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
+    mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
+}
+# Grid Engine reruns a job whose script exits 99, and keeps one that exits 100 in its error
+# state, where the jobs that wait for it (-hold_jid) stay held. So a failed job exits 100:
+# nothing that needs its success starts before jobbridge has read the exit code recorded here.
+jobbridge_exit() {
+    jobbridge_record "$1"
+    if [ "$1" -eq 0 ]; then exit 0; fi
+    exit 100
+}
+cd '/data/my dir/$(x)/it'"'"'s' || jobbridge_exit 127
+jobbridge_prologue() {
+module load gcc
+echo 'prologue ran'
+}
+jobbridge_prologue || jobbridge_exit "$?"
+'/opt/my tools/run it'"'"'s.sh' '$(touch pwned)' '`touch pwned`' 'a b' 'it'"'"'s' 'say "hi"' 'new
+line' '; touch pwned' '*' '$HOME' '\' < 'in put.txt' > 'out '"'"'file'"'"'.log' 2> 'err
+file.log'
+jobbridge_status=$?
+jobbridge_epilogue() {
+echo epilogue ran
+}
+jobbridge_epilogue
+jobbridge_exit "$jobbridge_status"
