@@ -364,11 +364,8 @@ def test_failed_codes_name_what_happened(
 
 def test_commands_carry_the_cells_environment(tmp_path: Path) -> None:
     backend = sge_backend(tmp_path, sge_root="/opt/sge", sge_cell="site", user="*")
-    assert backend.command_environment() == {
-        "SGE_ROOT": "/opt/sge",
-        "SGE_CELL": "site",
-        "TZ": "UTC",
-    }
+    assert backend.command_environment() == {"SGE_ROOT": "/opt/sge", "SGE_CELL": "site"}
+    assert backend.status_environment() == {"TZ": "UTC"}
     assert backend.status_command(["1"]) == ["qstat", "-xml", "-r", "-u", "*"]
     since = datetime(2026, 11, 21, 19, 58, 5, tzinfo=UTC)
     assert backend.accounting_query(since) == ["qacct", "-E", "-b", "202611211958.05", "-j"]

@@ -71,11 +71,15 @@ class FakeScheduler:
     def submit(self, tasks: list[Task]) -> int:
         """Give the tasks (one job, or an array's members) the next job number."""
         with self.session() as known:
-            number = 1 + max((t.number for t in known), default=int(os.environ.get("FAKESCHED_FIRST", 100)) - 1)
+            number = 1 + max(
+                (t.number for t in known), default=int(os.environ.get("FAKESCHED_FIRST", 100)) - 1
+            )
             for task in tasks:
                 task.number = number
                 task.submitted = time.time()
-                task.env = {k: v.format(number=number, index=task.index) for k, v in task.env.items()}
+                task.env = {
+                    k: v.format(number=number, index=task.index) for k, v in task.env.items()
+                }
                 task.out = task.out.format(number=number, index=task.index)
                 task.err = task.err.format(number=number, index=task.index)
                 known.append(task)
@@ -126,6 +130,9 @@ class FakeScheduler:
             env={**task.env},
             start_new_session=True,
             stdin=subprocess.DEVNULL,
+            # the fake tool that started it must not wait for the job's end through its pipes
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         task.state, task.started, task.pid = "running", time.time(), process.pid
 
@@ -160,10 +167,8 @@ def _kill_group(pid: int) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
     try:
         with open(f"/proc/{pid}/stat") as handle:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"

@@ -36,7 +36,7 @@ class Transport(ABC):
         self,
         argv: Sequence[str],
         *,
-        stdin: str | None = None,
+        stdin: str | bytes | None = None,
         timeout: float | None = 60.0,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,

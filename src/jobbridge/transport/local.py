@@ -26,7 +26,7 @@ class LocalTransport(Transport):
         self,
         argv: Sequence[str],
         *,
-        stdin: str | None = None,
+        stdin: str | bytes | None = None,
         timeout: float | None = 60.0,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
@@ -35,9 +35,8 @@ class LocalTransport(Transport):
         try:
             done = subprocess.run(
                 list(argv),
-                input=stdin,
+                input=stdin.encode() if isinstance(stdin, str) else stdin,
                 capture_output=True,
-                text=True,
                 timeout=timeout,
                 env=None if env is None else {**os.environ, **env},
                 cwd=cwd,
@@ -47,10 +46,10 @@ class LocalTransport(Transport):
             raise CommandTimeout(argv, timeout or 0) from None
         except OSError as error:
             raise TransportError(f"cannot run {argv[0]}: {error}", retryable=False) from error
-        result = CommandResult(tuple(argv), done.returncode, done.stdout, done.stderr)
+        out, err = (data.decode(errors="replace") for data in (done.stdout, done.stderr))
         if check and done.returncode != 0:
-            raise CommandFailed(argv, done.returncode, done.stdout, done.stderr)
-        return result
+            raise CommandFailed(argv, done.returncode, out, err)
+        return CommandResult(tuple(argv), done.returncode, out, err)
 
     def spawn(
         self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None

@@ -85,14 +85,15 @@ class SshTransport(Transport):
         self,
         argv: Sequence[str],
         *,
-        stdin: str | None = None,
+        stdin: str | bytes | None = None,
         timeout: float | None = 60.0,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         check: bool = True,
     ) -> CommandResult:
         remote = _remote_command(argv, env=env, cwd=cwd)
-        code, out, err = self._ssh(remote, None if stdin is None else stdin.encode(), timeout)
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        code, out, err = self._ssh(remote, data, timeout)
         result = CommandResult(tuple(argv), code, out.decode(errors="replace"), err)
         if check and code != 0:
             raise CommandFailed(argv, code, result.stdout, err)

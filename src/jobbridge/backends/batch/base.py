@@ -4,9 +4,11 @@ read the answer, how to cancel, and one table from its state words to phases."""
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import posixpath
+import tarfile
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -83,6 +85,10 @@ class BatchBackend(Backend):
     native_arrays = True
     template: ClassVar[str] = "job.sh.j2"
     script_name: ClassVar[str] = "job.sh"
+    submission_entry: ClassVar[str] = "job.sh"
+    """The file of ``submission_files`` that ``submit_command`` is given."""
+    submit_stdin: ClassVar[bool] = False
+    """True if the submit command reads that file on its standard input (``bsub < job.sh``)."""
 
     def __init__(self, name: str, options: BackendOptions, context: BackendContext) -> None:
         super().__init__(name, options, context)
@@ -136,9 +142,13 @@ class BatchBackend(Backend):
     def release_command(self, native_ids: Sequence[str]) -> list[str] | None:
         return None
 
-    def command_environment(self) -> dict[str, str] | None:
-        """Variables the scheduler's commands need (e.g. a time format)."""
-        return None
+    def command_environment(self) -> dict[str, str]:
+        """Variables every one of the scheduler's commands needs (e.g. where it lives)."""
+        return {}
+
+    def status_environment(self) -> dict[str, str]:
+        """More variables for the status and accounting commands (e.g. a time format)."""
+        return {}
 
     def to_status(self, state: NativeState) -> JobStatus:
         phase, detail = self.STATES.get(state.word, (Phase.UNKNOWN, state.word))
@@ -190,12 +200,20 @@ class BatchBackend(Backend):
     def _submit(
         self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency]
     ) -> str:
+        """One command: unpack the submission files into the job's directory and submit."""
         job_dir = self.job_dir(job)
-        self.transport.make_dirs(job_dir)
-        staging.stage_in(self.transport, job_dir, job.spec.stage_in)
-        path = self.prepare_submission(job_dir, job, members, dependencies)
-        program, *arguments = self.submit_command(path)
-        result = self._run([program, *self.options.submit_arguments, *arguments], cwd=job_dir)
+        if job.spec.stage_in:
+            self.transport.make_dirs(job_dir)
+            staging.stage_in(self.transport, job_dir, job.spec.stage_in)
+        files = self.submission_files(job, members, dependencies)
+        entry = posixpath.join(job_dir, self.submission_entry)
+        program, *arguments = self.submit_command(entry)
+        command = [program, *self.options.submit_arguments, *arguments]
+        feed = entry if self.submit_stdin else ""
+        result = self._run(
+            ["sh", "-c", _SUBMIT, "jobbridge-submit", job_dir, feed, *command],
+            stdin=_archive(files),
+        )
         try:
             return self.parse_job_id(result.stdout)
         except (ValueError, IndexError) as error:
@@ -203,18 +221,11 @@ class BatchBackend(Backend):
                 f"{self.scheduler}: cannot read a job id from {result.stdout.strip()!r}"
             ) from error
 
-    def prepare_submission(
-        self,
-        job_dir: str,
-        job: Job,
-        members: Sequence[Job],
-        dependencies: Sequence[NativeDependency],
-    ) -> str:
-        """Write what the submission command takes into the job directory; return its path."""
-        script = self.render_script(job, members, dependencies)
-        path = posixpath.join(job_dir, self.script_name)
-        self.transport.write_bytes(path, script.encode(), mode=0o700)
-        return path
+    def submission_files(
+        self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency]
+    ) -> dict[str, tuple[str, int]]:
+        """The files a submission puts in the job's directory: name -> (text, mode)."""
+        return {self.script_name: (self.render_script(job, members, dependencies), 0o700)}
 
     def render_script(
         self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency] = ()
@@ -261,7 +272,7 @@ class BatchBackend(Backend):
         """One queue query (per chunk of ids); for jobs it leaves unclear, one accounting
         query; for those still unclear, the exit-code files their scripts wrote."""
         by_native = {job.native_id: job for job in jobs if job.native_id}
-        env = self.command_environment()
+        env = self.status_environment()
         states: dict[str, NativeState] = {}
         for chunk in _chunks(self.query_ids(list(by_native)), self.options.max_ids_per_query):
             result = self._run(self.status_command(chunk), env=env, check=False)
@@ -430,10 +441,17 @@ class BatchBackend(Backend):
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         check: bool = True,
+        stdin: bytes | None = None,
     ) -> CommandResult:
+        env = {**self.command_environment(), **(env or {})}
         try:
             return self.transport.run(
-                argv, cwd=cwd, env=env, timeout=self.options.command_timeout, check=check
+                argv,
+                cwd=cwd,
+                env=env or None,
+                timeout=self.options.command_timeout,
+                check=check,
+                stdin=stdin,
             )
         except JobbridgeError:
             raise
@@ -446,6 +464,23 @@ class BatchBackend(Backend):
         return ResourcesNotSupportedError(
             self.name, field, reason or f"{self.scheduler} has no such option"
         )
+
+
+# Run as `sh -c _SUBMIT jobbridge-submit JOB_DIR FEED COMMAND...` with a tar archive on stdin.
+_SUBMIT = """mkdir -p -- "$1" && cd -- "$1" && tar -xf - || exit 97
+feed=$2; shift 2
+if [ -n "$feed" ]; then exec "$@" < "$feed"; else exec "$@" < /dev/null; fi"""
+
+
+def _archive(files: Mapping[str, tuple[str, int]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, (text, mode) in files.items():
+            data = text.encode()
+            member = tarfile.TarInfo(name)
+            member.size, member.mode, member.mtime = len(data), mode, int(time.time())
+            archive.addfile(member, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def _transport(options: BatchOptions) -> Transport:

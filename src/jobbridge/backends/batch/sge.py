@@ -409,28 +409,17 @@ class SgeBackend(BatchBackend):
         if result.returncode != 0 and _GONE not in result.stdout + result.stderr:
             raise BackendError(f"qdel {job.native_id} failed: {_said(result)}")
 
-    def command_environment(self) -> dict[str, str]:
-        # TZ: qstat and qacct print, and qacct -b reads, times in the local time zone
-        return {**self._sge_environment(), "TZ": "UTC"}
+    def status_environment(self) -> dict[str, str]:
+        # qstat and qacct print, and qacct -b reads, times in the local time zone; not for
+        # qsub, whose -V would hand TZ to the job
+        return {"TZ": "UTC"}
 
-    def _sge_environment(self) -> dict[str, str]:
+    def command_environment(self) -> dict[str, str]:
         found = {
             "SGE_ROOT": self.options.sge_root or os.environ.get("SGE_ROOT"),
             "SGE_CELL": self.options.sge_cell or os.environ.get("SGE_CELL"),
         }
         return {name: value for name, value in found.items() if value}
-
-    def _run(
-        self,
-        argv: Sequence[str],
-        *,
-        cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
-        check: bool = True,
-    ) -> CommandResult:
-        # every Grid Engine command needs SGE_ROOT, qsub and qdel too
-        merged = {**self._sge_environment(), **(env or {})}
-        return super()._run(argv, cwd=cwd, env=merged, check=check)
 
     def to_status(self, state: NativeState) -> JobStatus:
         if state.word in _HELD and state.reason and state.reason.startswith(_WAITING):
@@ -447,7 +436,7 @@ class SgeBackend(BatchBackend):
         by_native = {job.native_id: job for job in jobs if job.native_id}
         if not by_native:
             return {}
-        env = self.command_environment()
+        env = self.status_environment()
         answer = self._run(self.status_command(list(by_native)), env=env, check=False)
         if answer.returncode != 0:
             raise BackendError(

@@ -137,7 +137,7 @@ class SlurmBackend(BatchBackend):
         # Pending members of an array are not found by their own ids; their array is.
         return list(dict.fromkeys(native.split("_")[0] for native in native_ids))
 
-    def command_environment(self) -> dict[str, str]:
+    def status_environment(self) -> dict[str, str]:
         return {"SLURM_TIME_FORMAT": "%s"}
 
     def status_command(self, native_ids: Sequence[str]) -> list[str]:

@@ -1,0 +1,420 @@
+"""HTCondor through its command-line tools: condor_submit takes a submit description whose
+executable is the job script, condor_q -json answers for jobs in the queue, condor_history
+-json for jobs that left it, condor_rm / condor_hold / condor_release act on them.
+
+The submit description carries the requests (HTCondor reads none from the script) and
+almost no user text: the job's environment, directory and redirections live in the script,
+where they are quoted for bash. HTCondor has no job dependencies outside DAGMan, so the
+engine holds dependent jobs back until their parents end."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+from jobbridge.backends.batch.base import (
+    BatchBackend,
+    NativeDependency,
+    NativeState,
+    epoch_or_none,
+)
+from jobbridge.backends.batch.script import directive_value, render, scheduler_name
+from jobbridge.errors import BackendError
+from jobbridge.job import Job, JobStatus
+from jobbridge.phase import Phase
+from jobbridge.spec import JobSpec, Resources
+
+__all__ = ["HTCondorBackend"]
+
+_JOB_STATUS = {
+    1: "Idle",
+    2: "Running",
+    3: "Removed",
+    4: "Completed",
+    5: "Held",
+    6: "TransferringOutput",
+    7: "Suspended",
+}
+_HOLD_CODES = {
+    1: "UserRequest",
+    3: "JobPolicy",
+    5: "JobPolicyUndefined",
+    6: "FailedToCreateProcess",
+    7: "UnableToOpenOutput",
+    8: "UnableToOpenInput",
+    12: "TransferOutputError",
+    13: "TransferInputError",
+    14: "IwdError",
+    15: "SubmittedOnHold",
+    21: "StartdHeldJob",
+    26: "SystemPolicy",
+    34: "JobOutOfResources",
+    46: "JobDurationExceeded",
+    47: "JobExecuteExceeded",
+}
+_ATTRIBUTES = (
+    "ClusterId",
+    "ProcId",
+    "JobStatus",
+    "ExitCode",
+    "ExitBySignal",
+    "ExitSignal",
+    "HoldReason",
+    "HoldReasonCode",
+    "RemoveReason",
+    "JobStartDate",
+    "JobCurrentStartDate",
+    "CompletionDate",
+    "EnteredCurrentStatus",
+    "TotalSubmitProcs",
+    "JobMaterializeLimit",
+    "JobMaterializeNextProcId",
+)
+_INDEX_VARIABLE = "jobbridge_index"
+_SUBMIT_COMMAND = re.compile(r"^(MY\.)?[A-Za-z_][A-Za-z0-9_]*$")
+# Commands jobbridge writes from the spec (or that would take the job out of its hands).
+_RESERVED = frozenset(
+    {
+        "universe",
+        "executable",
+        "arguments",
+        "args",
+        "input",
+        "output",
+        "error",
+        "log",
+        "initialdir",
+        "iwd",
+        "batch_name",
+        "getenv",
+        "environment",
+        "env",
+        "request_cpus",
+        "request_memory",
+        "request_gpus",
+        "periodic_remove",
+        "accounting_group",
+        "max_materialize",
+        "queue",
+    }
+)
+_WALLTIME_REMOVAL = "The job attribute PeriodicRemove expression"
+_POLICY_REMOVAL = "SYSTEM_PERIODIC_REMOVE"
+
+
+@dataclass(frozen=True)
+class HTCondorState(NativeState):
+    """A job as condor_q or condor_history shows it; a held job also says why."""
+
+    hold_code: int | None = None
+
+
+class HTCondorBackend(BatchBackend):
+    kind = "htcondor"
+    scheduler = "htcondor"
+    native_dependencies = False
+    submit_name: ClassVar[str] = "job.sub"
+    submission_entry = "job.sub"
+    STATES: ClassVar[Mapping[str, tuple[Phase, str | None]]] = {
+        "Idle": (Phase.QUEUED, None),
+        "Unmaterialized": (Phase.QUEUED, None),
+        "Running": (Phase.EXECUTING, None),
+        "TransferringOutput": (Phase.EXECUTING, None),
+        "Suspended": (Phase.SUSPENDED, None),
+        "Held": (Phase.HELD, None),
+        "Completed": (Phase.COMPLETED, None),
+        "Removed": (Phase.ABORTED, "CANCELLED"),
+    }
+
+    # -- the submit description ------------------------------------------------------------
+
+    def directives(
+        self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency]
+    ) -> list[str]:
+        # The requests live in the submit description; building it here refuses early what
+        # it cannot carry, and the script itself gets no header lines.
+        if dependencies:
+            raise self.unsupported("depends_on", "HTCondor has no job dependencies outside DAGMan")
+        self.submit_commands(job, members)
+        return []
+
+    def submit_commands(self, job: Job, members: Sequence[Job]) -> list[tuple[str, str]]:
+        """The submit description's commands, in order, before its ``queue`` statement."""
+        spec = job.spec
+        self._refuse_what_htcondor_lacks(spec)
+        commands = [
+            ("universe", "vanilla"),
+            ("executable", self.script_name),
+            ("output", "htcondor-$(ClusterId).$(ProcId).out"),
+            ("error", "htcondor-$(ClusterId).$(ProcId).err"),
+            ("log", "htcondor.log"),
+            ("batch_name", scheduler_name(job.name)),
+            ("getenv", "True" if spec.inherit_environment else "False"),
+            ("environment", _environment_command(spec.array is not None)),
+            *_requests(spec.resources),
+        ]
+        group = self._accounting_group(spec.account, spec.project)
+        if group:
+            commands.append(("accounting_group", group))
+        cap = spec.array.max_concurrent if spec.array is not None else None
+        if cap is not None and cap < len(members):
+            commands.append(("max_materialize", str(cap)))
+        commands.extend(self._attribute_commands(spec.attributes_for("htcondor")))
+        return commands
+
+    def _refuse_what_htcondor_lacks(self, spec: JobSpec) -> None:
+        if spec.resources.nodes > 1:
+            raise self.unsupported("resources.nodes", "a vanilla universe job runs on one machine")
+        if spec.queue:
+            raise self.unsupported(
+                "queue",
+                "HTCondor matches jobs to machines and has no queues"
+                " (use attributes such as htcondor.requirements)",
+            )
+        if spec.reservation:
+            raise self.unsupported("reservation", "HTCondor has no reservations")
+
+    def render_submit_description(self, job: Job, members: Sequence[Job]) -> str:
+        array = job.spec.array is not None
+        return render(
+            "htcondor.sub.j2",
+            job_id=job.array_id or job.id,
+            commands=self.submit_commands(job, members),
+            index_variable=_INDEX_VARIABLE,
+            indices=[member.array_index for member in members] if array else None,
+        )
+
+    def submission_files(
+        self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency]
+    ) -> dict[str, tuple[str, int]]:
+        files = super().submission_files(job, members, dependencies)
+        files[self.submit_name] = (self.render_submit_description(job, members), 0o600)
+        return files
+
+    def _accounting_group(self, account: str | None, project: str | None) -> str | None:
+        if project and account and project != account:
+            raise self.unsupported(
+                "project", "HTCondor has one accounting group per job; give one of the two"
+            )
+        chosen = account or project
+        return directive_value(self.scheduler, "account", chosen) if chosen else None
+
+    def _attribute_commands(
+        self, attributes: Mapping[str, str | int | float | bool]
+    ) -> list[tuple[str, str]]:
+        commands = []
+        for key, setting in sorted(attributes.items()):
+            field = f"attributes.htcondor.{key}"
+            if not _SUBMIT_COMMAND.match(key):
+                raise self.unsupported(field, "not a submit command or MY.<attribute> name")
+            if key.lower() in _RESERVED:
+                raise self.unsupported(field, "jobbridge writes this command from the spec")
+            if isinstance(setting, bool):
+                commands.append((key, "True" if setting else "False"))
+            else:
+                commands.append((key, self._submit_value(field, setting)))
+        return commands
+
+    def _submit_value(self, field: str, value: object) -> str:
+        """A value for one ``key = value`` line. It may be a ClassAd expression with quotes and
+        spaces, but the line has no quoting: no line breaks, no ``$`` (macro expansion), no
+        edge whitespace (trimmed), no trailing backslash (line continuation)."""
+        text = str(value)
+        if (
+            not text
+            or text != text.strip()
+            or any(bad in text for bad in ("\n", "\r", "\0", "$"))
+            or text.endswith("\\")
+            or text.startswith("@=")
+        ):
+            raise self.unsupported(field, f"{text!r} cannot be written on a submit command line")
+        return text
+
+    # -- the job script ---------------------------------------------------------------------
+
+    def portable_variables(self, array: bool) -> dict[str, str]:
+        variables = {
+            "JOBBRIDGE_JOB_ID": '"$JOBBRIDGE_HTCONDOR_ID"',
+            # GlobalJobId is "<schedd name>#<cluster>.<proc>#<submit time>"; the schedd is
+            # named after its host (or "name@host").
+            "JOBBRIDGE_SUBMIT_HOST": (
+                "\"$(sed -n 's/^GlobalJobId = \"\\([^#@]*@\\)\\{0,1\\}\\([^#]*\\)#.*/\\2/p'"
+                ' "$_CONDOR_JOB_AD" 2>/dev/null)"'
+            ),
+            "JOBBRIDGE_NODELIST": '"$(uname -n)"',
+        }
+        if array:
+            variables["JOBBRIDGE_ARRAY_INDEX"] = '"$JOBBRIDGE_HTCONDOR_INDEX"'
+        return variables
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    def submit_command(self, script: str) -> list[str]:
+        return ["condor_submit", "-terse", script]
+
+    def parse_job_id(self, output: str) -> str:
+        """``-terse`` prints the range of job ids it queued: ``123.0 - 123.9``."""
+        match = re.search(r"^\s*(\d+)\.(\d+)\s*-\s*(\d+)\.(\d+)\s*$", output, re.MULTILINE)
+        if match is None:
+            raise ValueError(f"no job id range in {output!r}")
+        return f"{match[1]}.{match[2]}"
+
+    def member_ids(self, native_id: str, members: Sequence[Job]) -> list[str]:
+        cluster, first = native_id.split(".")
+        return [f"{cluster}.{int(first) + position}" for position in range(len(members))]
+
+    # -- asking about jobs --------------------------------------------------------------------
+
+    def query_ids(self, native_ids: Sequence[str]) -> list[str]:
+        # A cluster id names all of its jobs; one per array is enough.
+        return list(dict.fromkeys(native.split(".")[0] for native in native_ids))
+
+    def status_command(self, native_ids: Sequence[str]) -> list[str]:
+        return ["condor_q", "-json", "-attributes", ",".join(_ATTRIBUTES), *native_ids]
+
+    def parse_status(self, output: str) -> dict[str, NativeState]:
+        ads = _json_ads(output)
+        clusters: dict[int, list[dict[str, Any]]] = {}
+        for ad in ads:
+            clusters.setdefault(int(ad["ClusterId"]), []).append(ad)
+        states: dict[str, NativeState] = {}
+        for cluster, cluster_ads in clusters.items():
+            states.update(_unmaterialized(cluster, cluster_ads))
+        states.update((_job_id(ad), _state(ad)) for ad in ads)
+        return states
+
+    def accounting_command(self, native_ids: Sequence[str]) -> list[str] | None:
+        if not self.options.accounting:
+            return None
+        return ["condor_history", "-json", "-attributes", ",".join(_ATTRIBUTES), *native_ids]
+
+    def parse_accounting(self, output: str) -> dict[str, NativeState]:
+        return {_job_id(ad): _state(ad) for ad in _json_ads(output)}
+
+    def to_status(self, state: NativeState) -> JobStatus:
+        status = super().to_status(state)
+        reason = state.reason or ""
+        if state.word == "Completed" and state.exit_code not in (None, 0):
+            return status.model_copy(update={"phase": Phase.ERROR})
+        if state.word == "Removed" and reason.startswith(_WALLTIME_REMOVAL):
+            return status.model_copy(update={"phase": Phase.ERROR, "detail": "TIMEOUT"})
+        if state.word == "Removed" and _POLICY_REMOVAL in reason:
+            return status.model_copy(update={"phase": Phase.ERROR, "detail": _POLICY_REMOVAL})
+        if state.word == "Held" and isinstance(state, HTCondorState) and state.hold_code:
+            label = _HOLD_CODES.get(state.hold_code, f"HoldReasonCode {state.hold_code}")
+            return status.model_copy(update={"detail": label})
+        return status
+
+    # -- acting on jobs -----------------------------------------------------------------------
+
+    def cancel(self, job: Job) -> None:
+        assert job.native_id is not None
+        result = self._run(self.cancel_command([job.native_id]), check=False)
+        if result.returncode == 0:
+            return
+        said = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        message = f"condor_rm {job.native_id} failed: {said[-1] if said else result.returncode}"
+        if said and said[-1].endswith("not found"):
+            # Also the answer for a job its max_materialize cluster has not created yet:
+            # HTCondor cannot remove it before then, so the caller has to try again later.
+            message += " (it has left the queue, or has not been materialized yet)"
+        raise BackendError(message, retryable=True)
+
+    def cancel_command(self, native_ids: Sequence[str]) -> list[str]:
+        return ["condor_rm", *native_ids]
+
+    def hold_command(self, native_ids: Sequence[str]) -> list[str]:
+        return ["condor_hold", *native_ids]
+
+    def release_command(self, native_ids: Sequence[str]) -> list[str]:
+        return ["condor_release", *native_ids]
+
+
+def _requests(resources: Resources) -> list[tuple[str, str]]:
+    """What the job asks of the one machine it runs on, and for how long."""
+    requests = [("request_cpus", str(resources.processes_per_node * resources.cores_per_process))]
+    if resources.gpus_per_process:
+        gpus = resources.processes_per_node * resources.gpus_per_process
+        requests.append(("request_gpus", str(gpus)))
+    if resources.memory is not None:
+        requests.append(("request_memory", str(math.ceil(resources.memory / 2**20))))
+    if resources.walltime is not None:
+        seconds = math.ceil(resources.walltime.total_seconds())
+        # The manual's way to end a job that runs too long. HTCondor checks it every
+        # PERIODIC_EXPR_INTERVAL (60 s by default), so the end can come that much later.
+        limit = f"(JobStatus == 2) && (time() - EnteredCurrentStatus) > {seconds}"
+        requests.append(("periodic_remove", limit))
+    return requests
+
+
+def _environment_command(array: bool) -> str:
+    """HTCondor's own ids for the script's portable variables, in the ``environment``
+    command's quoted syntax; the macros are expanded by condor_submit for every job."""
+    entries = ["JOBBRIDGE_HTCONDOR_ID=$(ClusterId).$(ProcId)"]
+    if array:
+        entries.append(f"JOBBRIDGE_HTCONDOR_INDEX=$({_INDEX_VARIABLE})")
+    return '"' + " ".join(entries) + '"'
+
+
+def _json_ads(output: str) -> list[dict[str, Any]]:
+    """``-json`` prints a JSON array of job ClassAds, or nothing when no job matches."""
+    if not output.strip():
+        return []
+    ads = json.loads(output)
+    if not isinstance(ads, list) or not all(isinstance(ad, dict) for ad in ads):
+        raise ValueError("expected a JSON array of job ClassAds")
+    return ads
+
+
+def _job_id(ad: Mapping[str, Any]) -> str:
+    return f"{int(ad['ClusterId'])}.{int(ad['ProcId'])}"
+
+
+def _state(ad: Mapping[str, Any]) -> HTCondorState:
+    status = ad.get("JobStatus")
+    word = _JOB_STATUS.get(status, f"JobStatus={status}") if isinstance(status, int) else "?"
+    ended = None
+    if word in ("Completed", "Removed"):
+        ended = _time(ad.get("CompletionDate")) or _time(ad.get("EnteredCurrentStatus"))
+    reason = ad.get("HoldReason") if word == "Held" else ad.get("RemoveReason")
+    hold_code = ad.get("HoldReasonCode") if word == "Held" else None
+    return HTCondorState(
+        word=word,
+        reason=reason if isinstance(reason, str) and reason else None,
+        exit_code=_exit_code(ad) if word == "Completed" else None,
+        started=_time(ad.get("JobCurrentStartDate")) or _time(ad.get("JobStartDate")),
+        ended=ended,
+        hold_code=hold_code if isinstance(hold_code, int) else None,
+    )
+
+
+def _exit_code(ad: Mapping[str, Any]) -> int | None:
+    if ad.get("ExitBySignal") is True and isinstance(ad.get("ExitSignal"), int):
+        return 128 + int(ad["ExitSignal"])
+    code = ad.get("ExitCode")
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
+def _time(value: object) -> datetime | None:
+    return epoch_or_none(str(value)) if isinstance(value, int) else None
+
+
+def _unmaterialized(cluster: int, ads: Sequence[Mapping[str, Any]]) -> dict[str, NativeState]:
+    """Jobs of a late-materializing cluster (``max_materialize``) that the schedd has not
+    created yet: in no queue or history, but counted by the cluster ad that every job of the
+    cluster carries. The schedd creates them in ProcId order, from JobMaterializeNextProcId
+    (or, if that is not shown, after the highest one in the queue) up to TotalSubmitProcs."""
+    factory = [ad for ad in ads if isinstance(ad.get("JobMaterializeLimit"), int)]
+    total = factory[0].get("TotalSubmitProcs") if factory else None
+    if not isinstance(total, int):
+        return {}
+    following = factory[0].get("JobMaterializeNextProcId")
+    if not isinstance(following, int):
+        following = 1 + max(int(ad["ProcId"]) for ad in ads)
+    waiting = HTCondorState(word="Unmaterialized")
+    return {f"{cluster}.{proc}": waiting for proc in range(following, total)}

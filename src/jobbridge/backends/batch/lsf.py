@@ -1,0 +1,374 @@
+"""IBM Spectrum LSF: ``bsub < job.sh`` (only a script on standard input has its ``#BSUB``
+lines read), ``bjobs -a -o ... -json`` for every job it still remembers, ``bkill``, and
+``bstop``/``bresume`` to hold and release pending jobs.
+
+Memory is given with explicit units (``8192MB``), which needs LSF 10.1.0.2 or later; the
+``rusage[mem=...]`` reservation assumes the default per-host reservation method. LSF numbers
+array elements from 1: element ``i + 1`` runs jobbridge's index ``i``, and the script maps it
+back. ``bjobs`` prints time stamps to the minute, without a year and in the cluster's local
+time, so no times are read from it: a job starts when it is first seen running, and an ended
+job's times (and exit code) come from the exit-code file its script writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Final
+
+from jobbridge.backends.batch.base import BatchBackend, NativeDependency, NativeState
+from jobbridge.backends.batch.script import directive_value, scheduler_name
+from jobbridge.errors import BackendError
+from jobbridge.job import Job, JobStatus
+from jobbridge.phase import Phase
+from jobbridge.spec import JobSpec
+from jobbridge.transport.base import CommandResult
+
+__all__ = ["LsfBackend", "LsfState"]
+
+STATUS_FIELDS: Final = "jobid jobindex stat exit_code exit_reason pend_reason"
+_SUBMITTED = re.compile(r"Job <(\d+)> is submitted")
+_NATIVE_ID = re.compile(r"^(\d+)(?:\[(\d+)\])?$")
+_TERM_WORD = re.compile(r"\bTERM_[A-Z_]+")
+_ATTRIBUTE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# A resource requirement string sits in double quotes: no quote, $, backquote or backslash.
+_RESOURCE_REQUIREMENT = re.compile(r"^[A-Za-z0-9_.,:;@%+=/\-\[\]()<>!&|~* ]+$")
+_OPTIONS_FROM_THE_SPEC = frozenset(
+    {"J", "o", "oo", "e", "eo", "i", "n", "M", "W", "q", "P", "U", "w", "env", "gpu", "cwd"}
+)
+_CONDITIONS = {"afterok": "done", "afterany": "ended", "afternotok": "exit"}
+_NEVER_SATISFIED = "never satisfied"
+_GONE = ("already finished", "No matching job found", "is not found")
+
+
+@dataclass(frozen=True)
+class LsfState(NativeState):
+    """One ``bjobs`` record. ``exit_code`` stays empty for an ended job that the job's own
+    exit-code file can tell more precisely about (with its times); ``reported_exit_code`` is
+    what ``bjobs`` said, used if that file never appears."""
+
+    reported_exit_code: int | None = None
+
+
+class LsfBackend(BatchBackend):
+    kind = "lsf"
+    scheduler = "lsf"
+    native_dependencies = True
+    submit_stdin = True  # bsub reads #BSUB lines only from a script on its standard input
+    STATES: ClassVar[Mapping[str, tuple[Phase, str | None]]] = {
+        "PEND": (Phase.QUEUED, None),
+        "WAIT": (Phase.QUEUED, None),  # a chunk job member waiting for its turn
+        "PROV": (Phase.QUEUED, None),  # dispatched, its host still being provisioned
+        "PSUSP": (Phase.HELD, None),  # suspended while pending: bstop, or bsub -H
+        "RUN": (Phase.EXECUTING, None),
+        "USUSP": (Phase.SUSPENDED, None),
+        "SSUSP": (Phase.SUSPENDED, None),
+        "DONE": (Phase.COMPLETED, None),
+        "POST_DONE": (Phase.COMPLETED, None),
+        "EXIT": (Phase.ERROR, None),
+        "POST_ERR": (Phase.ERROR, "POST_ERR"),
+        "UNKWN": (Phase.UNKNOWN, "UNKWN"),  # mbatchd lost contact with the execution host
+        "ZOMBI": (Phase.UNKNOWN, "ZOMBI"),  # killed while its host was unreachable
+        # Why an EXIT job ended, when bjobs names a termination reason:
+        "TERM_RUNLIMIT": (Phase.ERROR, "TIMEOUT"),
+        "TERM_CPULIMIT": (Phase.ERROR, "TERM_CPULIMIT"),
+        "TERM_MEMLIMIT": (Phase.ERROR, "OUT_OF_MEMORY"),
+        "TERM_SWAP": (Phase.ERROR, "OUT_OF_MEMORY"),
+        "TERM_DEADLINE": (Phase.ERROR, "DEADLINE"),
+        "TERM_PREEMPT": (Phase.ERROR, "PREEMPTED"),
+        "TERM_OWNER": (Phase.ABORTED, "CANCELLED"),
+        "TERM_ADMIN": (Phase.ABORTED, "CANCELLED"),
+        "TERM_FORCE_OWNER": (Phase.ABORTED, "CANCELLED"),
+        "TERM_FORCE_ADMIN": (Phase.ABORTED, "CANCELLED"),
+        "TERM_BUCKET_KILL": (Phase.ABORTED, "CANCELLED"),
+        "TERM_ORPHAN_SYSTEM": (Phase.ABORTED, "DEPENDENCY_NEVER_SATISFIED"),
+        "TERM_REMOVE_HUNG_JOB": (Phase.ERROR, "NODE_FAIL"),
+        "TERM_ZOMBIE": (Phase.ERROR, "NODE_FAIL"),
+        "TERM_LOAD": (Phase.ERROR, "TERM_LOAD"),
+        "TERM_WINDOW": (Phase.ERROR, "TERM_WINDOW"),
+        "TERM_PROCESSLIMIT": (Phase.ERROR, "TERM_PROCESSLIMIT"),
+        "TERM_THREADLIMIT": (Phase.ERROR, "TERM_THREADLIMIT"),
+        "TERM_CHKPNT": (Phase.ERROR, "TERM_CHKPNT"),
+        "TERM_PRE_EXEC_FAIL": (Phase.ERROR, "TERM_PRE_EXEC_FAIL"),
+        "TERM_CWD_NOTEXIST": (Phase.ERROR, "TERM_CWD_NOTEXIST"),
+        "TERM_EXTERNAL_SIGNAL": (Phase.ERROR, "TERM_EXTERNAL_SIGNAL"),
+        "TERM_DATA": (Phase.ERROR, "TERM_DATA"),
+        "TERM_MC_RECALL": (Phase.ERROR, "TERM_MC_RECALL"),
+        "TERM_UNKNOWN": (Phase.ERROR, "TERM_UNKNOWN"),
+    }
+
+    # -- the job script --------------------------------------------------------------------
+
+    def directives(
+        self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency]
+    ) -> list[str]:
+        spec = job.spec
+        output = "lsf-%J_%I" if spec.array is not None else "lsf-%J"
+        lines = [f"-J {self._job_name(job, members)}", f"-o {output}.out", f"-e {output}.err"]
+        lines.extend(self._resource_lines(spec))
+        if not spec.inherit_environment:
+            lines.append("-env none")
+        if spec.queue:
+            lines.append(f"-q {self._value('queue', spec.queue)}")
+        project = self._project(spec.account, spec.project)
+        if project:
+            lines.append(f"-P {project}")
+        if spec.reservation:
+            lines.append(f"-U {self._value('reservation', spec.reservation)}")
+        if dependencies:
+            lines.append(f'-w "{self._dependency_expression(dependencies)}"')
+        lines.extend(self._attribute_lines(spec.attributes_for("lsf")))
+        return [f"#BSUB {line}" for line in lines]
+
+    def _job_name(self, job: Job, members: Sequence[Job]) -> str:
+        """``name``, or for an array ``"name[2,4,6-8]%2"`` in LSF's numbering."""
+        name = scheduler_name(job.name)
+        array = job.spec.array
+        if array is None:
+            return name
+        indices = [member.array_index for member in members if member.array_index is not None]
+        cap = f"%{array.max_concurrent}" if array.max_concurrent and len(indices) > 1 else ""
+        return f'"{name}[{lsf_index_list(indices)}]{cap}"'
+
+    def _resource_lines(self, spec: JobSpec) -> list[str]:
+        resources = spec.resources
+        # LSF counts slots, one per core: a process with several cores takes several slots.
+        per_node = resources.processes_per_node * resources.cores_per_process
+        requirement = ["span[hosts=1]" if resources.nodes == 1 else f"span[ptile={per_node}]"]
+        lines = [f"-n {resources.nodes * per_node}"]
+        if resources.gpus_per_process:
+            lines.append(f"-gpu num={resources.gpus_per_process * resources.processes_per_node}")
+        if resources.memory is not None:
+            per_host = math.ceil(resources.memory / resources.nodes / 2**20)
+            lines.append(f"-M {per_host}MB")
+            requirement.append(f"rusage[mem={per_host}MB]")
+        lines.append(f'-R "{" ".join(requirement)}"')
+        if resources.walltime is not None:
+            lines.append(f"-W {run_limit(resources.walltime.total_seconds())}")
+        return lines
+
+    def _value(self, field: str, value: object) -> str:
+        return directive_value(self.scheduler, field, value)
+
+    def _project(self, account: str | None, project: str | None) -> str | None:
+        if project and account and project != account:
+            raise self.unsupported("project", "LSF charges projects only; give one of the two")
+        chosen = project or account
+        return self._value("project", chosen) if chosen else None
+
+    def _dependency_expression(self, dependencies: Sequence[NativeDependency]) -> str:
+        terms = []
+        for dependency in dependencies:
+            if not _NATIVE_ID.match(dependency.native_id):
+                raise self.unsupported("depends_on", f"{dependency.native_id!r} is no LSF job id")
+            terms.append(f"{_CONDITIONS[dependency.condition]}({dependency.native_id})")
+        return " && ".join(terms)
+
+    def _attribute_lines(self, attributes: Mapping[str, object]) -> list[str]:
+        lines = []
+        for key, setting in sorted(attributes.items()):
+            field = f"attributes.lsf.{key}"
+            if not _ATTRIBUTE.match(key):
+                raise self.unsupported(field, "not a bsub option name")
+            if key in _OPTIONS_FROM_THE_SPEC:
+                raise self.unsupported(field, "jobbridge sets this option from the job spec")
+            if key == "R":
+                lines.append(f'-R "{self._resource_requirement(field, setting)}"')
+            elif setting is True:
+                lines.append(f"-{key}")
+            elif setting is not False:
+                lines.append(f"-{key} {self._value(field, setting)}")
+        return lines
+
+    def _resource_requirement(self, field: str, value: object) -> str:
+        text = str(value)
+        if not _RESOURCE_REQUIREMENT.match(text):
+            raise self.unsupported(field, f"{text!r} has characters a -R string cannot carry")
+        return text
+
+    def portable_variables(self, array: bool) -> dict[str, str]:
+        hosts = (
+            '"$(set -- $LSB_MCPU_HOSTS; hosts=; while [ $# -ge 2 ]; do'
+            ' hosts="${hosts:+$hosts,}$1"; shift 2; done; printf %s "$hosts")"'
+        )
+        variables = {
+            "JOBBRIDGE_JOB_ID": '"$LSB_JOBID"',
+            "JOBBRIDGE_SUBMIT_HOST": '"$LSB_SUB_HOST"',
+            "JOBBRIDGE_NODELIST": hosts,
+        }
+        if array:
+            variables["JOBBRIDGE_JOB_ID"] = '"${LSB_JOBID}[${LSB_JOBINDEX}]"'
+            variables["JOBBRIDGE_ARRAY_INDEX"] = '"$((LSB_JOBINDEX - 1))"'
+        return variables
+
+    # -- submitting --------------------------------------------------------------------------
+
+    def submit_command(self, script: str) -> list[str]:
+        return ["bsub"]
+
+    def parse_job_id(self, output: str) -> str:
+        match = _SUBMITTED.search(output)
+        if match is None:
+            raise ValueError(f"no 'Job <ID> is submitted' in {output!r}")
+        return match[1]
+
+    def member_ids(self, native_id: str, members: Sequence[Job]) -> list[str]:
+        return [f"{native_id}[{(job.array_index or 0) + 1}]" for job in members]
+
+    # -- asking about jobs ---------------------------------------------------------------------
+
+    def query_ids(self, native_ids: Sequence[str]) -> list[str]:
+        # Naming the array shows all its elements in one record each.
+        return list(dict.fromkeys(native.split("[")[0] for native in native_ids))
+
+    def status_command(self, native_ids: Sequence[str]) -> list[str]:
+        return ["bjobs", "-a", "-o", STATUS_FIELDS, "-json", *native_ids]
+
+    def parse_status(self, output: str) -> dict[str, NativeState]:
+        answer = _json_object(output)
+        states: dict[str, NativeState] = {}
+        for record in answer.get("RECORDS", []):
+            if "ERROR" in record or not record.get("STAT"):
+                continue  # a job bjobs does not know (any more)
+            states[_record_id(record)] = _record_state(record)
+        return states
+
+    def empty_answer_is_fine(self, result: CommandResult) -> bool:
+        said = result.stdout + result.stderr
+        return "is not found" in said or "No matching job" in said or "No job found" in said
+
+    def to_status(self, state: NativeState) -> JobStatus:
+        if state.word == "PEND" and _NEVER_SATISFIED in (state.reason or "").lower():
+            return JobStatus(
+                phase=Phase.ABORTED,
+                detail="DEPENDENCY_NEVER_SATISFIED",
+                message=f"lsf: {state.reason}",
+            )
+        status = super().to_status(state)
+        if status.exit_code is None and isinstance(state, LsfState):
+            status = status.model_copy(update={"exit_code": state.reported_exit_code})
+        return status
+
+    # -- acting on jobs ------------------------------------------------------------------------
+
+    def cancel_command(self, native_ids: Sequence[str]) -> list[str]:
+        return ["bkill", *native_ids]
+
+    def cancel(self, job: Job) -> None:
+        assert job.native_id is not None
+        result = self._run(self.cancel_command([job.native_id]), check=False)
+        said = result.stdout + result.stderr
+        if result.returncode != 0 and not any(gone in said for gone in _GONE):
+            raise BackendError(
+                f"bkill failed ({result.returncode}): {said.strip()}", retryable=True
+            )
+
+    def hold_command(self, native_ids: Sequence[str]) -> list[str]:
+        return ["bstop", *native_ids]
+
+    def release_command(self, native_ids: Sequence[str]) -> list[str]:
+        return ["bresume", *native_ids]
+
+
+def lsf_index_list(indices: Sequence[int]) -> str:
+    """jobbridge's indices as an LSF index list (``1-10``, ``2,4,6-8``, ``1-21:5``), each
+    moved up by one because LSF numbers elements from 1."""
+    runs: list[list[int]] = []  # runs of consecutive numbers
+    for index in sorted(index + 1 for index in indices):
+        if runs and index == runs[-1][-1] + 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    parts: list[str] = []
+    singles: list[int] = []
+    for run in runs:
+        if len(run) == 1:
+            singles.append(run[0])
+            continue
+        parts.extend(_stepped(singles))
+        singles = []
+        parts.append(f"{run[0]}-{run[-1]}")
+    parts.extend(_stepped(singles))
+    return ",".join(parts)
+
+
+def _stepped(numbers: Sequence[int]) -> list[str]:
+    """Isolated numbers, as ``start-end:step`` where three or more are evenly spaced."""
+    parts = []
+    start = 0
+    while start < len(numbers):
+        end = start
+        if start + 1 < len(numbers):
+            step = numbers[start + 1] - numbers[start]
+            while end + 1 < len(numbers) and numbers[end + 1] - numbers[end] == step:
+                end += 1
+        if end - start >= 2:
+            parts.append(f"{numbers[start]}-{numbers[end]}:{numbers[start + 1] - numbers[start]}")
+            start = end + 1
+        else:
+            parts.append(str(numbers[start]))
+            start += 1
+    return parts
+
+
+def run_limit(seconds: float) -> str:
+    """``bsub -W``'s ``[hour:]minute``, rounded up to the next whole minute (at least one)."""
+    minutes = max(1, math.ceil(seconds / 60))
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}" if hours else str(minutes)
+
+
+def _json_object(output: str) -> dict[str, list[dict[str, str]]]:
+    start = output.find("{")  # some sites print notices before the JSON
+    if start < 0:
+        if not output.strip():
+            return {}
+        raise ValueError(f"no JSON object in {output[:200]!r}")
+    answer = json.loads(output[start:])
+    if not isinstance(answer, dict) or not isinstance(answer.get("RECORDS", []), list):
+        raise ValueError("not a bjobs -json answer")
+    return answer
+
+
+def _record_id(record: Mapping[str, str]) -> str:
+    job_id = str(record["JOBID"])
+    index = str(record.get("JOBINDEX", "") or "0")
+    if "[" in job_id or index == "0":
+        return job_id
+    return f"{job_id}[{index}]"
+
+
+def _record_state(record: Mapping[str, str]) -> LsfState:
+    stat = str(record["STAT"])
+    reported = _integer(record.get("EXIT_CODE", ""))
+    if stat == "DONE" and reported is None:
+        reported = 0  # DONE means exit value zero; bjobs leaves the field empty
+    if stat == "PEND" or stat == "PSUSP":
+        return LsfState(word=stat, reason=_reason(record.get("PEND_REASON", "")))
+    if stat == "EXIT":
+        exit_reason = str(record.get("EXIT_REASON", "") or "")
+        term = _TERM_WORD.search(exit_reason)
+        if term is not None and term[0] in LsfBackend.STATES:
+            return LsfState(
+                word=term[0],
+                reason=_reason(exit_reason),
+                exit_code=reported,
+                reported_exit_code=reported,
+            )
+    # An ended job's own exit-code file tells its code and times; bjobs is the fallback.
+    return LsfState(
+        word=stat, reason=_reason(record.get("EXIT_REASON", "")), reported_exit_code=reported
+    )
+
+
+def _reason(text: object) -> str | None:
+    cleaned = str(text or "").strip().rstrip(";").strip()
+    return cleaned or None
+
+
+def _integer(text: object) -> int | None:
+    cleaned = str(text or "").strip()
+    return int(cleaned) if cleaned.lstrip("-").isdigit() else None

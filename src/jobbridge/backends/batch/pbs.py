@@ -1,0 +1,669 @@
+"""PBS Professional (OpenPBS) and PBS/Torque: qsub, qstat, qdel, qhold, qrls.
+
+Both descend from the same PBS and share ``#PBS`` directives, job ids (``123.server``; arrays
+``123[].server`` with members ``123[7].server``), ``-W depend=afterok:ID:ID`` dependencies
+(a job waiting for its parents sits in ``H`` with a system hold), and ``qhold``/``qrls``.
+
+Where they differ:
+
+- resources: PBS Pro asks for chunks, ``-l select=N:ncpus=C:mpiprocs=P:ngpus=G:mem=M``
+  (``place=scatter`` puts the chunks on distinct hosts); Torque for nodes,
+  ``-l nodes=N:ppn=C[:gpus=G]``, with ``-l mem=`` for the whole job.
+- arrays: PBS Pro's ``-J X-Y[:Z][%N]`` takes one stepped range of at least two indices. Any
+  other index set runs as PBS indices ``0..n-1`` that the script maps back to jobbridge's
+  (a bash array lookup); a single index is submitted as a plain job. Torque's ``-t`` takes any
+  list, with ``%N`` for the concurrency cap.
+- reservations: on PBS Pro a reservation is a queue (``-q R123``), so it cannot be combined
+  with another queue; Torque passes Moab's ``-l advres=NAME``.
+- status: one command per refresh. PBS Pro: ``qstat -f -F json -x -t ID...``, where ``-x``
+  adds finished jobs from the server's job history (when the site keeps one), so the same
+  command tells about queued, running and ended jobs. Torque: ``qstat -f -x -t`` (``-x`` is
+  XML there) for all jobs, in one server request; ended jobs show as ``C`` for the server's
+  ``keep_completed`` seconds. Neither has an accounting command a client can run (tracejob
+  reads the server's own logs): a job gone from ``qstat`` is resolved from the exit-code file
+  its script wrote, or declared LOST after ``accounting_delay``.
+
+State words are ``job_state`` letters, refined where the letter alone does not tell the story
+(see ``_story``): ``DEPNHOLD`` (PBS's name for the system hold on a job waiting for its
+dependencies: it is queued, not held by anyone), ``TERMINATED`` (deleted, PBS's name again),
+``DEPENDENCY_DELETED`` (deleted by the server because a dependency can never be met), and the
+``JOB_EXEC_*`` names of the negative exit statuses PBS and Torque use for their own kills.
+
+Exit codes are the script's; PBS's own negative codes are kept as they are (e.g. -29 for a
+walltime kill) and a job PBS killed with signal N (shown as 256+N) gets 128+N, as a shell
+would report it.
+
+``attributes`` with the ``pbs.`` prefix (both flavours): ``pbs.l.NAME`` adds ``-l NAME=VALUE``,
+``pbs.W.NAME`` adds ``-W NAME=VALUE``, and ``pbs.a``, ``pbs.c``, ``pbs.h`` (true or false),
+``pbs.j``, ``pbs.k``, ``pbs.m``, ``pbs.M``, ``pbs.p``, ``pbs.r`` add those qsub options.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import xml.etree.ElementTree as ElementTree
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from jobbridge.backends.batch.base import (
+    BatchBackend,
+    BatchOptions,
+    NativeDependency,
+    NativeState,
+    epoch_or_none,
+    walltime_parts,
+)
+from jobbridge.backends.batch.script import directive_value, scheduler_name
+from jobbridge.job import Job, JobStatus
+from jobbridge.phase import Phase
+from jobbridge.spec import ArraySpec, JobSpec
+from jobbridge.transport.base import CommandResult
+
+__all__ = ["PbsProBackend", "TorqueBackend"]
+
+ATTRIBUTE_PREFIX = "pbs"
+_RESOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_VALUE_OPTIONS = frozenset("acjkmMpr")
+_JOB_ID = re.compile(r"^(?P<sequence>\d+)(?P<array>\[\d*\])?(?P<server>\.\S+)?$")
+_PROJECT_FORBIDDEN = re.compile(r'[/\[\]";:|<>+,?*]')
+_XML_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_PBS_TIME = "%a %b %d %H:%M:%S %Y"
+_MIB = 2**20
+_SUBSTATE_TERMINATED = 91  # PBS Pro's substate of a deleted job (job.h)
+_UNTOLD = "NO_EXIT_STATUS"
+
+_COMMON_STATES: dict[str, tuple[Phase, str | None]] = {
+    "Q": (Phase.QUEUED, None),
+    "W": (Phase.QUEUED, None),  # waiting for the start time it was given
+    "T": (Phase.QUEUED, None),  # being moved between queues or servers
+    "DEPNHOLD": (Phase.QUEUED, None),
+    "H": (Phase.HELD, None),
+    "R": (Phase.EXECUTING, None),
+    "E": (Phase.EXECUTING, None),  # exiting: PBS is cleaning up after the script ended
+    "S": (Phase.SUSPENDED, None),
+    "TERMINATED": (Phase.ABORTED, "CANCELLED"),
+    "DEPENDENCY_DELETED": (Phase.ABORTED, "DEPENDENCY_NEVER_SATISFIED"),
+}
+
+
+@dataclass(frozen=True)
+class ArrayLayout:
+    """How an array's members are numbered for the scheduler."""
+
+    request: str | None
+    """The ``-J``/``-t`` value; None when the members go as a plain job (one index)."""
+    native: Mapping[int, int]
+    """The scheduler's index for each of jobbridge's indices."""
+    lookup: tuple[int, ...] | None = None
+    """jobbridge's index at each scheduler index, when the script must map it."""
+
+
+class _PbsFamily(BatchBackend):
+    """What PBS Pro and Torque share; the flavours fill in resources, arrays and status."""
+
+    native_dependencies = True
+    index_variable: ClassVar[str]
+    """The variable holding a member's index in the scheduler's numbering."""
+    array_option: ClassVar[str]
+    exit_attribute: ClassVar[str]
+    ended_letters: ClassVar[frozenset[str]]
+    """States whose exit status tells how the job ended."""
+    exit_words: ClassVar[Mapping[int, str]]
+    """The scheduler's own negative exit statuses, by name."""
+
+    # -- directives ------------------------------------------------------------------------
+
+    def directives(
+        self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency]
+    ) -> list[str]:
+        spec = job.spec
+        layout = self.array_layout(spec, members)
+        lines = [
+            f"-N {_job_name(job.name)}",
+            "-S /bin/bash",
+            *self.output_lines(layout),
+            *self.resource_lines(spec),
+        ]
+        if spec.resources.walltime is not None:
+            days, hours, minutes, seconds = walltime_parts(spec.resources.walltime.total_seconds())
+            lines.append(f"-l walltime={days * 24 + hours:02d}:{minutes:02d}:{seconds:02d}")
+        lines += self.placement_lines(spec)
+        if layout is not None and layout.request is not None:
+            lines.append(f"{self.array_option} {layout.request}")
+        if dependencies:
+            lines.append(f"-W depend={self.dependency_list(dependencies)}")
+        if spec.inherit_environment:
+            lines.append("-V")
+        lines += self._attribute_lines(spec)
+        return [f"#PBS {line}" for line in lines]
+
+    def output_lines(self, layout: ArrayLayout | None) -> list[str]:
+        return ["-o pbs.out", "-e pbs.err"]
+
+    @abstractmethod
+    def resource_lines(self, spec: JobSpec) -> list[str]: ...
+
+    @abstractmethod
+    def placement_lines(self, spec: JobSpec) -> list[str]:
+        """Queue, reservation, account and project."""
+
+    @abstractmethod
+    def array_layout(self, spec: JobSpec, members: Sequence[Job]) -> ArrayLayout | None:
+        """None for a job that is no array."""
+
+    def dependency_list(self, dependencies: Sequence[NativeDependency]) -> str:
+        by_condition: dict[str, list[str]] = {}
+        for dependency in dependencies:
+            if not _JOB_ID.match(dependency.native_id):
+                raise self.unsupported("depends_on", f"{dependency.native_id!r} is no PBS job id")
+            by_condition.setdefault(dependency.condition, []).append(dependency.native_id)
+        return ",".join(f"{kind}:{':'.join(ids)}" for kind, ids in by_condition.items())
+
+    def _value(self, field: str, value: object) -> str:
+        return directive_value(self.scheduler, field, value)
+
+    def _attribute_lines(self, spec: JobSpec) -> list[str]:
+        lines = []
+        for key, setting in sorted(spec.attributes_for(ATTRIBUTE_PREFIX).items()):
+            field = f"attributes.{ATTRIBUTE_PREFIX}.{key}"
+            kind, _, name = key.partition(".")
+            if kind in ("l", "W") and _RESOURCE_NAME.match(name):
+                if name.lower() in self.owned_names(kind):
+                    raise self.unsupported(field, "jobbridge sets this from the job spec")
+                lines.append(f"-{kind} {name}={self._value(field, _text(setting))}")
+            elif key == "h" and isinstance(setting, bool):
+                lines += ["-h"] if setting else []
+            elif key in _VALUE_OPTIONS and not isinstance(setting, bool):
+                lines.append(f"-{key} {self._value(field, setting)}")
+            else:
+                raise self.unsupported(field, "not pbs.l.RESOURCE, pbs.W.ATTRIBUTE or a qsub flag")
+        return lines
+
+    def owned_names(self, kind: str) -> frozenset[str]:
+        """``-l``/``-W`` names jobbridge itself writes, which attributes may not repeat."""
+        if kind == "W":
+            return frozenset({"depend"})
+        return frozenset({"walltime", "mem", "select", "nodes", "place", "advres"})
+
+    # -- the script ------------------------------------------------------------------------
+
+    def portable_variables(self, array: bool) -> dict[str, str]:
+        variables = {
+            "JOBBRIDGE_JOB_ID": '"$PBS_JOBID"',
+            "JOBBRIDGE_SUBMIT_HOST": '"$PBS_O_HOST"',
+            # the node file has one line per slot; keep each host once, in order
+            "JOBBRIDGE_NODELIST": (
+                '"$(awk \'!seen[$0]++\' "${PBS_NODEFILE:-/dev/null}" | paste -sd, -)"'
+            ),
+        }
+        if array:
+            variables["JOBBRIDGE_ARRAY_INDEX"] = f'"${self.index_variable}"'
+        return variables
+
+    def render_script(
+        self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency] = ()
+    ) -> str:
+        script = super().render_script(job, members, dependencies)
+        mapped = self._mapped_index(job.spec, members)
+        if mapped is None:
+            return script
+        # portable_variables only learns whether the job is an array, and the mapping needs
+        # the members: the line it produced is replaced here (the first occurrence is that
+        # line; user values come after it, quoted)
+        produced = f'export JOBBRIDGE_ARRAY_INDEX="${self.index_variable}"'
+        return script.replace(produced, mapped, 1)
+
+    def _mapped_index(self, spec: JobSpec, members: Sequence[Job]) -> str | None:
+        """Shell lines that set JOBBRIDGE_ARRAY_INDEX where the scheduler's index differs."""
+        layout = self.array_layout(spec, members)
+        if layout is None:
+            return None
+        if layout.request is None:  # one index, submitted as a plain job
+            return f"export JOBBRIDGE_ARRAY_INDEX={_indices(members)[0]}"
+        if layout.lookup is None:
+            return None
+        table = " ".join(str(index) for index in layout.lookup)
+        return (
+            f"jobbridge_indices=({table})\n"
+            f'export JOBBRIDGE_ARRAY_INDEX="${{jobbridge_indices[${self.index_variable}]}}"'
+        )
+
+    # -- submitting ------------------------------------------------------------------------
+
+    def submit_command(self, script: str) -> list[str]:
+        return ["qsub", script]
+
+    def parse_job_id(self, output: str) -> str:
+        lines = [line.strip() for line in output.splitlines() if line.strip()]
+        if not lines or not _JOB_ID.match(lines[-1]):
+            raise ValueError(f"not a job id: {output!r}")
+        return lines[-1]
+
+    def member_ids(self, native_id: str, members: Sequence[Job]) -> list[str]:
+        layout = self.array_layout(members[0].spec, members)
+        if layout is None or layout.request is None:
+            return [native_id for _ in members]
+        match = _JOB_ID.match(native_id)
+        if match is None:
+            raise ValueError(f"not an array job id: {native_id!r}")
+        server = match["server"] or ""
+        native = [layout.native[index] for index in _indices_in_order(members)]
+        return [f"{match['sequence']}[{index}]{server}" for index in native]
+
+    def query_ids(self, native_ids: Sequence[str]) -> list[str]:
+        # an array's members are listed (with -t) when the array is named
+        return list(dict.fromkeys(_array_of(native) for native in native_ids))
+
+    # -- acting on jobs --------------------------------------------------------------------
+
+    def cancel_command(self, native_ids: Sequence[str]) -> list[str]:
+        return ["qdel", *native_ids]
+
+    def hold_command(self, native_ids: Sequence[str]) -> list[str]:
+        return ["qhold", *native_ids]
+
+    def release_command(self, native_ids: Sequence[str]) -> list[str]:
+        return ["qrls", *native_ids]
+
+    def empty_answer_is_fine(self, result: CommandResult) -> bool:
+        return "Unknown Job Id" in result.stderr or "has finished" in result.stderr
+
+    # -- reading states --------------------------------------------------------------------
+
+    def native_state(
+        self,
+        letter: str,
+        attributes: Mapping[str, Any],
+        started: datetime | None,
+        ended: datetime | None,
+    ) -> NativeState:
+        raw_exit = _int_or_none(attributes.get(self.exit_attribute))
+        word = self._story(letter, attributes, raw_exit, started is not None)
+        exit_code = raw_exit if word in self.exit_words.values() else _shell_exit_code(raw_exit)
+        comment = attributes.get("comment")
+        return NativeState(
+            word=word,
+            reason=str(comment) if comment else None,
+            exit_code=exit_code,
+            started=started,
+            ended=ended if letter in self.ended_letters else None,
+        )
+
+    def _story(
+        self, letter: str, attributes: Mapping[str, Any], exit_status: int | None, ran: bool
+    ) -> str:
+        if letter == "H" and _waits_for_dependencies(attributes):
+            return "DEPNHOLD"
+        if letter not in self.ended_letters:
+            return letter
+        if exit_status is not None and exit_status in self.exit_words:
+            return self.exit_words[exit_status]
+        if not ran:
+            return "DEPENDENCY_DELETED" if self.deleted_for_dependency(attributes) else "TERMINATED"
+        if self.was_deleted(attributes):
+            return "TERMINATED"
+        return letter
+
+    def deleted_for_dependency(self, attributes: Mapping[str, Any]) -> bool:
+        return "dependency" in str(attributes.get("comment", "")).lower()
+
+    def was_deleted(self, attributes: Mapping[str, Any]) -> bool:
+        return False
+
+    def to_status(self, state: NativeState) -> JobStatus:
+        status = super().to_status(state)
+        if state.word not in self.ended_letters:
+            return status
+        if state.exit_code is None:
+            return status.model_copy(
+                update={
+                    "phase": Phase.ERROR,
+                    "detail": _UNTOLD,
+                    "message": f"{self.scheduler} says the job finished but not how, and it"
+                    " left no exit code",
+                }
+            )
+        if state.exit_code != 0:
+            return status.model_copy(update={"phase": Phase.ERROR})
+        return status
+
+    def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
+        return {job_id: _settled(status) for job_id, status in super().status(jobs).items()}
+
+
+class PbsProBackend(_PbsFamily):
+    """PBS Professional and OpenPBS (``-J`` arrays, ``select`` chunks, ``qstat -F json``)."""
+
+    kind = "pbspro"
+    scheduler = "pbspro"
+    index_variable = "PBS_ARRAY_INDEX"
+    array_option = "-J"
+    exit_attribute = "Exit_status"
+    ended_letters = frozenset({"F", "X"})
+    exit_words: ClassVar[Mapping[int, str]] = {
+        -1: "JOB_EXEC_FAIL1",
+        -2: "JOB_EXEC_FAIL2",
+        -3: "JOB_EXEC_RETRY",
+        -4: "JOB_EXEC_INITABT",
+        -5: "JOB_EXEC_INITRST",
+        -6: "JOB_EXEC_INITRMG",
+        -7: "JOB_EXEC_BADRESRT",
+        -10: "JOB_EXEC_FAILUID",
+        -11: "JOB_EXEC_RERUN",
+        -12: "JOB_EXEC_CHKP",
+        -13: "JOB_EXEC_FAIL_PASSWORD",
+        -14: "JOB_EXEC_RERUN_SIS_FAIL",
+        -15: "JOB_EXEC_QUERST",
+        -16: "JOB_EXEC_FAILHOOK_RERUN",
+        -17: "JOB_EXEC_FAILHOOK_DELETE",
+        -18: "JOB_EXEC_HOOK_RERUN",
+        -19: "JOB_EXEC_HOOK_DELETE",
+        -20: "JOB_EXEC_RERUN_MS_FAIL",
+        -21: "JOB_EXEC_FAIL_SECURITY",
+        -22: "JOB_EXEC_HOOKERROR",
+        -23: "JOB_EXEC_FAIL_KRB5",
+        -24: "JOB_EXEC_KILL_NCPUS_BURST",
+        -25: "JOB_EXEC_KILL_NCPUS_SUM",
+        -26: "JOB_EXEC_KILL_VMEM",
+        -27: "JOB_EXEC_KILL_MEM",
+        -28: "JOB_EXEC_KILL_CPUT",
+        -29: "JOB_EXEC_KILL_WALLTIME",
+        -30: "JOB_EXEC_JOINJOB",
+    }
+    STATES: ClassVar[Mapping[str, tuple[Phase, str | None]]] = {
+        **_COMMON_STATES,
+        "B": (Phase.EXECUTING, None),  # an array some of whose members have started
+        "U": (Phase.SUSPENDED, None),  # cycle harvesting: the workstation's owner is back
+        "M": (Phase.UNKNOWN, "MOVED"),  # moved to another server, which this one cannot see
+        "F": (Phase.COMPLETED, None),  # finished: the exit status tells how
+        "X": (Phase.COMPLETED, None),  # a finished member of an array
+        **{word: (Phase.ERROR, word) for word in exit_words.values()},
+        "JOB_EXEC_KILL_WALLTIME": (Phase.ERROR, "TIMEOUT"),
+        "JOB_EXEC_KILL_MEM": (Phase.ERROR, "OUT_OF_MEMORY"),
+        "JOB_EXEC_KILL_VMEM": (Phase.ERROR, "OUT_OF_MEMORY"),
+        "JOB_EXEC_KILL_CPUT": (Phase.ERROR, "CPU_TIME_LIMIT"),
+        "JOB_EXEC_KILL_NCPUS_SUM": (Phase.ERROR, "CPU_LIMIT"),
+        "JOB_EXEC_KILL_NCPUS_BURST": (Phase.ERROR, "CPU_LIMIT"),
+        "JOB_EXEC_RERUN_MS_FAIL": (Phase.ERROR, "NODE_FAIL"),
+        "JOB_EXEC_RERUN_SIS_FAIL": (Phase.ERROR, "NODE_FAIL"),
+    }
+
+    def resource_lines(self, spec: JobSpec) -> list[str]:
+        resources = spec.resources
+        chunk = [
+            f"{resources.nodes}",
+            f"ncpus={resources.processes_per_node * resources.cores_per_process}",
+            f"mpiprocs={resources.processes_per_node}",
+        ]
+        if resources.gpus_per_process:
+            chunk.append(f"ngpus={resources.gpus_per_process * resources.processes_per_node}")
+        if resources.memory is not None:
+            chunk.append(f"mem={math.ceil(resources.memory / resources.nodes / _MIB)}mb")
+        lines = [f"-l select={':'.join(chunk)}"]
+        if resources.nodes > 1:
+            lines.append("-l place=scatter")
+        return lines
+
+    def output_lines(self, layout: ArrayLayout | None) -> list[str]:
+        if layout is None or layout.request is None:
+            return super().output_lines(layout)
+        # PBS puts each member's index where this tag stands
+        return ["-o pbs.^array_index^.out", "-e pbs.^array_index^.err"]
+
+    def placement_lines(self, spec: JobSpec) -> list[str]:
+        if spec.queue and spec.reservation:
+            raise self.unsupported(
+                "reservation", "on PBS Pro a reservation is a queue; give a queue or a reservation"
+            )
+        lines = []
+        destination = spec.reservation or spec.queue
+        if destination:
+            lines.append(f"-q {self._value('queue', destination)}")
+        if spec.account:
+            lines.append(f"-A {self._value('account', spec.account)}")
+        if spec.project:
+            if _PROJECT_FORBIDDEN.search(spec.project):
+                raise self.unsupported("project", f"{spec.project!r} has characters PBS refuses")
+            lines.append(f"-P {self._value('project', spec.project)}")
+        return lines
+
+    def array_layout(self, spec: JobSpec, members: Sequence[Job]) -> ArrayLayout | None:
+        if spec.array is None:
+            return None
+        indices = _indices(members)
+        if len(indices) == 1:
+            return ArrayLayout(None, {indices[0]: indices[0]})
+        cap = f"%{spec.array.max_concurrent}" if spec.array.max_concurrent else ""
+        step = indices[1] - indices[0]
+        if all(later - earlier == step for earlier, later in itertools.pairwise(indices)):
+            stride = f":{step}" if step > 1 else ""
+            request = f"{indices[0]}-{indices[-1]}{stride}{cap}"
+            return ArrayLayout(request, {index: index for index in indices})
+        request = f"0-{len(indices) - 1}{cap}"
+        positions = {index: position for position, index in enumerate(indices)}
+        return ArrayLayout(request, positions, tuple(indices))
+
+    def dependency_list(self, dependencies: Sequence[NativeDependency]) -> str:
+        for dependency in dependencies:
+            match = _JOB_ID.match(dependency.native_id)
+            if match and match["array"] not in (None, "[]"):
+                raise self.unsupported(
+                    "depends_on", "PBS Pro cannot make a job wait for one member of an array"
+                )
+        return super().dependency_list(dependencies)
+
+    def status_command(self, native_ids: Sequence[str]) -> list[str]:
+        return ["qstat", "-f", "-F", "json", "-x", "-t", *native_ids]
+
+    def parse_status(self, output: str) -> dict[str, NativeState]:
+        if not output.strip():
+            return {}
+        # strict=False: values copied from the environment may hold control characters
+        document = json.loads(output, strict=False)
+        states = {}
+        for job_id, attributes in document.get("Jobs", {}).items():
+            states[job_id] = self.native_state(
+                str(attributes["job_state"]),
+                attributes,
+                _pbs_time(attributes.get("stime")),
+                _pbs_time(attributes.get("obittime") or attributes.get("mtime")),
+            )
+        return states
+
+    def deleted_for_dependency(self, attributes: Mapping[str, Any]) -> bool:
+        # PBS deletes a queued job whose dependency can never be met; one that never ran and
+        # still names its dependencies went that way (a qdel'ed one is already ABORTED)
+        return bool(attributes.get("depend")) or super().deleted_for_dependency(attributes)
+
+    def was_deleted(self, attributes: Mapping[str, Any]) -> bool:
+        return _int_or_none(attributes.get("substate")) == _SUBSTATE_TERMINATED
+
+
+class TorqueOptions(BatchOptions):
+    # qstat asks for all jobs at once, so the ids never need splitting into chunks
+    max_ids_per_query: int = Field(1_000_000_000, ge=1)
+
+
+class TorqueBackend(_PbsFamily):
+    """PBS/Torque (``-t`` arrays, ``nodes=N:ppn=P``, ``qstat -x`` XML)."""
+
+    kind = "torque"
+    scheduler = "torque"
+    Options = TorqueOptions
+    index_variable = "PBS_ARRAYID"
+    array_option = "-t"
+    exit_attribute = "exit_status"
+    ended_letters = frozenset({"C"})
+    exit_words: ClassVar[Mapping[int, str]] = {
+        -1: "JOB_EXEC_FAIL1",
+        -2: "JOB_EXEC_FAIL2",
+        -3: "JOB_EXEC_RETRY",
+        -4: "JOB_EXEC_INITABT",
+        -5: "JOB_EXEC_INITRST",
+        -6: "JOB_EXEC_INITRMG",
+        -7: "JOB_EXEC_BADRESRT",
+        -8: "JOB_EXEC_CMDFAIL",
+        -9: "JOB_EXEC_STDOUTFAIL",
+        -10: "JOB_EXEC_OVERLIMIT_MEM",
+        -11: "JOB_EXEC_OVERLIMIT_WT",
+        -12: "JOB_EXEC_OVERLIMIT_CPUT",
+        -13: "JOB_EXEC_RETRY_CGROUP",
+        -14: "JOB_EXEC_RETRY_PROLOGUE",
+    }
+    STATES: ClassVar[Mapping[str, tuple[Phase, str | None]]] = {
+        **_COMMON_STATES,
+        "C": (Phase.COMPLETED, None),  # completed: the exit status tells how
+        **{word: (Phase.ERROR, word) for word in exit_words.values()},
+        "JOB_EXEC_OVERLIMIT_WT": (Phase.ERROR, "TIMEOUT"),
+        "JOB_EXEC_OVERLIMIT_MEM": (Phase.ERROR, "OUT_OF_MEMORY"),
+        "JOB_EXEC_OVERLIMIT_CPUT": (Phase.ERROR, "CPU_TIME_LIMIT"),
+    }
+
+    def resource_lines(self, spec: JobSpec) -> list[str]:
+        resources = spec.resources
+        nodes = (
+            f"nodes={resources.nodes}"
+            f":ppn={resources.processes_per_node * resources.cores_per_process}"
+        )
+        if resources.gpus_per_process:
+            nodes += f":gpus={resources.gpus_per_process * resources.processes_per_node}"
+        lines = [f"-l {nodes}"]
+        if resources.memory is not None:
+            lines.append(f"-l mem={math.ceil(resources.memory / _MIB)}mb")
+        return lines
+
+    def output_lines(self, layout: ArrayLayout | None) -> list[str]:
+        # Torque names each array member's files itself (NAME.oSEQ-INDEX in the job
+        # directory, where qsub runs); one given path would be shared by all members
+        return [] if layout is not None else super().output_lines(layout)
+
+    def placement_lines(self, spec: JobSpec) -> list[str]:
+        lines = []
+        if spec.queue:
+            lines.append(f"-q {self._value('queue', spec.queue)}")
+        if spec.reservation:
+            # Torque has no reservations of its own; Moab's are requested this way
+            lines.append(f"-l advres={self._value('reservation', spec.reservation)}")
+        if spec.project and spec.account and spec.project != spec.account:
+            raise self.unsupported("project", "Torque has accounts only; give one of the two")
+        account = spec.account or spec.project
+        if account:
+            lines.append(f"-A {self._value('account', account)}")
+        return lines
+
+    def array_layout(self, spec: JobSpec, members: Sequence[Job]) -> ArrayLayout | None:
+        if spec.array is None:
+            return None
+        indices = _indices(members)
+        cap = spec.array.max_concurrent if len(indices) > 1 else None
+        request = str(ArraySpec(tuple(indices), cap))
+        return ArrayLayout(request, {index: index for index in indices})
+
+    def status_command(self, native_ids: Sequence[str]) -> list[str]:
+        # all jobs, in one server request: with ids, qstat asks the server once per id
+        return ["qstat", "-f", "-x", "-t"]
+
+    def parse_status(self, output: str) -> dict[str, NativeState]:
+        states = {}
+        for job in _torque_jobs(output):
+            states[job["Job_Id"]] = self.native_state(
+                str(job.get("job_state", "")),
+                job,
+                epoch_or_none(str(job.get("start_time", ""))),
+                epoch_or_none(str(job.get("comp_time", ""))),
+            )
+        return states
+
+
+def _torque_jobs(output: str) -> list[dict[str, Any]]:
+    """Each ``<Job>`` of ``qstat -x`` (one or more XML documents) as a dict; nested elements
+    such as ``Resource_List`` become dicts of their own."""
+    jobs = []
+    # -V copies the submitter's environment into Variable_List, control characters included,
+    # and qstat writes them as they are; XML 1.0 allows none of them
+    cleaned = _XML_FORBIDDEN.sub("", output)
+    for document in re.findall(r"<Data>.*?</Data>|<Data\s*/>", cleaned, flags=re.DOTALL):
+        root = ElementTree.fromstring(document)  # noqa: S314 - the scheduler's own answer
+        for element in root.iter("Job"):
+            jobs.append({child.tag: _element_value(child) for child in element})
+    return jobs
+
+
+def _element_value(element: ElementTree.Element) -> object:
+    if len(element):
+        return {child.tag: child.text or "" for child in element}
+    return element.text or ""
+
+
+def _waits_for_dependencies(attributes: Mapping[str, Any]) -> bool:
+    holds = str(attributes.get("Hold_Types", "")).replace("n", "")
+    return bool(attributes.get("depend")) and holds == "s"
+
+
+def _job_name(name: str) -> str:
+    """PBS job names start with a letter or digit (Torque: a letter)."""
+    cleaned = scheduler_name(name)
+    return cleaned if cleaned[0].isalpha() else f"j{cleaned}"[:64]
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _indices(members: Sequence[Job]) -> list[int]:
+    return sorted(job.array_index for job in members if job.array_index is not None)
+
+
+def _indices_in_order(members: Sequence[Job]) -> list[int]:
+    return [job.array_index for job in members if job.array_index is not None]
+
+
+def _array_of(native_id: str) -> str:
+    match = _JOB_ID.match(native_id)
+    if match is None or match["array"] is None:
+        return native_id
+    return f"{match['sequence']}[]{match['server'] or ''}"
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
+def _shell_exit_code(code: int | None) -> int | None:
+    """PBS shows a job it killed with signal N as 256+N; a shell would say 128+N."""
+    if code is not None and code >= 256:
+        return 128 + code % 256
+    return code
+
+
+def _pbs_time(value: object) -> datetime | None:
+    """qstat prints times as ctime(3) does, in the server's local time."""
+    if not value:
+        return None
+    try:
+        return datetime.strptime(str(value).strip(), _PBS_TIME).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+def _settled(status: JobStatus) -> JobStatus:
+    """A job shown ended without its exit status (PBS Pro's array members when the server
+    keeps no history) is settled by the exit code its script wrote; the base class adds that
+    code but keeps the phase it had without it."""
+    if status.detail != _UNTOLD or status.exit_code is None:
+        return status
+    phase = Phase.COMPLETED if status.exit_code == 0 else Phase.ERROR
+    return status.model_copy(update={"phase": phase, "detail": None, "message": None})

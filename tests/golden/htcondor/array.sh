@@ -1,0 +1,20 @@
+#!/bin/bash
+# jobbridge job jb0array0000 (htcondor)
+export PATH="${PATH:-/usr/local/bin:/usr/bin:/bin}"
+export JOBBRIDGE_JOB_ID="$JOBBRIDGE_HTCONDOR_ID"
+export JOBBRIDGE_SUBMIT_HOST="$(sed -n 's/^GlobalJobId = "\([^#@]*@\)\{0,1\}\([^#]*\)#.*/\2/p' "$_CONDOR_JOB_AD" 2>/dev/null)"
+export JOBBRIDGE_NODELIST="$(uname -n)"
+export JOBBRIDGE_ARRAY_INDEX="$JOBBRIDGE_HTCONDOR_INDEX"
+export JOBBRIDGE_JOB_NAME=work
+export JOBBRIDGE_WORKDIR='/scratch/jobbridge jobs/jb0array0000'
+jobbridge_exit_file='/scratch/jobbridge jobs/jb0array0000'/exitcode."$JOBBRIDGE_ARRAY_INDEX"
+jobbridge_started=$(date +%s)
+jobbridge_record() {
+    printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
+    mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
+}
+cd '/scratch/jobbridge jobs/jb0array0000' || { jobbridge_record 127; exit 127; }
+work --part > '/scratch/jobbridge jobs/jb0array0000/stdout'."$JOBBRIDGE_ARRAY_INDEX" 2> '/scratch/jobbridge jobs/jb0array0000/stderr'."$JOBBRIDGE_ARRAY_INDEX"
+jobbridge_status=$?
+jobbridge_record "$jobbridge_status"
+exit "$jobbridge_status"

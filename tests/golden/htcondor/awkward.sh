@@ -1,0 +1,33 @@
+#!/bin/bash
+# jobbridge job jb0case0awkw (htcondor)
+export PATH="${PATH:-/usr/local/bin:/usr/bin:/bin}"
+export JOBBRIDGE_JOB_ID="$JOBBRIDGE_HTCONDOR_ID"
+export JOBBRIDGE_SUBMIT_HOST="$(sed -n 's/^GlobalJobId = "\([^#@]*@\)\{0,1\}\([^#]*\)#.*/\2/p' "$_CONDOR_JOB_AD" 2>/dev/null)"
+export JOBBRIDGE_NODELIST="$(uname -n)"
+export JOBBRIDGE_JOB_NAME='it'"'"'s a $(test); job
+second line'
+export JOBBRIDGE_WORKDIR='/data/my dir/$(x)/it'"'"'s'
+export TRICKY='$(touch pwned) '"'"'single'"'"' "double" `tick` ;
+next line \'
+jobbridge_exit_file='/scratch/jobbridge jobs/jb0case0awkw'/exitcode
+jobbridge_started=$(date +%s)
+jobbridge_record() {
+    printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
+    mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
+}
+cd '/data/my dir/$(x)/it'"'"'s' || { jobbridge_record 127; exit 127; }
+jobbridge_prologue() {
+module load gcc
+echo 'prologue ran'
+}
+jobbridge_prologue || { jobbridge_status=$?; jobbridge_record "$jobbridge_status"; exit "$jobbridge_status"; }
+'/opt/my tools/run it'"'"'s.sh' '$(touch pwned)' '`touch pwned`' 'a b' 'it'"'"'s' 'say "hi"' 'new
+line' '; touch pwned' '*' '$HOME' '\' < 'in put.txt' > 'out '"'"'file'"'"'.log' 2> 'err
+file.log'
+jobbridge_status=$?
+jobbridge_epilogue() {
+echo epilogue ran
+}
+jobbridge_epilogue
+jobbridge_record "$jobbridge_status"
+exit "$jobbridge_status"

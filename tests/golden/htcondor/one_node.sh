@@ -1,0 +1,19 @@
+#!/bin/bash
+# jobbridge job jb0case0node (htcondor)
+export PATH="${PATH:-/usr/local/bin:/usr/bin:/bin}"
+export JOBBRIDGE_JOB_ID="$JOBBRIDGE_HTCONDOR_ID"
+export JOBBRIDGE_SUBMIT_HOST="$(sed -n 's/^GlobalJobId = "\([^#@]*@\)\{0,1\}\([^#]*\)#.*/\2/p' "$_CONDOR_JOB_AD" 2>/dev/null)"
+export JOBBRIDGE_NODELIST="$(uname -n)"
+export JOBBRIDGE_JOB_NAME='mpi run'
+export JOBBRIDGE_WORKDIR='/scratch/jobbridge jobs/jb0case0node'
+jobbridge_exit_file='/scratch/jobbridge jobs/jb0case0node'/exitcode
+jobbridge_started=$(date +%s)
+jobbridge_record() {
+    printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
+    mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
+}
+cd '/scratch/jobbridge jobs/jb0case0node' || { jobbridge_record 127; exit 127; }
+mpirun -np 4 mpi_app --steps 100 > '/scratch/jobbridge jobs/jb0case0node/stdout' 2> '/scratch/jobbridge jobs/jb0case0node/stderr'
+jobbridge_status=$?
+jobbridge_record "$jobbridge_status"
+exit "$jobbridge_status"

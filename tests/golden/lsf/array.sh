@@ -1,0 +1,25 @@
+#!/bin/bash
+#BSUB -J "work[1-10]%3"
+#BSUB -o lsf-%J_%I.out
+#BSUB -e lsf-%J_%I.err
+#BSUB -n 1
+#BSUB -R "span[hosts=1]"
+# jobbridge job jb0array0000 (lsf)
+export PATH="${PATH:-/usr/local/bin:/usr/bin:/bin}"
+export JOBBRIDGE_JOB_ID="${LSB_JOBID}[${LSB_JOBINDEX}]"
+export JOBBRIDGE_SUBMIT_HOST="$LSB_SUB_HOST"
+export JOBBRIDGE_NODELIST="$(set -- $LSB_MCPU_HOSTS; hosts=; while [ $# -ge 2 ]; do hosts="${hosts:+$hosts,}$1"; shift 2; done; printf %s "$hosts")"
+export JOBBRIDGE_ARRAY_INDEX="$((LSB_JOBINDEX - 1))"
+export JOBBRIDGE_JOB_NAME=work
+export JOBBRIDGE_WORKDIR='/scratch/jobbridge jobs/jb0array0000'
+jobbridge_exit_file='/scratch/jobbridge jobs/jb0array0000'/exitcode."$JOBBRIDGE_ARRAY_INDEX"
+jobbridge_started=$(date +%s)
+jobbridge_record() {
+    printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
+    mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
+}
+cd '/scratch/jobbridge jobs/jb0array0000' || { jobbridge_record 127; exit 127; }
+work --part > '/scratch/jobbridge jobs/jb0array0000/stdout'."$JOBBRIDGE_ARRAY_INDEX" 2> '/scratch/jobbridge jobs/jb0array0000/stderr'."$JOBBRIDGE_ARRAY_INDEX"
+jobbridge_status=$?
+jobbridge_record "$jobbridge_status"
+exit "$jobbridge_status"

@@ -1,0 +1,24 @@
+#!/bin/bash
+#BSUB -J echo
+#BSUB -o lsf-%J.out
+#BSUB -e lsf-%J.err
+#BSUB -n 1
+#BSUB -R "span[hosts=1]"
+# jobbridge job jb0case0plai (lsf)
+export PATH="${PATH:-/usr/local/bin:/usr/bin:/bin}"
+export JOBBRIDGE_JOB_ID="$LSB_JOBID"
+export JOBBRIDGE_SUBMIT_HOST="$LSB_SUB_HOST"
+export JOBBRIDGE_NODELIST="$(set -- $LSB_MCPU_HOSTS; hosts=; while [ $# -ge 2 ]; do hosts="${hosts:+$hosts,}$1"; shift 2; done; printf %s "$hosts")"
+export JOBBRIDGE_JOB_NAME=echo
+export JOBBRIDGE_WORKDIR='/scratch/jobbridge jobs/jb0case0plai'
+jobbridge_exit_file='/scratch/jobbridge jobs/jb0case0plai'/exitcode
+jobbridge_started=$(date +%s)
+jobbridge_record() {
+    printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
+    mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
+}
+cd '/scratch/jobbridge jobs/jb0case0plai' || { jobbridge_record 127; exit 127; }
+echo hello > '/scratch/jobbridge jobs/jb0case0plai/stdout' 2> '/scratch/jobbridge jobs/jb0case0plai/stderr'
+jobbridge_status=$?
+jobbridge_record "$jobbridge_status"
+exit "$jobbridge_status"

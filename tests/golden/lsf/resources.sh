@@ -1,0 +1,30 @@
+#!/bin/bash
+#BSUB -J mpi_run
+#BSUB -o lsf-%J.out
+#BSUB -e lsf-%J.err
+#BSUB -n 16
+#BSUB -M 8192MB
+#BSUB -R "span[ptile=8] rusage[mem=8192MB]"
+#BSUB -W 26:04
+#BSUB -env none
+#BSUB -q long
+#BSUB -P astro
+#BSUB -U maint-window
+# jobbridge job jb0case0reso (lsf)
+export PATH="${PATH:-/usr/local/bin:/usr/bin:/bin}"
+export JOBBRIDGE_JOB_ID="$LSB_JOBID"
+export JOBBRIDGE_SUBMIT_HOST="$LSB_SUB_HOST"
+export JOBBRIDGE_NODELIST="$(set -- $LSB_MCPU_HOSTS; hosts=; while [ $# -ge 2 ]; do hosts="${hosts:+$hosts,}$1"; shift 2; done; printf %s "$hosts")"
+export JOBBRIDGE_JOB_NAME='mpi run'
+export JOBBRIDGE_WORKDIR='/scratch/jobbridge jobs/jb0case0reso'
+jobbridge_exit_file='/scratch/jobbridge jobs/jb0case0reso'/exitcode
+jobbridge_started=$(date +%s)
+jobbridge_record() {
+    printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
+    mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
+}
+cd '/scratch/jobbridge jobs/jb0case0reso' || { jobbridge_record 127; exit 127; }
+mpirun -np 8 mpi_app --steps 100 > '/scratch/jobbridge jobs/jb0case0reso/stdout' 2> '/scratch/jobbridge jobs/jb0case0reso/stderr'
+jobbridge_status=$?
+jobbridge_record "$jobbridge_status"
+exit "$jobbridge_status"

@@ -1,0 +1,25 @@
+#!/bin/bash
+#PBS -N echo
+#PBS -S /bin/bash
+#PBS -o pbs.out
+#PBS -e pbs.err
+#PBS -l select=1:ncpus=1:mpiprocs=1
+#PBS -V
+# jobbridge job jb0case0plai (pbspro)
+export PATH="${PATH:-/usr/local/bin:/usr/bin:/bin}"
+export JOBBRIDGE_JOB_ID="$PBS_JOBID"
+export JOBBRIDGE_SUBMIT_HOST="$PBS_O_HOST"
+export JOBBRIDGE_NODELIST="$(awk '!seen[$0]++' "${PBS_NODEFILE:-/dev/null}" | paste -sd, -)"
+export JOBBRIDGE_JOB_NAME=echo
+export JOBBRIDGE_WORKDIR='/scratch/jobbridge jobs/jb0case0plai'
+jobbridge_exit_file='/scratch/jobbridge jobs/jb0case0plai'/exitcode
+jobbridge_started=$(date +%s)
+jobbridge_record() {
+    printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
+    mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
+}
+cd '/scratch/jobbridge jobs/jb0case0plai' || { jobbridge_record 127; exit 127; }
+echo hello > '/scratch/jobbridge jobs/jb0case0plai/stdout' 2> '/scratch/jobbridge jobs/jb0case0plai/stderr'
+jobbridge_status=$?
+jobbridge_record "$jobbridge_status"
+exit "$jobbridge_status"

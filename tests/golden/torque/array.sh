@@ -1,0 +1,25 @@
+#!/bin/bash
+#PBS -N work
+#PBS -S /bin/bash
+#PBS -l nodes=1:ppn=1
+#PBS -t 0-9%3
+#PBS -V
+# jobbridge job jb0array0000 (torque)
+export PATH="${PATH:-/usr/local/bin:/usr/bin:/bin}"
+export JOBBRIDGE_JOB_ID="$PBS_JOBID"
+export JOBBRIDGE_SUBMIT_HOST="$PBS_O_HOST"
+export JOBBRIDGE_NODELIST="$(awk '!seen[$0]++' "${PBS_NODEFILE:-/dev/null}" | paste -sd, -)"
+export JOBBRIDGE_ARRAY_INDEX="$PBS_ARRAYID"
+export JOBBRIDGE_JOB_NAME=work
+export JOBBRIDGE_WORKDIR='/scratch/jobbridge jobs/jb0array0000'
+jobbridge_exit_file='/scratch/jobbridge jobs/jb0array0000'/exitcode."$JOBBRIDGE_ARRAY_INDEX"
+jobbridge_started=$(date +%s)
+jobbridge_record() {
+    printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
+    mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
+}
+cd '/scratch/jobbridge jobs/jb0array0000' || { jobbridge_record 127; exit 127; }
+work --part > '/scratch/jobbridge jobs/jb0array0000/stdout'."$JOBBRIDGE_ARRAY_INDEX" 2> '/scratch/jobbridge jobs/jb0array0000/stderr'."$JOBBRIDGE_ARRAY_INDEX"
+jobbridge_status=$?
+jobbridge_record "$jobbridge_status"
+exit "$jobbridge_status"

@@ -1,0 +1,39 @@
+#!/bin/bash
+#PBS -N it_s_a_test_job_second_line
+#PBS -S /bin/bash
+#PBS -o pbs.out
+#PBS -e pbs.err
+#PBS -l nodes=1:ppn=1
+#PBS -V
+# jobbridge job jb0case0awkw (torque)
+export PATH="${PATH:-/usr/local/bin:/usr/bin:/bin}"
+export JOBBRIDGE_JOB_ID="$PBS_JOBID"
+export JOBBRIDGE_SUBMIT_HOST="$PBS_O_HOST"
+export JOBBRIDGE_NODELIST="$(awk '!seen[$0]++' "${PBS_NODEFILE:-/dev/null}" | paste -sd, -)"
+export JOBBRIDGE_JOB_NAME='it'"'"'s a $(test); job
+second line'
+export JOBBRIDGE_WORKDIR='/data/my dir/$(x)/it'"'"'s'
+export TRICKY='$(touch pwned) '"'"'single'"'"' "double" `tick` ;
+next line \'
+jobbridge_exit_file='/scratch/jobbridge jobs/jb0case0awkw'/exitcode
+jobbridge_started=$(date +%s)
+jobbridge_record() {
+    printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
+    mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
+}
+cd '/data/my dir/$(x)/it'"'"'s' || { jobbridge_record 127; exit 127; }
+jobbridge_prologue() {
+module load gcc
+echo 'prologue ran'
+}
+jobbridge_prologue || { jobbridge_status=$?; jobbridge_record "$jobbridge_status"; exit "$jobbridge_status"; }
+'/opt/my tools/run it'"'"'s.sh' '$(touch pwned)' '`touch pwned`' 'a b' 'it'"'"'s' 'say "hi"' 'new
+line' '; touch pwned' '*' '$HOME' '\' < 'in put.txt' > 'out '"'"'file'"'"'.log' 2> 'err
+file.log'
+jobbridge_status=$?
+jobbridge_epilogue() {
+echo epilogue ran
+}
+jobbridge_epilogue
+jobbridge_record "$jobbridge_status"
+exit "$jobbridge_status"

@@ -1,0 +1,29 @@
+#!/bin/bash
+#PBS -N mpi_run
+#PBS -S /bin/bash
+#PBS -o pbs.out
+#PBS -e pbs.err
+#PBS -l nodes=2:ppn=8
+#PBS -l mem=16384mb
+#PBS -l walltime=26:03:04
+#PBS -q long
+#PBS -l advres=maint-window
+#PBS -A astro
+# jobbridge job jb0case0reso (torque)
+export PATH="${PATH:-/usr/local/bin:/usr/bin:/bin}"
+export JOBBRIDGE_JOB_ID="$PBS_JOBID"
+export JOBBRIDGE_SUBMIT_HOST="$PBS_O_HOST"
+export JOBBRIDGE_NODELIST="$(awk '!seen[$0]++' "${PBS_NODEFILE:-/dev/null}" | paste -sd, -)"
+export JOBBRIDGE_JOB_NAME='mpi run'
+export JOBBRIDGE_WORKDIR='/scratch/jobbridge jobs/jb0case0reso'
+jobbridge_exit_file='/scratch/jobbridge jobs/jb0case0reso'/exitcode
+jobbridge_started=$(date +%s)
+jobbridge_record() {
+    printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
+    mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
+}
+cd '/scratch/jobbridge jobs/jb0case0reso' || { jobbridge_record 127; exit 127; }
+mpirun -np 8 mpi_app --steps 100 > '/scratch/jobbridge jobs/jb0case0reso/stdout' 2> '/scratch/jobbridge jobs/jb0case0reso/stderr'
+jobbridge_status=$?
+jobbridge_record "$jobbridge_status"
+exit "$jobbridge_status"
