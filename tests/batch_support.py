@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -279,6 +280,16 @@ class BatchScenarios:
         spec = JobSpec(executable="sleep", arguments=["600"], resources={"walltime": self.walltime})
         [done] = self.wait(engine, [engine.submit(spec)], timeout=self.walltime_timeout)
         assert (done.phase, done.detail) == (Phase.ERROR, "TIMEOUT")
+
+
+def running_engine(backend: BatchBackend, data_dir: Path) -> Iterator[Engine]:
+    """For a fixture: an engine on the backend; what it left running is cancelled after."""
+    engine = make_engine(backend, data_dir)
+    yield engine
+    for job in engine.store.active():
+        if job.is_submitted:
+            engine.backend().cancel(job)
+    engine.close()
 
 
 def make_engine(backend: BatchBackend, data_dir: Path) -> Engine:

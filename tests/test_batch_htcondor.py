@@ -29,6 +29,7 @@ from tests.batch_support import (
     make_engine,
     render_case,
     run_rendered_script,
+    running_engine,
 )
 
 FAKE_TOOLS = Path(__file__).parent / "fakes" / "bin" / "htcondor"
@@ -57,9 +58,7 @@ def condor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 @pytest.fixture
 def engine(isolated_data_dir: Path, condor: Path) -> Iterator[Engine]:
-    engine = make_engine(condor_backend(isolated_data_dir), isolated_data_dir)
-    yield engine
-    engine.close()
+    yield from running_engine(condor_backend(isolated_data_dir), isolated_data_dir)
 
 
 class TestHTCondor(BatchScenarios):

@@ -31,6 +31,7 @@ from tests.batch_support import (
     make_engine,
     render_case,
     run_rendered_script,
+    running_engine,
 )
 
 FAKE_BIN = Path(__file__).parent / "fakes" / "bin" / "lsf"
@@ -67,12 +68,7 @@ def lsf_backend(data_dir: Path, **options: object) -> LsfBackend:
 
 @pytest.fixture
 def engine(fake_lsf: Path, isolated_data_dir: Path) -> Iterator[Engine]:
-    engine = make_engine(lsf_backend(isolated_data_dir), isolated_data_dir)
-    yield engine
-    for job in engine.store.active():
-        if job.is_submitted:
-            engine.backend().cancel(job)
-    engine.close()
+    yield from running_engine(lsf_backend(isolated_data_dir), isolated_data_dir)
 
 
 class TestLsf(BatchScenarios):

@@ -24,6 +24,7 @@ from tests.batch_support import (
     make_engine,
     render_case,
     run_rendered_script,
+    running_engine,
 )
 from tests.conftest import cluster_env
 
@@ -44,12 +45,7 @@ def live_backend(data_dir: Path, **options: object) -> SgeBackend:
 
 @pytest.fixture
 def engine(isolated_data_dir: Path) -> Iterator[Engine]:
-    engine = make_engine(live_backend(isolated_data_dir), isolated_data_dir)
-    yield engine
-    for job in engine.store.active():
-        if job.is_submitted:
-            engine.backend().cancel(job)
-    engine.close()
+    yield from running_engine(live_backend(isolated_data_dir), isolated_data_dir)
 
 
 @pytest.mark.sge

@@ -20,6 +20,7 @@ from tests.batch_support import (
     make_engine,
     render_case,
     run_rendered_script,
+    running_engine,
 )
 from tests.conftest import cluster_env
 
@@ -34,12 +35,7 @@ def slurm_backend(data_dir: Path, **options: object) -> SlurmBackend:
 @pytest.fixture
 def engine(isolated_data_dir: Path) -> Iterator[Engine]:
     cluster_env("slurm")
-    engine = make_engine(slurm_backend(isolated_data_dir), isolated_data_dir)
-    yield engine
-    for job in engine.store.active():
-        if job.is_submitted:
-            engine.backend().cancel(job)
-    engine.close()
+    yield from running_engine(slurm_backend(isolated_data_dir), isolated_data_dir)
 
 
 @pytest.mark.slurm

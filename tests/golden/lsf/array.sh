@@ -14,12 +14,12 @@ export JOBBRIDGE_JOB_NAME=work
 export JOBBRIDGE_WORKDIR='/scratch/jobbridge jobs/jb0array0000'
 jobbridge_exit_file='/scratch/jobbridge jobs/jb0array0000'/exitcode."$JOBBRIDGE_ARRAY_INDEX"
 jobbridge_started=$(date +%s)
-jobbridge_record() {
+jobbridge_exit() {
     printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
     mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
+    exit "$1"
 }
-cd '/scratch/jobbridge jobs/jb0array0000' || { jobbridge_record 127; exit 127; }
+cd '/scratch/jobbridge jobs/jb0array0000' || jobbridge_exit 127
 work --part > '/scratch/jobbridge jobs/jb0array0000/stdout'."$JOBBRIDGE_ARRAY_INDEX" 2> '/scratch/jobbridge jobs/jb0array0000/stderr'."$JOBBRIDGE_ARRAY_INDEX"
 jobbridge_status=$?
-jobbridge_record "$jobbridge_status"
-exit "$jobbridge_status"
+jobbridge_exit "$jobbridge_status"

@@ -19,12 +19,12 @@ export JOBBRIDGE_JOB_NAME='mpi run'
 export JOBBRIDGE_WORKDIR='/scratch/jobbridge jobs/jb0case0reso'
 jobbridge_exit_file='/scratch/jobbridge jobs/jb0case0reso'/exitcode
 jobbridge_started=$(date +%s)
-jobbridge_record() {
+jobbridge_exit() {
     printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
     mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
+    exit "$1"
 }
-cd '/scratch/jobbridge jobs/jb0case0reso' || { jobbridge_record 127; exit 127; }
+cd '/scratch/jobbridge jobs/jb0case0reso' || jobbridge_exit 127
 mpirun -np 8 mpi_app --steps 100 > '/scratch/jobbridge jobs/jb0case0reso/stdout' 2> '/scratch/jobbridge jobs/jb0case0reso/stderr'
 jobbridge_status=$?
-jobbridge_record "$jobbridge_status"
-exit "$jobbridge_status"
+jobbridge_exit "$jobbridge_status"

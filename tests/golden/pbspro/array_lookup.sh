@@ -8,21 +8,22 @@
 #PBS -V
 # jobbridge job jb0array0000 (pbspro)
 export PATH="${PATH:-/usr/local/bin:/usr/bin:/bin}"
+# jobbridge's array indices, by the scheduler's task number
+jobbridge_indices=(1 3 5 6 7)
 export JOBBRIDGE_JOB_ID="$PBS_JOBID"
 export JOBBRIDGE_SUBMIT_HOST="$PBS_O_HOST"
 export JOBBRIDGE_NODELIST="$(awk '!seen[$0]++' "${PBS_NODEFILE:-/dev/null}" | paste -sd, -)"
-jobbridge_indices=(1 3 5 6 7)
 export JOBBRIDGE_ARRAY_INDEX="${jobbridge_indices[$PBS_ARRAY_INDEX]}"
 export JOBBRIDGE_JOB_NAME=work
 export JOBBRIDGE_WORKDIR='/scratch/jobbridge jobs/jb0array0000'
 jobbridge_exit_file='/scratch/jobbridge jobs/jb0array0000'/exitcode."$JOBBRIDGE_ARRAY_INDEX"
 jobbridge_started=$(date +%s)
-jobbridge_record() {
+jobbridge_exit() {
     printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
     mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
+    exit "$1"
 }
-cd '/scratch/jobbridge jobs/jb0array0000' || { jobbridge_record 127; exit 127; }
+cd '/scratch/jobbridge jobs/jb0array0000' || jobbridge_exit 127
 work --part > '/scratch/jobbridge jobs/jb0array0000/stdout'."$JOBBRIDGE_ARRAY_INDEX" 2> '/scratch/jobbridge jobs/jb0array0000/stderr'."$JOBBRIDGE_ARRAY_INDEX"
 jobbridge_status=$?
-jobbridge_record "$jobbridge_status"
-exit "$jobbridge_status"
+jobbridge_exit "$jobbridge_status"

@@ -17,16 +17,17 @@ export TRICKY='$(touch pwned) '"'"'single'"'"' "double" `tick` ;
 next line \'
 jobbridge_exit_file='/scratch/jobbridge jobs/jb0case0awkw'/exitcode
 jobbridge_started=$(date +%s)
-jobbridge_record() {
+jobbridge_exit() {
     printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
     mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
+    exit "$1"
 }
-cd '/data/my dir/$(x)/it'"'"'s' || { jobbridge_record 127; exit 127; }
+cd '/data/my dir/$(x)/it'"'"'s' || jobbridge_exit 127
 jobbridge_prologue() {
 module load gcc
 echo 'prologue ran'
 }
-jobbridge_prologue || { jobbridge_status=$?; jobbridge_record "$jobbridge_status"; exit "$jobbridge_status"; }
+jobbridge_prologue || jobbridge_exit "$?"
 '/opt/my tools/run it'"'"'s.sh' '$(touch pwned)' '`touch pwned`' 'a b' 'it'"'"'s' 'say "hi"' 'new
 line' '; touch pwned' '*' '$HOME' '\' < 'in put.txt' > 'out '"'"'file'"'"'.log' 2> 'err
 file.log'
@@ -35,5 +36,4 @@ jobbridge_epilogue() {
 echo epilogue ran
 }
 jobbridge_epilogue
-jobbridge_record "$jobbridge_status"
-exit "$jobbridge_status"
+jobbridge_exit "$jobbridge_status"

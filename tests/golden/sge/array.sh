@@ -17,15 +17,9 @@ export JOBBRIDGE_JOB_NAME=work
 export JOBBRIDGE_WORKDIR='/scratch/jobbridge jobs/jb0array0000'
 jobbridge_exit_file='/scratch/jobbridge jobs/jb0array0000'/exitcode."$JOBBRIDGE_ARRAY_INDEX"
 jobbridge_started=$(date +%s)
-jobbridge_record() {
+jobbridge_exit() {
     printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
     mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
-}
-# Grid Engine reruns a job whose script exits 99, and keeps one that exits 100 in its error
-# state, where the jobs that wait for it (-hold_jid) stay held. So a failed job exits 100:
-# nothing that needs its success starts before jobbridge has read the exit code recorded here.
-jobbridge_exit() {
-    jobbridge_record "$1"
     if [ "$1" -eq 0 ]; then exit 0; fi
     exit 100
 }

@@ -14,7 +14,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -230,30 +230,37 @@ class BatchBackend(Backend):
     def render_script(
         self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency] = ()
     ) -> str:
+        return render(self.template, **self.template_values(job, members, dependencies))
+
+    def template_values(
+        self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency]
+    ) -> dict[str, Any]:
+        """What the job script template is filled with; a scheduler may add an
+        ``index_table`` (jobbridge's indices by its task number) or a ``failure_exit``."""
         spec = job.spec
         array = spec.array is not None
         job_dir = self.job_dir(job)
-        directory = spec.directory or job_dir
         suffix = '."$JOBBRIDGE_ARRAY_INDEX"' if array else ""
-        return render(
-            self.template,
-            job_id=job.array_id or job.id,
-            backend=self.name,
-            directives=self.directives(job, members, dependencies),
-            portable=self.portable_variables(array),
-            name=job.name,
-            directory=directory,
-            environment=spec.environment,
-            job_dir=job_dir,
-            exit_suffix=suffix,
-            prologue=spec.prologue,
-            epilogue=spec.epilogue,
-            command=self.launch_command(spec),
-            stdin=spec.stdin,
-            stdout_word=self._output_word(spec.stdout, job_dir, "stdout", suffix),
-            stderr_word=self._output_word(spec.stderr, job_dir, "stderr", suffix),
-            same_output=spec.stdout is not None and spec.stdout == spec.stderr,
-        )
+        return {
+            "job_id": job.array_id or job.id,
+            "backend": self.name,
+            "directives": self.directives(job, members, dependencies),
+            "index_table": None,
+            "portable": self.portable_variables(array),
+            "name": job.name,
+            "directory": spec.directory or job_dir,
+            "environment": spec.environment,
+            "job_dir": job_dir,
+            "exit_suffix": suffix,
+            "failure_exit": None,
+            "prologue": spec.prologue,
+            "epilogue": spec.epilogue,
+            "command": self.launch_command(spec),
+            "stdin": spec.stdin,
+            "stdout_word": self._output_word(spec.stdout, job_dir, "stdout", suffix),
+            "stderr_word": self._output_word(spec.stderr, job_dir, "stderr", suffix),
+            "same_output": spec.stdout is not None and spec.stdout == spec.stderr,
+        }
 
     def launch_command(self, spec: JobSpec) -> list[str]:
         program = [spec.executable, *spec.arguments]

@@ -208,33 +208,20 @@ class _PbsFamily(BatchBackend):
             variables["JOBBRIDGE_ARRAY_INDEX"] = f'"${self.index_variable}"'
         return variables
 
-    def render_script(
-        self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency] = ()
-    ) -> str:
-        script = super().render_script(job, members, dependencies)
-        mapped = self._mapped_index(job.spec, members)
-        if mapped is None:
-            return script
-        # portable_variables only learns whether the job is an array, and the mapping needs
-        # the members: the line it produced is replaced here (the first occurrence is that
-        # line; user values come after it, quoted)
-        produced = f'export JOBBRIDGE_ARRAY_INDEX="${self.index_variable}"'
-        return script.replace(produced, mapped, 1)
-
-    def _mapped_index(self, spec: JobSpec, members: Sequence[Job]) -> str | None:
-        """Shell lines that set JOBBRIDGE_ARRAY_INDEX where the scheduler's index differs."""
-        layout = self.array_layout(spec, members)
+    def template_values(
+        self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency]
+    ) -> dict[str, Any]:
+        values = super().template_values(job, members, dependencies)
+        layout = self.array_layout(job.spec, members)
         if layout is None:
-            return None
+            return values
+        portable = values["portable"]
         if layout.request is None:  # one index, submitted as a plain job
-            return f"export JOBBRIDGE_ARRAY_INDEX={_indices(members)[0]}"
-        if layout.lookup is None:
-            return None
-        table = " ".join(str(index) for index in layout.lookup)
-        return (
-            f"jobbridge_indices=({table})\n"
-            f'export JOBBRIDGE_ARRAY_INDEX="${{jobbridge_indices[${self.index_variable}]}}"'
-        )
+            portable["JOBBRIDGE_ARRAY_INDEX"] = str(_indices(members)[0])
+        elif layout.lookup is not None:
+            values["index_table"] = layout.lookup
+            portable["JOBBRIDGE_ARRAY_INDEX"] = f'"${{jobbridge_indices[${self.index_variable}]}}"'
+        return values
 
     # -- submitting ------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import pairwise
-from typing import ClassVar
+from typing import Any, ClassVar
 from xml.etree import ElementTree
 
 from pydantic import Field
@@ -40,7 +40,7 @@ from jobbridge.backends.batch.base import (
     NativeState,
     walltime_parts,
 )
-from jobbridge.backends.batch.script import directive_value, render, scheduler_name
+from jobbridge.backends.batch.script import directive_value, scheduler_name
 from jobbridge.errors import BackendError
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
@@ -145,7 +145,6 @@ class SgeBackend(BatchBackend):
     native_dependencies = True
     Options = SgeOptions
     options: SgeOptions
-    template = "sge.sh.j2"
     STATES: ClassVar[Mapping[str, tuple[Phase, str | None]]] = {
         # qstat's state letters, as sge_status(5) lists them
         "qw": (Phase.QUEUED, None),
@@ -291,36 +290,20 @@ class SgeBackend(BatchBackend):
             variables["JOBBRIDGE_ARRAY_INDEX"] = '"$SGE_TASK_ID"'
         return variables
 
-    def render_script(
-        self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency] = ()
-    ) -> str:
-        spec = job.spec
-        tasks = _Tasks.of(spec.array) if spec.array is not None else None
-        portable = self.portable_variables(tasks is not None)
-        if tasks is not None:
-            portable["JOBBRIDGE_ARRAY_INDEX"] = tasks.index_expression
-        job_dir = self.job_dir(job)
-        suffix = '."$JOBBRIDGE_ARRAY_INDEX"' if tasks is not None else ""
-        return render(
-            self.template,
-            job_id=job.array_id or job.id,
-            backend=self.name,
-            directives=self.directives(job, members, dependencies),
-            task_table=tasks.table if tasks is not None else None,
-            portable=portable,
-            name=job.name,
-            directory=spec.directory or job_dir,
-            environment=spec.environment,
-            job_dir=job_dir,
-            exit_suffix=suffix,
-            prologue=spec.prologue,
-            epilogue=spec.epilogue,
-            command=self.launch_command(spec),
-            stdin=spec.stdin,
-            stdout_word=self._output_word(spec.stdout, job_dir, "stdout", suffix),
-            stderr_word=self._output_word(spec.stderr, job_dir, "stderr", suffix),
-            same_output=spec.stdout is not None and spec.stdout == spec.stderr,
-        )
+    def template_values(
+        self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency]
+    ) -> dict[str, Any]:
+        values = super().template_values(job, members, dependencies)
+        # Grid Engine reruns a job whose script exits 99, and keeps one that exits 100 in its
+        # error state, where the jobs that wait for it (-hold_jid) stay held. So a failed job
+        # exits 100: nothing that needs its success starts before jobbridge has read the exit
+        # code its script recorded.
+        values["failure_exit"] = 100
+        if job.spec.array is not None:
+            tasks = _Tasks.of(job.spec.array)
+            values["index_table"] = tasks.table
+            values["portable"]["JOBBRIDGE_ARRAY_INDEX"] = tasks.index_expression
+        return values
 
     # -- commands -----------------------------------------------------------------------------
 
