@@ -280,3 +280,16 @@ def _alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_the_runner_imports_nothing_slow() -> None:
+    """It starts once per job: modules such as typing, enum or json cost milliseconds each."""
+    directory = os.path.dirname(local_runner.__file__)
+    probe = (
+        f"import sys; sys.path.insert(0, {directory!r}); import local_runner; print(*sys.modules)"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "local_runner" in loaded
+    assert not {"typing", "enum", "json", "re", "shutil", "signal", "subprocess"} & set(loaded)

@@ -21,8 +21,8 @@ import os
 import resource
 import sys
 import time
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # what typing.TYPE_CHECKING says, without importing typing (slow)
 if TYPE_CHECKING:
     import signal
 else:  # the C module: `signal` imports enum, which is slow to load

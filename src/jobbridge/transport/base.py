@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +48,28 @@ class Transport(ABC):
         """Run a command to its end, with ``env`` added to the environment it inherits.
         Raises ``CommandFailed`` on a non-zero exit if ``check``, ``CommandTimeout`` past
         ``timeout`` and ``TransportError`` if it cannot start."""
+
+    def run_in(
+        self,
+        directory: str,
+        files: Mapping[str, tuple[bytes, int]],
+        argv: Sequence[str],
+        *,
+        feed: str | None = None,
+        timeout: float | None = 60.0,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        """Put small ``files`` (name -> (content, mode)) into ``directory`` (made if missing),
+        then run ``argv`` there, with the file named ``feed`` on its standard input. In one
+        round trip: the files travel as a tar archive to a fixed shell script. A non-zero exit
+        is returned, not raised."""
+        return self.run(
+            ["sh", "-c", _RUN_IN, "jobbridge", directory, feed or "", *argv],
+            stdin=_archive(files),
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
 
     @abstractmethod
     def spawn(
@@ -100,3 +125,18 @@ class Transport(ABC):
 
     def close(self) -> None:  # noqa: B027 - a transport without connections has nothing to close
         pass
+
+
+_RUN_IN = """mkdir -p -- "$1" && cd -- "$1" && tar -xf - || exit 97
+feed=$2; shift 2
+if [ -n "$feed" ]; then exec "$@" < "$feed"; else exec "$@" < /dev/null; fi"""
+
+
+def _archive(files: Mapping[str, tuple[bytes, int]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, (data, mode) in files.items():
+            member = tarfile.TarInfo(name)
+            member.size, member.mode, member.mtime = len(data), mode, int(time.time())
+            archive.addfile(member, io.BytesIO(data))
+    return buffer.getvalue()

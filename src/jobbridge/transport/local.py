@@ -51,6 +51,25 @@ class LocalTransport(Transport):
             raise CommandFailed(argv, done.returncode, out, err)
         return CommandResult(tuple(argv), done.returncode, out, err)
 
+    def run_in(
+        self,
+        directory: str,
+        files: Mapping[str, tuple[bytes, int]],
+        argv: Sequence[str],
+        *,
+        feed: str | None = None,
+        timeout: float | None = 60.0,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        os.makedirs(directory, exist_ok=True)
+        for name, (data, mode) in files.items():
+            self.write_bytes(os.path.join(directory, name), data, mode=mode)
+        stdin = None
+        if feed:
+            with open(os.path.join(directory, feed), "rb") as handle:
+                stdin = handle.read()
+        return self.run(argv, stdin=stdin, timeout=timeout, env=env, cwd=directory, check=False)
+
     def spawn(
         self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None
     ) -> None:

@@ -4,11 +4,9 @@ read the answer, how to cancel, and one table from its state words to phases."""
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import posixpath
-import tarfile
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,7 +25,12 @@ from jobbridge.backends.base import (
     Stream,
 )
 from jobbridge.backends.batch.script import render, shell
-from jobbridge.errors import BackendError, JobbridgeError, ResourcesNotSupportedError
+from jobbridge.errors import (
+    BackendError,
+    CommandFailed,
+    JobbridgeError,
+    ResourcesNotSupportedError,
+)
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
 from jobbridge.spec import JobSpec, Launcher
@@ -205,15 +208,26 @@ class BatchBackend(Backend):
         if job.spec.stage_in:
             self.transport.make_dirs(job_dir)
             staging.stage_in(self.transport, job_dir, job.spec.stage_in)
-        files = self.submission_files(job, members, dependencies)
+        files = {
+            name: (text.encode(), mode)
+            for name, (text, mode) in self.submission_files(job, members, dependencies).items()
+        }
         entry = posixpath.join(job_dir, self.submission_entry)
         program, *arguments = self.submit_command(entry)
         command = [program, *self.options.submit_arguments, *arguments]
-        feed = entry if self.submit_stdin else ""
-        result = self._run(
-            ["sh", "-c", _SUBMIT, "jobbridge-submit", job_dir, feed, *command],
-            stdin=_archive(files),
-        )
+        try:
+            result = self.transport.run_in(
+                job_dir,
+                files,
+                command,
+                feed=self.submission_entry if self.submit_stdin else None,
+                timeout=self.options.command_timeout,
+                env=self.command_environment() or None,
+            )
+        except OSError as error:
+            raise BackendError(f"{program}: {error}", retryable=True) from error
+        if result.returncode != 0:
+            raise CommandFailed(command, result.returncode, result.stdout, result.stderr)
         try:
             return self.parse_job_id(result.stdout)
         except (ValueError, IndexError) as error:
@@ -448,7 +462,6 @@ class BatchBackend(Backend):
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         check: bool = True,
-        stdin: bytes | None = None,
     ) -> CommandResult:
         env = {**self.command_environment(), **(env or {})}
         try:
@@ -458,7 +471,6 @@ class BatchBackend(Backend):
                 env=env or None,
                 timeout=self.options.command_timeout,
                 check=check,
-                stdin=stdin,
             )
         except JobbridgeError:
             raise
@@ -471,23 +483,6 @@ class BatchBackend(Backend):
         return ResourcesNotSupportedError(
             self.name, field, reason or f"{self.scheduler} has no such option"
         )
-
-
-# Run as `sh -c _SUBMIT jobbridge-submit JOB_DIR FEED COMMAND...` with a tar archive on stdin.
-_SUBMIT = """mkdir -p -- "$1" && cd -- "$1" && tar -xf - || exit 97
-feed=$2; shift 2
-if [ -n "$feed" ]; then exec "$@" < "$feed"; else exec "$@" < /dev/null; fi"""
-
-
-def _archive(files: Mapping[str, tuple[str, int]]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, (text, mode) in files.items():
-            data = text.encode()
-            member = tarfile.TarInfo(name)
-            member.size, member.mode, member.mtime = len(data), mode, int(time.time())
-            archive.addfile(member, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def _transport(options: BatchOptions) -> Transport:
