@@ -507,3 +507,27 @@ def test_the_background_loop_moves_jobs_and_wakes_waiters(
     engine.stop_background()
     assert done.phase is Phase.COMPLETED
     assert not engine.running
+
+
+def test_jobs_past_their_destruction_time_are_destroyed(
+    engine: Engine, cluster: FakeCluster
+) -> None:
+    gone: list[str] = []
+    engine.hooks.on_delete(lambda job: gone.append(job.id))
+    running = engine.submit(SPEC)
+    engine.set_destruction(running.id, utcnow() - timedelta(seconds=1))
+    kept = engine.create(SPEC, destruction=utcnow() + timedelta(days=1))
+    pending = engine.create(SPEC, destruction=utcnow() - timedelta(seconds=1))
+    engine.refresh()
+    assert gone == [running.id, pending.id] or gone == [pending.id, running.id]
+    assert cluster.cancelled == [running.native_id] and cluster.freed == [running.id]
+    assert [job.id for job in engine.store.find()] == [kept.id]
+
+
+def test_a_pending_jobs_spec_can_change_until_it_starts(engine: Engine) -> None:
+    job = engine.create(SPEC)
+    changed = engine.update_pending(job.id, SPEC.replace(arguments=["--steps", "20"]))
+    assert changed.spec.arguments == ["--steps", "20"]
+    engine.start(job.id)
+    with pytest.raises(JobStateError, match="no longer PENDING"):
+        engine.update_pending(job.id, SPEC)

@@ -25,6 +25,7 @@ from jobbridge.config import Config, EngineSettings, load_config
 from jobbridge.dependencies import met
 from jobbridge.dispatch import Dispatcher
 from jobbridge.errors import (
+    JobbridgeError,
     JobNotFoundError,
     JobStateError,
     SpecError,
@@ -122,6 +123,25 @@ class Engine:
             raise SpecError("a PENDING job cannot be an array")
         return self._add(spec, backend, owner, Phase.PENDING, destruction)[0]
 
+    def update_pending(self, job_id: str, spec: JobSpec) -> Job:
+        """Give a PENDING job a new spec (UWS parameters change only before it runs)."""
+        job = self.store.get(job_id)
+        if spec.array is not None:
+            raise SpecError("a PENDING job cannot be an array")
+        backend = self.backend(job.backend)
+        backend.check_limits(spec)
+        backend.check(spec)
+        self._check_dependencies_exist(spec)
+        updated = self.store.replace_spec(job_id, spec, Phase.PENDING)
+        if updated is None:
+            raise JobStateError(f"job {job_id} is no longer PENDING; its spec cannot change")
+        return updated
+
+    def set_destruction(self, job_id: str, when: datetime | None) -> Job:
+        """When the job and all it left behind are to be destroyed (None: never)."""
+        self.store.get(job_id)
+        return self.store.update(job_id, destruction=when)
+
     def start(self, job_id: str) -> Job:
         job = self.store.get(job_id)
         if job.phase is not Phase.PENDING:
@@ -189,6 +209,7 @@ class Engine:
         """One cycle: recover, hand over waiting jobs, ask each due backend about its jobs
         (``force``: every backend, whatever its minimum interval or back-off)."""
         with self._refresh_lock:
+            self._destroy_expired()
             self._dispatch.recover_interrupted(self.backends, self.settings.submit_timeout)
             for backend in self.backends.values():
                 waiting = self.store.find(
@@ -246,6 +267,17 @@ class Engine:
                 message=f"job {parent_id} ended {ending}, which {condition} excludes",
             )
             self._move(child, Phase.ABORTED, never)  # which takes it off its backend
+
+    def _destroy_expired(self) -> None:
+        for job in self.store.expired(utcnow()):
+            try:
+                self.delete(job.id, force=True)
+            except JobNotFoundError:
+                continue  # another engine destroyed it first
+            except JobbridgeError as error:
+                log.warning("could not destroy job %s: %s", job.id, error)
+            else:
+                log.info("job %s destroyed: its destruction time had come", job.id)
 
     def _stage_out(self, job: Job) -> Job:
         """Bring the job's declared outputs back; a failure is recorded, the phase stays."""
@@ -315,12 +347,13 @@ class Engine:
                 raise JobStateError(f"job {job_id} is {job.phase}; cancel it first or force")
             job = self.cancel(job_id)
         backend = self.backends.get(job.backend)
-        if backend is not None:
+        if backend is not None and job.is_submitted:
             try:
                 backend.free(job)
             except Exception:
                 log.warning("could not free what job %s left behind", job_id, exc_info=True)
         self.store.delete(job_id)
+        self.hooks.run_deleted(job)
 
     def get_results(
         self,

@@ -28,6 +28,7 @@ class Hooks:
         self.before_submit: list[JobCallback] = []
         self.after_submit: list[JobCallback] = []
         self.phase_change: list[PhaseCallback] = []
+        self.deleted: list[JobCallback] = []
         self._watchers: dict[str, list[PhaseCallback]] = {}
         self._lock = threading.Lock()
 
@@ -41,6 +42,11 @@ class Hooks:
 
     def on_phase_change(self, callback: F) -> F:
         self.phase_change.append(callback)
+        return callback
+
+    def on_delete(self, callback: F) -> F:
+        """Called with the job as it was just before it was deleted (or destroyed)."""
+        self.deleted.append(callback)
         return callback
 
     def watch(self, job_id: str, callback: PhaseCallback) -> None:
@@ -62,6 +68,12 @@ class Hooks:
     def run_after_submit(self, job: Job) -> None:
         for callback in list(self.after_submit):
             _call(callback, job)
+
+    def run_deleted(self, job: Job) -> None:
+        for callback in list(self.deleted):
+            _call(callback, job)
+        with self._lock:
+            self._watchers.pop(job.id, None)
 
     def run_phase_change(self, job: Job, old: Phase) -> None:
         for callback in list(self.phase_change):

@@ -217,6 +217,22 @@ class Store:
     def active(self, backend: str | None = None) -> list[Job]:
         return self.find(phases=ACTIVE_PHASES, backend=backend, newest_first=False)
 
+    def expired(self, now: datetime) -> list[Job]:
+        """Jobs whose destruction time has passed."""
+        query = sa.select(jobs).where(jobs.c.destruction < now).order_by(jobs.c.destruction)
+        with self._read() as conn:
+            return [_job_from_row(row) for row in conn.execute(query)]
+
+    def replace_spec(self, job_id: str, spec: JobSpec, phase: Phase) -> Job | None:
+        """Give a job a new spec if it is still in ``phase``; None if it is not."""
+        with self._write() as conn:
+            done = conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.phase == phase.value)
+                .values(spec=spec.model_dump(mode="json"), name=spec.display_name)
+            )
+            return _fetch(conn, job_id) if done.rowcount == 1 else None
+
     def interrupted_submissions(self, before: datetime) -> list[Job]:
         """Jobs whose hand-over to a backend began before ``before`` and never finished."""
         query = sa.select(jobs).where(
