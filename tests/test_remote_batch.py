@@ -1,6 +1,6 @@
 """Batch schedulers on a 'remote' login node: the real sshd on 127.0.0.1 in front of the real
-SLURM, reached as the unprivileged test user. Sandboxes, staging, results, peek, free, and one
-SSH connection for everything."""
+SLURM and Grid Engine, reached as the unprivileged test user. Sandboxes, staging, results,
+peek, free, and one SSH connection for everything."""
 
 from __future__ import annotations
 
@@ -17,30 +17,45 @@ import pytest
 from jobbridge import Engine, EngineSettings, JobSpec, Phase, Store
 from jobbridge.backends.base import BackendContext
 from jobbridge.backends.batch.base import BatchBackend
+from jobbridge.backends.batch.sge import SgeBackend
 from jobbridge.backends.batch.slurm import SlurmBackend
 from jobbridge.transport.ssh import SshTransport
 from tests.conftest import cluster_env
 
-pytestmark = [pytest.mark.ssh, pytest.mark.slurm]
+pytestmark = pytest.mark.ssh
+
+SCHEDULERS: dict[str, type[BatchBackend]] = {"slurm": SlurmBackend, "sge": SgeBackend}
 
 
-def remote_backend(data_dir: Path) -> BatchBackend:
+def remote_backend(kind: str, data_dir: Path) -> BatchBackend:
     ssh = cluster_env("ssh")
-    cluster_env("slurm")
-    options = SlurmBackend.Options(
-        host=f"{ssh['JOBBRIDGE_TEST_SSH_USER']}@{ssh['JOBBRIDGE_TEST_SSH_HOST']}",
-        port=int(ssh["JOBBRIDGE_TEST_SSH_PORT"]),
-        identity_file=ssh["JOBBRIDGE_TEST_SSH_KEY"],
-        known_hosts=ssh["JOBBRIDGE_TEST_SSH_KNOWN_HOSTS"],
-        min_refresh_interval=0.3,
-        accounting_delay=10,
-    )
-    return SlurmBackend("cluster", options, BackendContext(data_dir / "jobs"))
+    facts = cluster_env(kind)
+    cls = SCHEDULERS[kind]
+    settings: dict[str, object] = {
+        "host": f"{ssh['JOBBRIDGE_TEST_SSH_USER']}@{ssh['JOBBRIDGE_TEST_SSH_HOST']}",
+        "port": int(ssh["JOBBRIDGE_TEST_SSH_PORT"]),
+        "identity_file": ssh["JOBBRIDGE_TEST_SSH_KEY"],
+        "known_hosts": ssh["JOBBRIDGE_TEST_SSH_KNOWN_HOSTS"],
+        "min_refresh_interval": 0.3,
+        "accounting_delay": 10,
+    }
+    if kind == "sge":
+        settings.update(sge_root=facts["SGE_ROOT"], sge_cell=facts["SGE_CELL"], user="jbtest")
+    return cls("cluster", cls.Options.model_validate(settings), BackendContext(data_dir / "jobs"))
+
+
+def held(kind: str) -> JobSpec:
+    return JobSpec(executable="true", attributes={f"{kind}.hold": True})
+
+
+@pytest.fixture(params=list(SCHEDULERS))
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
-def engine(isolated_data_dir: Path) -> Iterator[Engine]:
-    backend = remote_backend(isolated_data_dir)
+def engine(isolated_data_dir: Path, kind: str) -> Iterator[Engine]:
+    backend = remote_backend(kind, isolated_data_dir)
     assert isinstance(backend.transport, SshTransport)
     backend.transport.disconnect()  # every test starts with no master connection
     store = Store(f"sqlite:///{isolated_data_dir / 'jobbridge.db'}")
@@ -116,18 +131,19 @@ def test_peek_at_a_running_remote_job(engine: Engine) -> None:
     engine.cancel(job.id)
 
 
-def test_fifty_submissions_and_a_refresh_use_one_connection(engine: Engine) -> None:
+def test_fifty_submissions_and_a_refresh_use_one_connection(engine: Engine, kind: str) -> None:
     before = logins()
-    spec = JobSpec(executable="true", attributes={"slurm.hold": True})
-    jobs = [engine.submit(spec) for _ in range(50)]
+    jobs = [engine.submit(held(kind)) for _ in range(50)]
     engine.refresh(force=True)
     assert logins() - before == 1
     assert all(engine.get(job.id).phase is Phase.HELD for job in jobs)
 
 
-def test_a_dropped_connection_is_made_again_and_no_job_changes_wrongly(engine: Engine) -> None:
+def test_a_dropped_connection_is_made_again_and_no_job_changes_wrongly(
+    engine: Engine, kind: str
+) -> None:
     running = engine.submit(JobSpec(executable="sleep", arguments=["8"]))
-    held = engine.submit(JobSpec(executable="true", attributes={"slurm.hold": True}))
+    waiting = engine.submit(held(kind))
     engine.wait([running.id], timeout=0.1)
     deadline = time.monotonic() + 30
     while engine.get(running.id).phase is not Phase.EXECUTING and time.monotonic() < deadline:
@@ -145,6 +161,6 @@ def test_a_dropped_connection_is_made_again_and_no_job_changes_wrongly(engine: E
 
     engine.refresh(force=True)
     assert engine.get(running.id).phase is Phase.EXECUTING
-    assert engine.get(held.id).phase is Phase.HELD
+    assert engine.get(waiting.id).phase is Phase.HELD
     [done] = engine.wait([running.id], timeout=60)
     assert done.phase is Phase.COMPLETED
