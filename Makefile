@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # test servers that `make test` starts (see scripts/test-clusters.sh)
 CLUSTERS ?= all
 
-.PHONY: run test lint typecheck unit clusters clusters-down bench clean
+.PHONY: run demo test lint typecheck unit clusters clusters-down bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
+	JOBBRIDGE="$(BIN)/jobbridge" bash scripts/serve-demo.sh
+
+demo: $(VENV)/.installed
 	JOBBRIDGE="$(BIN)/jobbridge" bash scripts/demo.sh
 
 test: $(VENV)/.installed-test clusters lint typecheck unit

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from jobbridge.errors import ConfigError
 from jobbridge.spec import format_validation_error
 
-__all__ = ["BackendConfig", "Config", "EngineSettings", "load_config"]
+__all__ = ["BackendConfig", "Config", "EngineSettings", "ServiceSettings", "load_config"]
 
 CONFIG_ENV = "JOBBRIDGE_CONFIG"
 DATABASE_ENV = "JOBBRIDGE_DATABASE_URL"
@@ -43,6 +43,24 @@ class EngineSettings(BaseModel):
     max_backoff: float = Field(60.0, gt=0, description="longest pause after failed queries")
     submit_timeout: float = Field(
         300.0, gt=0, description="a submission unfinished after this long was interrupted"
+    )
+
+
+class ServiceSettings(BaseModel):
+    """The ``[service]`` table: the UWS service (``jobbridge serve``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    base_url: str | None = Field(
+        None, description="the URL clients reach the service at; default http://host:port"
+    )
+    definitions_dir: Path | None = Field(None, description="directory of job definition YAMLs")
+    anonymous: bool = Field(False, description="serve requests that carry no credentials")
+    max_wait: float = Field(600.0, gt=0, description="longest a WAIT request blocks, seconds")
+    default_destruction_days: float = Field(
+        7.0, gt=0, description="a new job is destroyed this many days after its creation"
     )
 
 
@@ -65,6 +83,7 @@ class Config(BaseModel):
     database_url: str
     default_backend: str = "local"
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
     backends: dict[str, BackendConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")

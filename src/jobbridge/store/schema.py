@@ -82,3 +82,29 @@ dependencies = sa.Table(
     sa.Column("condition", sa.String(16), primary_key=True),
     sa.Index("ix_dependencies_parent", "parent_id"),
 )
+
+# -- the UWS service's own data, keyed by job id ------------------------------------------------
+
+uws_jobs = sa.Table(
+    "uws_jobs",
+    metadata,
+    sa.Column("job_id", sa.String(32), primary_key=True),
+    sa.Column("definition", sa.String(128), nullable=False),
+    sa.Column("owner", sa.String(128)),
+    sa.Column("run_id", sa.String(256)),
+    sa.Column("parameters", JSONDocument, nullable=False),
+    sa.Column("execution_duration", sa.Integer, nullable=False),
+    sa.Column("quote", UTCDateTime),
+    sa.Column("created", UTCDateTime, nullable=False),
+    sa.Index("ix_uws_jobs_definition_created", "definition", "created"),
+    sa.Index("ix_uws_jobs_owner_definition_created", "owner", "definition", "created"),
+)
+
+uws_users = sa.Table(
+    "uws_users",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("admin", sa.Boolean, nullable=False),
+    sa.Column("created", UTCDateTime, nullable=False),
+)

@@ -290,8 +290,8 @@ class BatchBackend(Backend):
         return shell(posixpath.join(job_dir, stream)) + suffix
 
     def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
-        """One queue query (per chunk of ids); for jobs it leaves unclear, one accounting
-        query; for those still unclear, the exit-code files their scripts wrote."""
+        """One queue query (per chunk of ids); for jobs it leaves unclear, the exit-code files
+        their scripts wrote; for those without one, one accounting query."""
         by_native = {job.native_id: job for job in jobs if job.native_id}
         env = self.status_environment()
         states: dict[str, NativeState] = {}
@@ -302,13 +302,14 @@ class BatchBackend(Backend):
         for native_id in by_native:
             if native_id in states:
                 self._last_seen[native_id] = now
+        # A script that ran to its end recorded its outcome; only the rest need accounting.
         unclear = [native for native in by_native if self._unclear(states.get(native))]
-        command = self.accounting_command(self.query_ids(unclear)) if unclear else None
+        exit_files = self._exit_files([by_native[native] for native in unclear])
+        unrecorded = [native for native in unclear if native not in exit_files]
+        command = self.accounting_command(self.query_ids(unrecorded)) if unrecorded else None
         if command is not None:
             found = self._answer(self._run(command, env=env, check=False), self.parse_accounting)
-            states.update((native, found[native]) for native in unclear if native in found)
-        unclear = [native for native in unclear if self._unclear(states.get(native))]
-        exit_files = self._exit_files([by_native[native] for native in unclear])
+            states.update((native, found[native]) for native in unrecorded if native in found)
         answers = {}
         for native_id, job in by_native.items():
             status = self._decide(job, states.get(native_id), exit_files.get(native_id))

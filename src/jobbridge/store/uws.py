@@ -1,0 +1,223 @@
+"""The UWS service's own records, next to the jobs: what a job was created as (definition,
+runId, parameters, execution duration) and who may use the service (users, hashed tokens).
+
+It shares the store's database; rows are keyed by job id and never change the ``jobs`` table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
+
+from jobbridge.job import utcnow
+from jobbridge.phase import Phase
+from jobbridge.store.schema import jobs, uws_jobs, uws_users
+from jobbridge.store.store import Store, _create_engine
+
+__all__ = [
+    "JobRef",
+    "ParameterValue",
+    "User",
+    "UserExistsError",
+    "UwsJobRecord",
+    "UwsStore",
+    "hash_token",
+]
+
+
+class ParameterValue(BaseModel):
+    """One UWS parameter as the client gave it; ``by_reference``: the value is a URL."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    value: str
+    by_reference: bool = False
+    local_path: str | None = None
+    """Where an uploaded file is kept by the service (never shown to clients)."""
+
+
+class UwsJobRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    definition: str
+    owner: str | None
+    run_id: str | None
+    parameters: tuple[ParameterValue, ...]
+    execution_duration: int
+    quote: datetime | None
+    created: datetime
+
+
+class JobRef(BaseModel):
+    """One line of a job list."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    phase: Phase
+    run_id: str | None
+    owner: str | None
+    created: datetime
+
+
+class User(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    admin: bool = False
+
+
+class UserExistsError(ValueError):
+    pass
+
+
+def hash_token(token: str) -> str:
+    """Tokens are 256 random bits, so one SHA-256 is enough to keep them unreadable."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class UwsStore:
+    """Reads and writes the ``uws_*`` tables of the store's database."""
+
+    def __init__(self, store: Store) -> None:
+        self._engine = _create_engine(store.url)
+        self._writer = self._engine.execution_options(jobbridge_write=True)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        with self._writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        with self._engine.connect() as conn:
+            yield conn
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def add_job(self, record: UwsJobRecord) -> None:
+        self.add_jobs([record])
+
+    def add_jobs(self, records: Sequence[UwsJobRecord]) -> None:
+        with self._write() as conn:
+            conn.execute(uws_jobs.insert(), [_record_row(record) for record in records])
+
+    def get_job(self, job_id: str) -> UwsJobRecord | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(uws_jobs).where(uws_jobs.c.job_id == job_id)).first()
+        return None if row is None else _record_from_row(row)
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        if "parameters" in fields:
+            fields["parameters"] = _parameters_json(fields["parameters"])
+        with self._write() as conn:
+            conn.execute(uws_jobs.update().where(uws_jobs.c.job_id == job_id).values(**fields))
+
+    def delete_job(self, job_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(uws_jobs.delete().where(uws_jobs.c.job_id == job_id))
+
+    def orphans(self) -> list[str]:
+        """Ids of records whose job is gone (destroyed while the service was down)."""
+        query = (
+            sa.select(uws_jobs.c.job_id)
+            .outerjoin(jobs, jobs.c.id == uws_jobs.c.job_id)
+            .where(jobs.c.id.is_(None))
+        )
+        with self._read() as conn:
+            return [row.job_id for row in conn.execute(query)]
+
+    def job_list(
+        self,
+        definition: str,
+        *,
+        owner: str | None = None,
+        every_owner: bool = False,
+        phases: Iterable[Phase] | None = None,
+        after: datetime | None = None,
+        last: int | None = None,
+    ) -> list[JobRef]:
+        """The jobs of one definition: newest first with ``last``, else oldest first.
+        ARCHIVED jobs only when ``phases`` names ARCHIVED."""
+        query = (
+            sa.select(
+                uws_jobs.c.job_id, jobs.c.phase, uws_jobs.c.run_id, uws_jobs.c.owner,
+                uws_jobs.c.created,
+            )
+            .join(jobs, jobs.c.id == uws_jobs.c.job_id)
+            .where(uws_jobs.c.definition == definition)
+        )  # fmt: skip
+        if not every_owner:
+            query = query.where(
+                uws_jobs.c.owner.is_(None) if owner is None else uws_jobs.c.owner == owner
+            )
+        wanted = set(phases or ())
+        if wanted:
+            query = query.where(jobs.c.phase.in_(sorted(p.value for p in wanted)))
+        else:
+            query = query.where(jobs.c.phase != Phase.ARCHIVED.value)
+        if after is not None:
+            query = query.where(uws_jobs.c.created > after)
+        if last is not None:
+            query = query.order_by(uws_jobs.c.created.desc(), uws_jobs.c.job_id.desc()).limit(last)
+        else:
+            query = query.order_by(uws_jobs.c.created, uws_jobs.c.job_id)
+        with self._read() as conn:
+            return [
+                JobRef(
+                    job_id=row.job_id, phase=Phase(row.phase), run_id=row.run_id,
+                    owner=row.owner, created=row.created,
+                )
+                for row in conn.execute(query)
+            ]  # fmt: skip
+
+    # -- users ---------------------------------------------------------------------------------
+
+    def add_user(self, name: str, *, admin: bool = False) -> str:
+        """Record a user; returns the token, which is shown this once and kept only hashed."""
+        token = secrets.token_urlsafe(32)
+        row = {"name": name, "token_hash": hash_token(token), "admin": admin, "created": utcnow()}
+        with self._write() as conn:
+            if conn.execute(sa.select(uws_users.c.name).where(uws_users.c.name == name)).first():
+                raise UserExistsError(f"user {name!r} exists already")
+            conn.execute(uws_users.insert(), row)
+        return token
+
+    def user_for_token(self, token: str) -> User | None:
+        query = sa.select(uws_users).where(uws_users.c.token_hash == hash_token(token))
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else User(name=row.name, admin=row.admin)
+
+    def users(self) -> list[User]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(uws_users).order_by(uws_users.c.name))
+            return [User(name=row.name, admin=row.admin) for row in rows]
+
+
+def _parameters_json(parameters: Sequence[ParameterValue]) -> list[dict[str, Any]]:
+    return [parameter.model_dump() for parameter in parameters]
+
+
+def _record_row(record: UwsJobRecord) -> dict[str, Any]:
+    row = record.model_dump()
+    row["parameters"] = _parameters_json(record.parameters)
+    return row
+
+
+def _record_from_row(row: sa.Row[Any]) -> UwsJobRecord:
+    data = row._asdict()
+    data["parameters"] = tuple(ParameterValue.model_validate(p) for p in data["parameters"])
+    return UwsJobRecord.model_validate(data)
