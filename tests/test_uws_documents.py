@@ -104,7 +104,7 @@ def test_tokens_are_kept_hashed_and_shown_once(store: Store) -> None:
     assert users.user_for_token(token + "x") is None
     with pytest.raises(UserExistsError):
         users.add_user("carol")
-    with users._engine.connect() as conn:
+    with store.reading() as conn:
         stored = [row[0] for row in conn.exec_driver_sql("SELECT token_hash FROM uws_users")]
     assert stored == [hash_token(token)] and token not in stored
     users.close()

@@ -59,12 +59,13 @@ class Store:
             command.upgrade(config, "head")
 
     @contextmanager
-    def _write(self) -> Iterator[sa.Connection]:
+    def writing(self) -> Iterator[sa.Connection]:
+        """A write transaction (on SQLite it takes the write lock up front)."""
         with self._writer.begin() as conn:
             yield conn
 
     @contextmanager
-    def _read(self) -> Iterator[sa.Connection]:
+    def reading(self) -> Iterator[sa.Connection]:
         with self._engine.connect() as conn:
             yield conn
 
@@ -86,7 +87,7 @@ class Store:
             for job in new_jobs
             for dependency in job.spec.depends_on
         }
-        with self._write() as conn:
+        with self.writing() as conn:
             conn.execute(jobs.insert(), rows)
             if links:
                 conn.execute(
@@ -111,7 +112,7 @@ class Store:
         expected.check_move_to(new)
         _check_fields(fields)
         time = time or utcnow()
-        with self._write() as conn:
+        with self.writing() as conn:
             done = conn.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id, jobs.c.phase == expected.value)
@@ -132,13 +133,13 @@ class Store:
         _check_fields(fields)
         if "phase" in fields:
             raise ValueError("use move() to change a phase")
-        with self._write() as conn:
+        with self.writing() as conn:
             conn.execute(jobs.update().where(jobs.c.id == job_id).values(**fields))
             return _fetch(conn, job_id)
 
     def claim_for_submission(self, job_id: str) -> bool:
         """Take the right to hand a waiting job to its backend; only one caller wins."""
-        with self._write() as conn:
+        with self.writing() as conn:
             done = conn.execute(
                 jobs.update()
                 .where(
@@ -152,7 +153,7 @@ class Store:
             return done.rowcount == 1
 
     def delete(self, job_id: str) -> None:
-        with self._write() as conn:
+        with self.writing() as conn:
             conn.execute(events.delete().where(events.c.job_id == job_id))
             conn.execute(dependencies.delete().where(dependencies.c.job_id == job_id))
             if conn.execute(jobs.delete().where(jobs.c.id == job_id)).rowcount != 1:
@@ -161,13 +162,13 @@ class Store:
     # -- reading -----------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
-        with self._read() as conn:
+        with self.reading() as conn:
             return _fetch(conn, job_id)
 
     def get_many(self, job_ids: Iterable[str]) -> list[Job]:
         wanted = list(dict.fromkeys(job_ids))
         found: dict[str, Job] = {}
-        with self._read() as conn:
+        with self.reading() as conn:
             for chunk in _chunks(wanted, 500):
                 rows = conn.execute(sa.select(jobs).where(jobs.c.id.in_(chunk)))
                 found.update((row.id, _job_from_row(row)) for row in rows)
@@ -211,7 +212,7 @@ class Store:
             else (jobs.c.created, jobs.c.id)
         )
         query = query.order_by(*order).limit(limit)
-        with self._read() as conn:
+        with self.reading() as conn:
             return [_job_from_row(row) for row in conn.execute(query)]
 
     def active(self, backend: str | None = None) -> list[Job]:
@@ -220,12 +221,12 @@ class Store:
     def expired(self, now: datetime) -> list[Job]:
         """Jobs whose destruction time has passed."""
         query = sa.select(jobs).where(jobs.c.destruction < now).order_by(jobs.c.destruction)
-        with self._read() as conn:
+        with self.reading() as conn:
             return [_job_from_row(row) for row in conn.execute(query)]
 
     def replace_spec(self, job_id: str, spec: JobSpec, phase: Phase) -> Job | None:
         """Give a job a new spec if it is still in ``phase``; None if it is not."""
-        with self._write() as conn:
+        with self.writing() as conn:
             done = conn.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id, jobs.c.phase == phase.value)
@@ -240,7 +241,7 @@ class Store:
             jobs.c.native_id.is_(None),
             jobs.c.submitting_since < before,
         )
-        with self._read() as conn:
+        with self.reading() as conn:
             return [_job_from_row(row) for row in conn.execute(query)]
 
     def count_in_flight(self, backend: str, array_id: str | None = None) -> int:
@@ -256,7 +257,7 @@ class Store:
         )
         if array_id is not None:
             query = query.where(jobs.c.array_id == array_id)
-        with self._read() as conn:
+        with self.reading() as conn:
             return int(conn.execute(query).scalar_one())
 
     def dependents(self, parent_id: str) -> list[tuple[Job, str]]:
@@ -267,14 +268,14 @@ class Store:
             .where(dependencies.c.parent_id == parent_id)
             .order_by(jobs.c.created, jobs.c.id)
         )
-        with self._read() as conn:
+        with self.reading() as conn:
             return [(_job_from_row(row), row.condition) for row in conn.execute(query)]
 
     def events(self, job_id: str) -> list[Event]:
         query = (
             sa.select(events).where(events.c.job_id == job_id).order_by(events.c.time, events.c.id)
         )
-        with self._read() as conn:
+        with self.reading() as conn:
             return [
                 Event(
                     job_id=row.job_id,
@@ -288,7 +289,7 @@ class Store:
             ]
 
     def count(self) -> int:
-        with self._read() as conn:
+        with self.reading() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one())
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from jobbridge.job import utcnow
 from jobbridge.phase import Phase
 from jobbridge.store.schema import jobs, uws_jobs, uws_users
-from jobbridge.store.store import Store, _create_engine
+from jobbridge.store.store import Store
 
 __all__ = [
     "JobRef",
@@ -89,21 +89,16 @@ class UwsStore:
     """Reads and writes the ``uws_*`` tables of the store's database."""
 
     def __init__(self, store: Store) -> None:
-        self._engine = _create_engine(store.url)
-        self._writer = self._engine.execution_options(jobbridge_write=True)
+        self._store = store
 
     def close(self) -> None:
-        self._engine.dispose()
+        """The connections belong to the store, which closes them."""
 
-    @contextmanager
-    def _write(self) -> Iterator[sa.Connection]:
-        with self._writer.begin() as conn:
-            yield conn
+    def _write(self) -> AbstractContextManager[sa.Connection]:
+        return self._store.writing()
 
-    @contextmanager
-    def _read(self) -> Iterator[sa.Connection]:
-        with self._engine.connect() as conn:
-            yield conn
+    def _read(self) -> AbstractContextManager[sa.Connection]:
+        return self._store.reading()
 
     # -- jobs ----------------------------------------------------------------------------------
 
