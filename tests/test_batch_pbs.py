@@ -18,7 +18,8 @@ import pytest
 from jobbridge import Engine, Job, JobSpec, Phase, ResourcesNotSupportedError
 from jobbridge.backends.base import BackendContext, NativeDependency
 from jobbridge.backends.batch.base import NativeState
-from jobbridge.backends.batch.pbs import PbsProBackend, TorqueBackend
+from jobbridge.backends.batch.pbs import PbsProBackend
+from jobbridge.backends.batch.torque import TorqueBackend
 from tests.batch_support import (
     CASES,
     DEPENDENCIES,

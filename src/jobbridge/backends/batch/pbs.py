@@ -44,43 +44,41 @@ import itertools
 import json
 import math
 import re
-import xml.etree.ElementTree as ElementTree
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar
-
-from pydantic import Field
 
 from jobbridge.backends.batch.base import (
     BatchBackend,
-    BatchOptions,
     NativeDependency,
     NativeState,
-    epoch_or_none,
     walltime_parts,
+)
+from jobbridge.backends.batch.pbs_records import (
+    int_or_none,
+    pbs_time,
+    shell_exit_code,
 )
 from jobbridge.backends.batch.script import directive_value, scheduler_name
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
-from jobbridge.spec import ArraySpec, JobSpec
+from jobbridge.spec import JobSpec
 from jobbridge.transport.base import CommandResult
 
-__all__ = ["PbsProBackend", "TorqueBackend"]
+__all__ = ["COMMON_STATES", "ArrayLayout", "PbsFamily", "PbsProBackend", "member_indices"]
 
 ATTRIBUTE_PREFIX = "pbs"
 _RESOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _VALUE_OPTIONS = frozenset("acjkmMpr")
 _JOB_ID = re.compile(r"^(?P<sequence>\d+)(?P<array>\[\d*\])?(?P<server>\.\S+)?$")
 _PROJECT_FORBIDDEN = re.compile(r'[/\[\]";:|<>+,?*]')
-_XML_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
-_PBS_TIME = "%a %b %d %H:%M:%S %Y"
 _MIB = 2**20
 _SUBSTATE_TERMINATED = 91  # PBS Pro's substate of a deleted job (job.h)
 _UNTOLD = "NO_EXIT_STATUS"
 
-_COMMON_STATES: dict[str, tuple[Phase, str | None]] = {
+COMMON_STATES: dict[str, tuple[Phase, str | None]] = {
     "Q": (Phase.QUEUED, None),
     "W": (Phase.QUEUED, None),  # waiting for the start time it was given
     "T": (Phase.QUEUED, None),  # being moved between queues or servers
@@ -106,7 +104,7 @@ class ArrayLayout:
     """jobbridge's index at each scheduler index, when the script must map it."""
 
 
-class _PbsFamily(BatchBackend):
+class PbsFamily(BatchBackend):
     """What PBS Pro and Torque share; the flavours fill in resources, arrays and status."""
 
     native_dependencies = True
@@ -217,7 +215,7 @@ class _PbsFamily(BatchBackend):
             return values
         portable = values["portable"]
         if layout.request is None:  # one index, submitted as a plain job
-            portable["JOBBRIDGE_ARRAY_INDEX"] = str(_indices(members)[0])
+            portable["JOBBRIDGE_ARRAY_INDEX"] = str(member_indices(members)[0])
         elif layout.lookup is not None:
             values["index_table"] = layout.lookup
             portable["JOBBRIDGE_ARRAY_INDEX"] = f'"${{jobbridge_indices[${self.index_variable}]}}"'
@@ -272,9 +270,9 @@ class _PbsFamily(BatchBackend):
         started: datetime | None,
         ended: datetime | None,
     ) -> NativeState:
-        raw_exit = _int_or_none(attributes.get(self.exit_attribute))
+        raw_exit = int_or_none(attributes.get(self.exit_attribute))
         word = self._story(letter, attributes, raw_exit, started is not None)
-        exit_code = raw_exit if word in self.exit_words.values() else _shell_exit_code(raw_exit)
+        exit_code = raw_exit if word in self.exit_words.values() else shell_exit_code(raw_exit)
         comment = attributes.get("comment")
         return NativeState(
             word=word,
@@ -326,7 +324,7 @@ class _PbsFamily(BatchBackend):
         return {job_id: _settled(status) for job_id, status in super().status(jobs).items()}
 
 
-class PbsProBackend(_PbsFamily):
+class PbsProBackend(PbsFamily):
     """PBS Professional and OpenPBS (``-J`` arrays, ``select`` chunks, ``qstat -F json``)."""
 
     kind = "pbspro"
@@ -366,7 +364,7 @@ class PbsProBackend(_PbsFamily):
         -30: "JOB_EXEC_JOINJOB",
     }
     STATES: ClassVar[Mapping[str, tuple[Phase, str | None]]] = {
-        **_COMMON_STATES,
+        **COMMON_STATES,
         "B": (Phase.EXECUTING, None),  # an array some of whose members have started
         "U": (Phase.SUSPENDED, None),  # cycle harvesting: the workstation's owner is back
         "M": (Phase.UNKNOWN, "MOVED"),  # moved to another server, which this one cannot see
@@ -425,7 +423,7 @@ class PbsProBackend(_PbsFamily):
     def array_layout(self, spec: JobSpec, members: Sequence[Job]) -> ArrayLayout | None:
         if spec.array is None:
             return None
-        indices = _indices(members)
+        indices = member_indices(members)
         if len(indices) == 1:
             return ArrayLayout(None, {indices[0]: indices[0]})
         cap = f"%{spec.array.max_concurrent}" if spec.array.max_concurrent else ""
@@ -460,8 +458,8 @@ class PbsProBackend(_PbsFamily):
             states[job_id] = self.native_state(
                 str(attributes["job_state"]),
                 attributes,
-                _pbs_time(attributes.get("stime")),
-                _pbs_time(attributes.get("obittime") or attributes.get("mtime")),
+                pbs_time(attributes.get("stime")),
+                pbs_time(attributes.get("obittime") or attributes.get("mtime")),
             )
         return states
 
@@ -471,123 +469,7 @@ class PbsProBackend(_PbsFamily):
         return bool(attributes.get("depend")) or super().deleted_for_dependency(attributes)
 
     def was_deleted(self, attributes: Mapping[str, Any]) -> bool:
-        return _int_or_none(attributes.get("substate")) == _SUBSTATE_TERMINATED
-
-
-class TorqueOptions(BatchOptions):
-    # qstat asks for all jobs at once, so the ids never need splitting into chunks
-    max_ids_per_query: int = Field(1_000_000_000, ge=1)
-
-
-class TorqueBackend(_PbsFamily):
-    """PBS/Torque (``-t`` arrays, ``nodes=N:ppn=P``, ``qstat -x`` XML)."""
-
-    kind = "torque"
-    scheduler = "torque"
-    Options = TorqueOptions
-    index_variable = "PBS_ARRAYID"
-    array_option = "-t"
-    exit_attribute = "exit_status"
-    ended_letters = frozenset({"C"})
-    exit_words: ClassVar[Mapping[int, str]] = {
-        -1: "JOB_EXEC_FAIL1",
-        -2: "JOB_EXEC_FAIL2",
-        -3: "JOB_EXEC_RETRY",
-        -4: "JOB_EXEC_INITABT",
-        -5: "JOB_EXEC_INITRST",
-        -6: "JOB_EXEC_INITRMG",
-        -7: "JOB_EXEC_BADRESRT",
-        -8: "JOB_EXEC_CMDFAIL",
-        -9: "JOB_EXEC_STDOUTFAIL",
-        -10: "JOB_EXEC_OVERLIMIT_MEM",
-        -11: "JOB_EXEC_OVERLIMIT_WT",
-        -12: "JOB_EXEC_OVERLIMIT_CPUT",
-        -13: "JOB_EXEC_RETRY_CGROUP",
-        -14: "JOB_EXEC_RETRY_PROLOGUE",
-    }
-    STATES: ClassVar[Mapping[str, tuple[Phase, str | None]]] = {
-        **_COMMON_STATES,
-        "C": (Phase.COMPLETED, None),  # completed: the exit status tells how
-        **{word: (Phase.ERROR, word) for word in exit_words.values()},
-        "JOB_EXEC_OVERLIMIT_WT": (Phase.ERROR, "TIMEOUT"),
-        "JOB_EXEC_OVERLIMIT_MEM": (Phase.ERROR, "OUT_OF_MEMORY"),
-        "JOB_EXEC_OVERLIMIT_CPUT": (Phase.ERROR, "CPU_TIME_LIMIT"),
-    }
-
-    def resource_lines(self, spec: JobSpec) -> list[str]:
-        resources = spec.resources
-        nodes = (
-            f"nodes={resources.nodes}"
-            f":ppn={resources.processes_per_node * resources.cores_per_process}"
-        )
-        if resources.gpus_per_process:
-            nodes += f":gpus={resources.gpus_per_process * resources.processes_per_node}"
-        lines = [f"-l {nodes}"]
-        if resources.memory is not None:
-            lines.append(f"-l mem={math.ceil(resources.memory / _MIB)}mb")
-        return lines
-
-    def output_lines(self, layout: ArrayLayout | None) -> list[str]:
-        # Torque names each array member's files itself (NAME.oSEQ-INDEX in the job
-        # directory, where qsub runs); one given path would be shared by all members
-        return [] if layout is not None else super().output_lines(layout)
-
-    def placement_lines(self, spec: JobSpec) -> list[str]:
-        lines = []
-        if spec.queue:
-            lines.append(f"-q {self._value('queue', spec.queue)}")
-        if spec.reservation:
-            # Torque has no reservations of its own; Moab's are requested this way
-            lines.append(f"-l advres={self._value('reservation', spec.reservation)}")
-        if spec.project and spec.account and spec.project != spec.account:
-            raise self.unsupported("project", "Torque has accounts only; give one of the two")
-        account = spec.account or spec.project
-        if account:
-            lines.append(f"-A {self._value('account', account)}")
-        return lines
-
-    def array_layout(self, spec: JobSpec, members: Sequence[Job]) -> ArrayLayout | None:
-        if spec.array is None:
-            return None
-        indices = _indices(members)
-        cap = spec.array.max_concurrent if len(indices) > 1 else None
-        request = str(ArraySpec(tuple(indices), cap))
-        return ArrayLayout(request, {index: index for index in indices})
-
-    def status_command(self, native_ids: Sequence[str]) -> list[str]:
-        # all jobs, in one server request: with ids, qstat asks the server once per id
-        return ["qstat", "-f", "-x", "-t"]
-
-    def parse_status(self, output: str) -> dict[str, NativeState]:
-        states = {}
-        for job in _torque_jobs(output):
-            states[job["Job_Id"]] = self.native_state(
-                str(job.get("job_state", "")),
-                job,
-                epoch_or_none(str(job.get("start_time", ""))),
-                epoch_or_none(str(job.get("comp_time", ""))),
-            )
-        return states
-
-
-def _torque_jobs(output: str) -> list[dict[str, Any]]:
-    """Each ``<Job>`` of ``qstat -x`` (one or more XML documents) as a dict; nested elements
-    such as ``Resource_List`` become dicts of their own."""
-    jobs = []
-    # -V copies the submitter's environment into Variable_List, control characters included,
-    # and qstat writes them as they are; XML 1.0 allows none of them
-    cleaned = _XML_FORBIDDEN.sub("", output)
-    for document in re.findall(r"<Data>.*?</Data>|<Data\s*/>", cleaned, flags=re.DOTALL):
-        root = ElementTree.fromstring(document)  # noqa: S314 - the scheduler's own answer
-        for element in root.iter("Job"):
-            jobs.append({child.tag: _element_value(child) for child in element})
-    return jobs
-
-
-def _element_value(element: ElementTree.Element) -> object:
-    if len(element):
-        return {child.tag: child.text or "" for child in element}
-    return element.text or ""
+        return int_or_none(attributes.get("substate")) == _SUBSTATE_TERMINATED
 
 
 def _waits_for_dependencies(attributes: Mapping[str, Any]) -> bool:
@@ -607,7 +489,7 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def _indices(members: Sequence[Job]) -> list[int]:
+def member_indices(members: Sequence[Job]) -> list[int]:
     return sorted(job.array_index for job in members if job.array_index is not None)
 
 
@@ -620,30 +502,6 @@ def _array_of(native_id: str) -> str:
     if match is None or match["array"] is None:
         return native_id
     return f"{match['sequence']}[]{match['server'] or ''}"
-
-
-def _int_or_none(value: object) -> int | None:
-    try:
-        return int(str(value))
-    except ValueError:
-        return None
-
-
-def _shell_exit_code(code: int | None) -> int | None:
-    """PBS shows a job it killed with signal N as 256+N; a shell would say 128+N."""
-    if code is not None and code >= 256:
-        return 128 + code % 256
-    return code
-
-
-def _pbs_time(value: object) -> datetime | None:
-    """qstat prints times as ctime(3) does, in the server's local time."""
-    if not value:
-        return None
-    try:
-        return datetime.strptime(str(value).strip(), _PBS_TIME).astimezone(UTC)
-    except ValueError:
-        return None
 
 
 def _settled(status: JobStatus) -> JobStatus:

@@ -25,9 +25,7 @@ import os
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import pairwise
 from typing import Any, ClassVar
 from xml.etree import ElementTree
 
@@ -41,11 +39,21 @@ from jobbridge.backends.batch.base import (
     walltime_parts,
 )
 from jobbridge.backends.batch.script import directive_value, scheduler_name
+from jobbridge.backends.batch.sge_records import (
+    accounting_word,
+    int_or_none,
+    job_ids,
+    qacct_time,
+    record_fields,
+    said,
+    state_word,
+    xml_time,
+)
+from jobbridge.backends.batch.sge_tasks import TaskNumbers
 from jobbridge.errors import BackendError
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
 from jobbridge.spec import ArraySpec, JobSpec
-from jobbridge.transport.base import CommandResult
 
 __all__ = ["SgeBackend", "SgeOptions"]
 
@@ -97,46 +105,6 @@ class SgeOptions(BatchOptions):
         description="per-slot resource that carries a memory request. h_vmem is a limit Grid"
         " Engine enforces; mem_free or virtual_free only guide placement",
     )
-
-
-@dataclass(frozen=True)
-class _Tasks:
-    """Grid Engine numbers array tasks from 1 in one range with a step (``-t 1-10:1``).
-    jobbridge's indices that form such a range, shifted up when they start below 1, become
-    task ids directly; any other set is numbered 1..N and looked up in the script."""
-
-    first: int
-    last: int
-    step: int
-    shift: int
-    table: tuple[int, ...] | None
-
-    @classmethod
-    def of(cls, array: ArraySpec) -> _Tasks:
-        indices = array.indices
-        step = indices[1] - indices[0] if len(indices) > 1 else 1
-        if all(b - a == step for a, b in pairwise(indices)):
-            shift = max(0, 1 - indices[0])
-            return cls(indices[0] + shift, indices[-1] + shift, step, shift, None)
-        return cls(1, len(indices), 1, 0, indices)
-
-    @property
-    def switch_value(self) -> str:
-        return f"{self.first}-{self.last}:{self.step}"
-
-    def task_ids(self) -> dict[int, int]:
-        """Task id by jobbridge index."""
-        if self.table is not None:
-            return {index: number for number, index in enumerate(self.table, start=1)}
-        return {task - self.shift: task for task in range(self.first, self.last + 1, self.step)}
-
-    @property
-    def index_expression(self) -> str:
-        if self.table is not None:
-            return '"${jobbridge_indices[SGE_TASK_ID - 1]}"'
-        if self.shift:
-            return f'"$((SGE_TASK_ID - {self.shift}))"'
-        return '"$SGE_TASK_ID"'
 
 
 class SgeBackend(BatchBackend):
@@ -242,7 +210,7 @@ class SgeBackend(BatchBackend):
     def _task_range(self, array: ArraySpec, members: Sequence[Job]) -> str:
         """The whole array, or the one member that jobbridge hands over alone (it does so to
         keep an array under its ``%N`` itself)."""
-        tasks = _Tasks.of(array)
+        tasks = TaskNumbers.of(array)
         if len(members) == len(array):
             return tasks.switch_value
         if len(members) == 1 and members[0].array_index is not None:
@@ -300,7 +268,7 @@ class SgeBackend(BatchBackend):
         # code its script recorded.
         values["failure_exit"] = 100
         if job.spec.array is not None:
-            tasks = _Tasks.of(job.spec.array)
+            tasks = TaskNumbers.of(job.spec.array)
             values["index_table"] = tasks.table
             values["portable"]["JOBBRIDGE_ARRAY_INDEX"] = tasks.index_expression
         return values
@@ -320,7 +288,7 @@ class SgeBackend(BatchBackend):
     def member_ids(self, native_id: str, members: Sequence[Job]) -> list[str]:
         array = members[0].spec.array
         assert array is not None
-        task_ids = _Tasks.of(array).task_ids()
+        task_ids = TaskNumbers.of(array).task_ids()
         return [f"{native_id}.{task_ids[job.array_index or 0]}" for job in members]
 
     def status_command(self, native_ids: Sequence[str]) -> list[str]:
@@ -346,9 +314,9 @@ class SgeBackend(BatchBackend):
             state = NativeState(
                 word=(entry.findtext("state") or "").strip(),
                 reason=f"{_WAITING} {', '.join(predecessors)}" if predecessors else None,
-                started=_xml_time(entry.findtext("JAT_start_time")),
+                started=xml_time(entry.findtext("JAT_start_time")),
             )
-            states.update(dict.fromkeys(_job_ids(number, entry.findtext("tasks")), state))
+            states.update(dict.fromkeys(job_ids(number, entry.findtext("tasks")), state))
         return states
 
     def accounting_query(self, since: datetime) -> list[str]:
@@ -360,20 +328,20 @@ class SgeBackend(BatchBackend):
     def parse_accounting(self, output: str) -> dict[str, NativeState]:
         states = {}
         for record in re.split(r"^=+\s*$", output, flags=re.MULTILINE):
-            fields = _record_fields(record)
+            fields = record_fields(record)
             if "jobnumber" not in fields or "failed" not in fields:
                 continue
             task = fields.get("taskid", "undefined")
             key = fields["jobnumber"] if task == "undefined" else f"{fields['jobnumber']}.{task}"
             failed = int(fields["failed"].split()[0])
-            exit_status = _int_or_none(fields.get("exit_status", "").split()[0:1])
-            word = _accounting_word(failed, exit_status, fields)
+            exit_status = int_or_none(fields.get("exit_status", "").split()[0:1])
+            word = accounting_word(failed, exit_status, fields)
             states[key] = NativeState(  # a rerun job has several records: the last counts
                 word=word,
                 reason=None if failed == 0 else f"failed {fields['failed']}",
                 exit_code=None if word == "FAILED" and failed == 30 else exit_status,
-                started=_qacct_time(fields.get("start_time", "")),
-                ended=_qacct_time(fields.get("end_time", "")),
+                started=qacct_time(fields.get("start_time", "")),
+                ended=qacct_time(fields.get("end_time", "")),
             )
         return states
 
@@ -390,7 +358,7 @@ class SgeBackend(BatchBackend):
         assert job.native_id is not None
         result = self._run(self.cancel_command([job.native_id]), check=False)
         if result.returncode != 0 and _GONE not in result.stdout + result.stderr:
-            raise BackendError(f"qdel {job.native_id} failed: {_said(result)}")
+            raise BackendError(f"qdel {job.native_id} failed: {said(result)}")
 
     def status_environment(self) -> dict[str, str]:
         # qstat and qacct print, and qacct -b reads, times in the local time zone; not for
@@ -423,7 +391,7 @@ class SgeBackend(BatchBackend):
         answer = self._run(self.status_command(list(by_native)), env=env, check=False)
         if answer.returncode != 0:
             raise BackendError(
-                f"qstat failed ({answer.returncode}): {_said(answer)}", retryable=True
+                f"qstat failed ({answer.returncode}): {said(answer)}", retryable=True
             )
         queue = self._answer(answer, self.parse_status)
         now = time.monotonic()
@@ -431,7 +399,7 @@ class SgeBackend(BatchBackend):
             if native_id in queue:
                 self._last_seen[native_id] = now
         gone = [native for native in by_native if native not in queue]
-        stuck = [native for native in by_native if _word(queue, native) in _ERROR_STATE]
+        stuck = [native for native in by_native if state_word(queue, native) in _ERROR_STATE]
         exit_files = self._exit_files([by_native[native] for native in gone + stuck])
         unresolved = [by_native[native] for native in gone if native not in exit_files]
         accounted = self._accounting(unresolved, env)
@@ -455,7 +423,7 @@ class SgeBackend(BatchBackend):
             return {}
         result = self._run(self.accounting_query(self._earliest_end(jobs)), env=env, check=False)
         if result.returncode != 0:  # no accounting file, say: the exit-code files still count
-            log.warning("%s: qacct failed (%d): %s", self.name, result.returncode, _said(result))
+            log.warning("%s: qacct failed (%d): %s", self.name, result.returncode, said(result))
             return {}
         return self._answer(result, self.parse_accounting)
 
@@ -519,7 +487,7 @@ class SgeBackend(BatchBackend):
                 for dependency in job.spec.depends_on
             ):
                 continue
-            if _word(queue, job.native_id or "") not in _PENDING:
+            if state_word(queue, job.native_id or "") not in _PENDING:
                 # a parent killed by Grid Engine leaves the queue at once, releasing it
                 log.warning("job %s started although a job it needs failed", job.id)
                 continue
@@ -545,13 +513,13 @@ class SgeBackend(BatchBackend):
                 continue
             if status.detail == "DEPENDENCY_NEVER_SATISFIED":
                 ruled_out.append(job.native_id)
-            elif _word(queue, job.native_id) in _ERROR_STATE:
+            elif state_word(queue, job.native_id) in _ERROR_STATE:
                 ended.append(job.native_id)
         if not ruled_out and not ended:
             return
         result = self._run(self.cancel_command(ruled_out + ended), check=False)
         if result.returncode != 0:
-            log.warning("%s: qdel of ended jobs failed: %s", self.name, _said(result))
+            log.warning("%s: qdel of ended jobs failed: %s", self.name, said(result))
 
 
 _NO_AFTERNOTOK = (
@@ -565,101 +533,3 @@ def _job_name(name: str) -> str:
     """Grid Engine refuses job names that start with a digit."""
     name = scheduler_name(name)
     return f"job_{name}" if name[0].isdigit() else name
-
-
-def _word(queue: Mapping[str, NativeState], native_id: str) -> str | None:
-    state = queue.get(native_id)
-    return None if state is None else state.word
-
-
-def _job_ids(number: str, tasks: str | None) -> list[str]:
-    """``12`` and tasks ``3-9:2,12`` (how qstat shows pending tasks together) as
-    ``12.3 12.5 12.7 12.9 12.12``; a job without tasks as ``12``."""
-    if not tasks or not tasks.strip():
-        return [number]
-    ids = []
-    for part in tasks.strip().split(","):
-        span, _, step = part.partition(":")
-        first, _, last = span.partition("-")
-        for task in range(int(first), int(last or first) + 1, int(step or 1)):
-            ids.append(f"{number}.{task}")
-    return ids
-
-
-def _xml_time(text: str | None) -> datetime | None:
-    if not text or not text.strip():
-        return None
-    try:
-        return datetime.fromisoformat(text.strip()).replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
-
-def _qacct_time(text: str) -> datetime | None:
-    try:
-        return datetime.strptime(text.strip(), "%a %b %d %H:%M:%S %Y").replace(tzinfo=UTC)
-    except ValueError:  # "-/-" for a job that never started
-        return None
-
-
-def _record_fields(record: str) -> dict[str, str]:
-    fields = {}
-    for line in record.splitlines():
-        key, _, value = line.strip().partition(" ")
-        if key:
-            fields[key] = value.strip()
-    return fields
-
-
-def _int_or_none(words: list[str]) -> int | None:
-    return int(words[0]) if words and words[0].isdigit() else None
-
-
-def _accounting_word(failed: int, exit_status: int | None, fields: Mapping[str, str]) -> str:
-    """The word for a qacct record's ``failed`` code (sge_status(5) lists them)."""
-    if failed == 0:
-        return "COMPLETED" if exit_status == 0 else "FAILED"
-    if failed == 30:  # "application error": the script exited 100, its program failed
-        return "FAILED"
-    if failed == 37:
-        return _limit_word(fields.get("category", ""), fields.get("ru_wallclock", ""))
-    if failed == 17:  # "through signal (possibly qdel)"
-        return "CANCELLED"
-    if failed == 100:  # "assumedly after job": killed by a signal; SIGKILL is what qdel sends
-        return "CANCELLED" if exit_status == 137 else "KILLED"
-    if failed in (18, 19):
-        return "NODE_FAIL"
-    if 12 <= failed <= 16:
-        return "EPILOG_FAILED"
-    if failed in (24, 25):
-        return "RESCHEDULED"
-    return "START_FAILED"
-
-
-def _limit_word(category: str, wallclock: str) -> str:
-    """Failed 37 is one code for h_rt, h_cpu and h_vmem: the job's request tells which."""
-    requests = dict(
-        item.split("=", 1) for item in re.findall(r"\b[hs]_(?:rt|cpu|vmem)=[^ ,]+", category)
-    )
-    if not any(name in requests for name in ("h_rt", "s_rt", "h_cpu", "s_cpu")):
-        return "OUT_OF_MEMORY" if "h_vmem" in requests else "TIMEOUT"
-    if "h_vmem" not in requests:
-        return "TIMEOUT"
-    limit = _seconds(requests.get("h_rt", ""))
-    ran = _seconds(wallclock.rstrip("s"))
-    return "TIMEOUT" if limit is not None and ran is not None and ran >= limit else "OUT_OF_MEMORY"
-
-
-def _seconds(text: str) -> float | None:
-    """Grid Engine's time: seconds, or ``h:m:s``."""
-    try:
-        total = 0.0
-        for part in text.strip().split(":"):
-            total = total * 60 + float(part)
-        return total
-    except ValueError:
-        return None
-
-
-def _said(result: CommandResult) -> str:
-    return (result.stderr.strip() or result.stdout.strip())[:500]
