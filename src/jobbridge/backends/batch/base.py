@@ -38,7 +38,11 @@ from jobbridge.transport.base import CommandResult, Transport
 from jobbridge.transport.local import LocalTransport
 from jobbridge.transport.ssh import SshTransport
 
-__all__ = ["BatchBackend", "BatchOptions", "NativeDependency", "NativeState"]
+__all__ = ["UNTOLD", "BatchBackend", "BatchOptions", "NativeDependency", "NativeState"]
+
+UNTOLD = "NO_EXIT_STATUS"
+"""The detail of an ended job whose scheduler does not say how it ended: its exit-code file
+decides between COMPLETED and ERROR."""
 
 log = logging.getLogger(__name__)
 
@@ -501,7 +505,15 @@ def _transport(options: BatchOptions) -> Transport:
 
 
 def _merged(scheduler: JobStatus, exit_file: JobStatus) -> JobStatus:
-    """The scheduler's word on how a job ended, with the exit code its script recorded."""
+    """The scheduler's word on how a job ended, with the exit code its script recorded;
+    where the scheduler said only that it ended (``UNTOLD``), the exit code decides."""
+    if scheduler.detail == UNTOLD:
+        return exit_file.model_copy(
+            update={
+                "started": scheduler.started or exit_file.started,
+                "ended": scheduler.ended or exit_file.ended,
+            }
+        )
     return scheduler.model_copy(
         update={
             "exit_code": exit_file.exit_code,

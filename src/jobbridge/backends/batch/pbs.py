@@ -51,6 +51,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from jobbridge.backends.batch.base import (
+    UNTOLD,
     BatchBackend,
     NativeDependency,
     NativeState,
@@ -76,7 +77,6 @@ _JOB_ID = re.compile(r"^(?P<sequence>\d+)(?P<array>\[\d*\])?(?P<server>\.\S+)?$"
 _PROJECT_FORBIDDEN = re.compile(r'[/\[\]";:|<>+,?*]')
 _MIB = 2**20
 _SUBSTATE_TERMINATED = 91  # PBS Pro's substate of a deleted job (job.h)
-_UNTOLD = "NO_EXIT_STATUS"
 
 COMMON_STATES: dict[str, tuple[Phase, str | None]] = {
     "Q": (Phase.QUEUED, None),
@@ -311,7 +311,7 @@ class PbsFamily(BatchBackend):
             return status.model_copy(
                 update={
                     "phase": Phase.ERROR,
-                    "detail": _UNTOLD,
+                    "detail": UNTOLD,
                     "message": f"{self.scheduler} says the job finished but not how, and it"
                     " left no exit code",
                 }
@@ -319,9 +319,6 @@ class PbsFamily(BatchBackend):
         if state.exit_code != 0:
             return status.model_copy(update={"phase": Phase.ERROR})
         return status
-
-    def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
-        return {job_id: _settled(status) for job_id, status in super().status(jobs).items()}
 
 
 class PbsProBackend(PbsFamily):
@@ -502,13 +499,3 @@ def _array_of(native_id: str) -> str:
     if match is None or match["array"] is None:
         return native_id
     return f"{match['sequence']}[]{match['server'] or ''}"
-
-
-def _settled(status: JobStatus) -> JobStatus:
-    """A job shown ended without its exit status (PBS Pro's array members when the server
-    keeps no history) is settled by the exit code its script wrote; the base class adds that
-    code but keeps the phase it had without it."""
-    if status.detail != _UNTOLD or status.exit_code is None:
-        return status
-    phase = Phase.COMPLETED if status.exit_code == 0 else Phase.ERROR
-    return status.model_copy(update={"phase": phase, "detail": None, "message": None})
