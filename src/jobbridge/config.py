@@ -41,8 +41,21 @@ class EngineSettings(BaseModel):
         3, ge=1, description="failed status queries in a row before jobs show UNKNOWN"
     )
     max_backoff: float = Field(60.0, gt=0, description="longest pause after failed queries")
-    submit_timeout: float = Field(
-        300.0, gt=0, description="a submission unfinished after this long was interrupted"
+    claim_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="a submission whose process has not shown life for this long is taken"
+        " to be dead, and what it did is looked for on the backend",
+    )
+    max_submit_attempts: int = Field(
+        3,
+        ge=1,
+        description="submissions of one job whose outcome stayed unknown and that the backend"
+        " did not know, before the job ends SUBMIT_FAILED",
+    )
+    retry_delay: float = Field(
+        2.0, gt=0, description="first pause before a submission that failed for a passing"
+        " reason is tried again; it doubles up to max_backoff",
     )
 
 

@@ -18,6 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from sqlalchemy import Connection
+
 from jobbridge import staging
 from jobbridge.backends.base import Backend, BackendContext, Stream
 from jobbridge.backends.registry import create_backend
@@ -117,11 +119,15 @@ class Engine:
         backend: str | None = None,
         owner: str | None = None,
         destruction: datetime | None = None,
+        job_id: str | None = None,
+        also: Callable[[Connection], object] | None = None,
     ) -> Job:
-        """Record a PENDING job that runs only once ``start`` is called (UWS semantics)."""
+        """Record a PENDING job that runs only once ``start`` is called (UWS semantics).
+        ``job_id`` chooses its id (one from ``new_job_id``); ``also`` writes more rows in
+        the same transaction as the job's."""
         if spec.array is not None:
             raise SpecError("a PENDING job cannot be an array")
-        return self._add(spec, backend, owner, Phase.PENDING, destruction)[0]
+        return self._add(spec, backend, owner, Phase.PENDING, destruction, job_id, also)[0]
 
     def update_pending(self, job_id: str, spec: JobSpec) -> Job:
         """Give a PENDING job a new spec (UWS parameters change only before it runs)."""
@@ -159,6 +165,8 @@ class Engine:
         owner: str | None,
         phase: Phase,
         destruction: datetime | None = None,
+        job_id: str | None = None,
+        also: Callable[[Connection], object] | None = None,
     ) -> list[Job]:
         backend = self.backend(backend_name)
         backend.check_limits(spec)
@@ -176,7 +184,7 @@ class Engine:
             destruction=destruction,
         )
         if spec.array is None:
-            jobs = [Job(id=new_job_id(), **common)]
+            jobs = [Job(id=job_id or new_job_id(), **common)]
         else:
             array_id = new_job_id()
             jobs = [
@@ -184,7 +192,7 @@ class Engine:
                 for index in spec.array.indices
             ]
         if phase is not Phase.QUEUED:
-            self.store.add(jobs)
+            self.store.add(jobs, also=also)
             return jobs
         return self._dispatch.add(backend, jobs)
 
@@ -205,12 +213,18 @@ class Engine:
 
     # -- refreshing -----------------------------------------------------------------------------
 
-    def refresh(self, *, force: bool = False) -> None:
+    def refresh(self, *, force: bool = False, hand_over: bool = True) -> None:
         """One cycle: recover, hand over waiting jobs, ask each due backend about its jobs
-        (``force``: every backend, whatever its minimum interval or back-off)."""
+        (``force``: every backend, whatever its minimum interval or back-off). Without
+        ``hand_over`` it only asks: nothing is submitted, resubmitted or destroyed (what
+        read-only commands do)."""
+        if not hand_over:
+            for backend in self.backends.values():
+                self._poller.poll(backend, force=force)
+            return
         with self._refresh_lock:
             self._destroy_expired()
-            self._dispatch.recover_interrupted(self.backends, self.settings.submit_timeout)
+            self._dispatch.recover_interrupted(self.backends, self.settings.claim_timeout)
             for backend in self.backends.values():
                 waiting = self.store.find(
                     phases=[Phase.QUEUED], backend=backend.name, submitted=False, newest_first=False

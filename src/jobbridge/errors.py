@@ -12,10 +12,13 @@
     ├── BackendError              a backend could not do what was asked
     └── TransportError            a command or file transfer failed
         ├── CommandFailed         the command ran and exited non-zero
-        └── CommandTimeout        the command did not finish in time
+        ├── CommandTimeout        the command did not finish in time
+        └── ConnectionLost        the way to the command broke while it may have been running
 
 Errors coming from third-party code are converted where they enter jobbridge. ``retryable``
-tells callers whether trying the same thing again later can help.
+tells callers whether trying the same thing again later can help; ``may_have_run`` on a
+transport error, whether the command may have taken effect although no answer came back (so
+that repeating it could do it twice).
 """
 
 from __future__ import annotations
@@ -79,9 +82,10 @@ class BackendError(JobbridgeError):
 
 
 class TransportError(JobbridgeError):
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, may_have_run: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.may_have_run = may_have_run
 
 
 class CommandFailed(TransportError):
@@ -98,4 +102,11 @@ class CommandTimeout(TransportError):
     def __init__(self, argv: Sequence[str], timeout: float) -> None:
         self.argv = list(argv)
         self.timeout = timeout
-        super().__init__(f"{argv[0]} did not finish within {timeout:g} s", retryable=True)
+        super().__init__(
+            f"{argv[0]} did not finish within {timeout:g} s", retryable=True, may_have_run=True
+        )
+
+
+class ConnectionLost(TransportError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True, may_have_run=True)

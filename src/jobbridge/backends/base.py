@@ -15,7 +15,14 @@ from jobbridge.job import Job, JobStatus
 from jobbridge.spec import JobSpec, Memory, Walltime
 from jobbridge.transport.base import Transport
 
-__all__ = ["Backend", "BackendContext", "BackendOptions", "NativeDependency", "Stream"]
+__all__ = [
+    "Backend",
+    "BackendContext",
+    "BackendOptions",
+    "Located",
+    "NativeDependency",
+    "Stream",
+]
 
 Stream = Literal["stdout", "stderr"]
 
@@ -37,6 +44,15 @@ class BackendOptions(BaseModel):
     max_cores_in_flight: int | None = Field(
         None, ge=1, description="cores of all jobs handed over at once; the rest wait"
     )
+    lost_after: float = Field(
+        120.0,
+        ge=0,
+        description="seconds a job must stay unknown to every source of the backend before it"
+        " is declared LOST",
+    )
+    lost_after_misses: int = Field(
+        3, ge=1, description="status queries in a row that must miss a job before it is LOST"
+    )
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,17 @@ class NativeDependency:
 
     native_id: str
     condition: str
+
+
+@dataclass(frozen=True)
+class Located:
+    """What a backend knows of jobs whose submission had an unknown outcome."""
+
+    found: dict[str, list[str]]
+    """Job id -> the native ids that carry its mark (more than one: duplicates)."""
+    complete: bool
+    """True if a job left out of ``found`` is certainly unknown to the backend; False if
+    part of the search failed, so that absence proves nothing."""
 
 
 class Backend(ABC):
@@ -138,9 +165,11 @@ class Backend(ABC):
     def release(self, job: Job) -> None:
         raise BackendError(f"backend {self.name!r} cannot hold jobs")
 
-    def locate(self, job: Job) -> str | None:
-        """The native id of a job whose submission was interrupted, if the backend has it."""
-        return None
+    def locate(self, jobs: Sequence[Job]) -> Located:
+        """Find the native jobs that submissions of ``jobs`` created, by the mark each
+        submission carries, in as few queries as possible. Raise if the search failed as a
+        whole; a backend that cannot search answers that it found nothing, incompletely."""
+        return Located({}, complete=False)
 
     def free(self, job: Job) -> None:  # noqa: B027 - nothing left behind is a valid default
         """Remove whatever the ended job left on the resource."""

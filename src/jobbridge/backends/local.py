@@ -20,6 +20,7 @@ from jobbridge.backends.base import (
     Backend,
     BackendContext,
     BackendOptions,
+    Located,
     NativeDependency,
     Stream,
 )
@@ -92,9 +93,14 @@ class LocalBackend(Backend):
         )
         return job_dir
 
-    def locate(self, job: Job) -> str | None:
-        job_dir = self._job_dir(job)
-        return job_dir if self.transport.exists(os.path.join(job_dir, "job.json")) else None
+    def locate(self, jobs: Sequence[Job]) -> Located:
+        """A submission left the job's plan in its directory before starting the runner."""
+        found = {}
+        for job in jobs:
+            job_dir = self._job_dir(job)
+            if self.transport.exists(os.path.join(job_dir, "job.json")):
+                found[job.id] = [job_dir]
+        return Located(found, complete=True)
 
     def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
         return {job.id: self._status(job) for job in jobs if job.native_id}

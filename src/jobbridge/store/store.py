@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -71,9 +71,17 @@ class Store:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def add(self, new_jobs: Sequence[Job], *, claimed: Iterable[str] = ()) -> None:
+    def add(
+        self,
+        new_jobs: Sequence[Job],
+        *,
+        claimed: Iterable[str] = (),
+        also: Callable[[sa.Connection], object] | None = None,
+    ) -> None:
         """Record new jobs and their first event in one transaction. Jobs named in
-        ``claimed`` are recorded as being handed over already (see ``claim_for_submission``)."""
+        ``claimed`` are recorded as being handed over already (see ``claim_for_submission``).
+        ``also`` writes more rows in the same transaction (a service's own record of the
+        jobs), so that a crash leaves all of them or none."""
         if not new_jobs:
             return
         claimed = set(claimed)
@@ -98,6 +106,8 @@ class Store:
                 events.insert(),
                 [_event_row(job.id, job.created, None, job.phase) for job in new_jobs],
             )
+            if also is not None:
+                also(conn)
 
     def move(
         self,

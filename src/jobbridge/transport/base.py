@@ -44,10 +44,13 @@ class Transport(ABC):
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         check: bool = True,
+        idempotent: bool = False,
     ) -> CommandResult:
         """Run a command to its end, with ``env`` added to the environment it inherits.
         Raises ``CommandFailed`` on a non-zero exit if ``check``, ``CommandTimeout`` past
-        ``timeout`` and ``TransportError`` if it cannot start."""
+        ``timeout``, ``ConnectionLost`` if the way to it broke while it may have run, and
+        ``TransportError`` if it cannot start. Only an ``idempotent`` command (a query, a
+        read) is run again by the transport after a broken connection."""
 
     def run_in(
         self,

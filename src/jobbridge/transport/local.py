@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 
-from jobbridge.errors import CommandFailed, CommandTimeout, TransportError
+from jobbridge.errors import CommandFailed, CommandTimeout, ConnectionLost, TransportError
 from jobbridge.transport.base import CommandResult, RemoteFile, Transport
 
 __all__ = ["LocalTransport"]
@@ -31,6 +31,7 @@ class LocalTransport(Transport):
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         check: bool = True,
+        idempotent: bool = False,
     ) -> CommandResult:
         try:
             done = subprocess.run(
@@ -47,6 +48,8 @@ class LocalTransport(Transport):
         except OSError as error:
             raise TransportError(f"cannot run {argv[0]}: {error}", retryable=False) from error
         out, err = (data.decode(errors="replace") for data in (done.stdout, done.stderr))
+        if done.returncode < 0:
+            raise ConnectionLost(f"{argv[0]} was killed by signal {-done.returncode}")
         if check and done.returncode != 0:
             raise CommandFailed(argv, done.returncode, out, err)
         return CommandResult(tuple(argv), done.returncode, out, err)

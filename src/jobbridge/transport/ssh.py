@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import re
 import shlex
 import stat
 import subprocess
@@ -21,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from jobbridge.errors import CommandFailed, CommandTimeout, TransportError
+from jobbridge.errors import CommandFailed, CommandTimeout, ConnectionLost, TransportError
 from jobbridge.transport.base import CommandResult, RemoteFile, Transport
 
 __all__ = ["SshTransport"]
@@ -90,10 +91,11 @@ class SshTransport(Transport):
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         check: bool = True,
+        idempotent: bool = False,
     ) -> CommandResult:
         remote = _remote_command(argv, env=env, cwd=cwd)
         data = stdin.encode() if isinstance(stdin, str) else stdin
-        code, out, err = self._ssh(remote, data, timeout)
+        code, out, err = self._ssh(remote, data, timeout, idempotent=idempotent)
         result = CommandResult(tuple(argv), code, out.decode(errors="replace"), err)
         if check and code != 0:
             raise CommandFailed(argv, code, result.stdout, err)
@@ -109,8 +111,9 @@ class SshTransport(Transport):
 
     def read_bytes(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
         code, out, err = self._ssh(
-            _sh(_READ, path, str(offset), "" if size is None else str(size)), None, 120
-        )
+            _sh(_READ, path, str(offset), "" if size is None else str(size)), None, 120,
+            idempotent=True,
+        )  # fmt: skip
         if code == _NO_SUCH_FILE:
             raise FileNotFoundError(path)
         if code != 0:
@@ -120,27 +123,29 @@ class SshTransport(Transport):
     def read_many(self, paths: Sequence[str], limit: int = 4096) -> dict[str, bytes]:
         if not paths:
             return {}
-        code, out, err = self._ssh(_sh(_READ_MANY, str(limit), *paths), None, 120)
+        code, out, err = self._ssh(
+            _sh(_READ_MANY, str(limit), *paths), None, 120, idempotent=True
+        )
         if code != 0:
             raise TransportError(f"reading files on {self.host} failed: {err.strip()}")
         return _unpack(out)
 
     def write_bytes(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
-        code, _, err = self._ssh(_sh(_WRITE, path, f"{mode:o}"), data, 120)
+        code, _, err = self._ssh(_sh(_WRITE, path, f"{mode:o}"), data, 120, idempotent=True)
         if code != 0:
             raise TransportError(f"writing {path} on {self.host} failed: {err.strip()}")
 
     def make_dirs(self, path: str) -> None:
-        self.run(["mkdir", "-p", "--", path])
+        self.run(["mkdir", "-p", "--", path], idempotent=True)
 
     def remove_tree(self, path: str) -> None:
-        self.run(["rm", "-rf", "--", path])
+        self.run(["rm", "-rf", "--", path], idempotent=True)
 
     def exists(self, path: str) -> bool:
-        return self.run(["test", "-e", path], check=False).returncode == 0
+        return self.run(["test", "-e", path], check=False, idempotent=True).returncode == 0
 
     def list_files(self, directory: str) -> list[RemoteFile]:
-        code, out, err = self._ssh(_sh(_LIST, directory), None, 120)
+        code, out, err = self._ssh(_sh(_LIST, directory), None, 120, idempotent=True)
         if code != 0:
             raise TransportError(f"listing {directory} on {self.host} failed: {err.strip()}")
         fields = out.split(b"\0")
@@ -150,7 +155,7 @@ class SshTransport(Transport):
         ]
 
     def real_path(self, path: str) -> str:
-        return self.run(["realpath", "-m", "--", path]).stdout.rstrip("\n")
+        return self.run(["realpath", "-m", "--", path], idempotent=True).stdout.rstrip("\n")
 
     def put(self, local_path: str, remote_path: str) -> None:
         """One tar stream over the shared connection."""
@@ -173,7 +178,7 @@ class SshTransport(Transport):
     @contextlib.contextmanager
     def _stream(self, remote: str, *, sending: bool) -> Iterator[IO[bytes]]:
         """A pipe to or from a remote command, for data too big to hold in memory."""
-        self.run(["true"])  # connect (or reconnect) first: a stream cannot be replayed
+        self.run(["true"], idempotent=True)  # connect (or reconnect) first: no stream replays
         process = subprocess.Popen(
             self.ssh_command(remote),
             stdin=subprocess.PIPE if sending else subprocess.DEVNULL,
@@ -229,18 +234,31 @@ class SshTransport(Transport):
         )
 
     def _ssh(
-        self, remote: str, stdin: bytes | None, timeout: float | None
+        self, remote: str, stdin: bytes | None, timeout: float | None, *, idempotent: bool = False
     ) -> tuple[int, bytes, str]:
+        """Run once; after a broken connection, once more on a new master, but only a command
+        that never started or that may safely run twice."""
         for attempt in (1, 2):
             code, out, err = self._ssh_once(remote, stdin, timeout)
+            if code < 0:
+                lost = f"the ssh client for {self.host} was killed by signal {-code}"
+                if idempotent and attempt == 1:
+                    continue
+                raise ConnectionLost(lost)
             if code != _SSH_FAILED or not _connection_trouble(err):
                 return code, out, err
-            if attempt == 1 and not any(reason in err for reason in _NOT_RETRYABLE):
+            refused = any(reason in err for reason in _NOT_RETRYABLE)
+            never_started = refused or _never_connected(err)
+            if attempt == 1 and not refused and (idempotent or never_started):
                 self._forget_master()
                 continue
-            raise TransportError(
-                f"ssh to {self.host} failed: {err.strip()}",
-                retryable=not any(reason in err for reason in _NOT_RETRYABLE),
+            if never_started:
+                raise TransportError(
+                    f"ssh to {self.host} failed: {err.strip()}", retryable=not refused
+                )
+            raise ConnectionLost(
+                f"the connection to {self.host} broke while the command may have been running:"
+                f" {err.strip()}"
             )
         raise AssertionError("unreachable")
 
@@ -328,6 +346,17 @@ def _unpack(packed: bytes) -> dict[str, bytes]:
         found[packed[position:nul].decode()] = packed[newline + 1 : newline + 1 + size]
         position = newline + 1 + size
     return found
+
+
+def _never_connected(stderr: str) -> bool:
+    """ssh said it could not reach the host at all: the command cannot have started."""
+    return bool(_CONNECT_FAILED.search(stderr)) or "Could not resolve hostname" in stderr
+
+
+_CONNECT_FAILED = re.compile(
+    r"ssh: connect to host .*: (Connection refused|No route to host|Connection timed out"
+    r"|Network is unreachable)|kex_exchange_identification|Connection closed by .* port \d+\s*$"
+)
 
 
 def _connection_trouble(stderr: str) -> bool:

@@ -11,7 +11,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -21,6 +21,7 @@ from jobbridge.backends.base import (
     Backend,
     BackendContext,
     BackendOptions,
+    Located,
     NativeDependency,
     Stream,
 )
@@ -45,6 +46,9 @@ UNTOLD = "NO_EXIT_STATUS"
 decides between COMPLETED and ERROR."""
 
 log = logging.getLogger(__name__)
+
+_LOCATE_SLACK = timedelta(minutes=5)
+"""Clocks of the store's host and the scheduler's may differ this much."""
 
 
 class BatchOptions(BackendOptions):
@@ -143,6 +147,23 @@ class BatchBackend(Backend):
     @abstractmethod
     def cancel_command(self, native_ids: Sequence[str]) -> list[str]: ...
 
+    @abstractmethod
+    def locate_queue_command(self, tags: Sequence[str]) -> list[str]:
+        """One command that lists the queued, running and recently ended jobs carrying any
+        of ``tags`` (see ``tag``); ``parse_located`` reads its answer."""
+
+    @abstractmethod
+    def parse_located(self, output: str) -> dict[str, list[str]]:
+        """Tag -> the native ids (as the submission returned them) of the jobs carrying it."""
+
+    def locate_accounting_command(self, tags: Sequence[str], since: datetime) -> list[str] | None:
+        """One command that lists the ended jobs carrying any of ``tags`` that were submitted
+        after ``since``, or None if the scheduler keeps no such record."""
+        return None
+
+    def parse_located_accounting(self, output: str) -> dict[str, list[str]]:
+        return self.parse_located(output)
+
     def hold_command(self, native_ids: Sequence[str]) -> list[str] | None:
         return None
 
@@ -171,6 +192,12 @@ class BatchBackend(Backend):
             started=state.started,
             ended=state.ended,
         )
+
+    def tag(self, job: Job) -> str:
+        """The mark every submission carries where the scheduler's queue and accounting
+        both show it, so that ``locate`` finds what a submission with an unknown outcome
+        created: jobbridge's id of the job, or of its array for a member."""
+        return f"jb-{job.array_id or job.id}"
 
     # -- what the engine calls ---------------------------------------------------------------
 
@@ -393,6 +420,52 @@ class BatchBackend(Backend):
             since = (job.started or job.queued or job.created).timestamp()
             return time.time() - since > self.options.accounting_delay
         return time.monotonic() - seen > self.options.accounting_delay
+
+    def locate(self, jobs: Sequence[Job]) -> Located:
+        """One queue listing and, where the scheduler keeps one, one accounting listing of
+        the jobs carrying these jobs' tags. Absence is certain only if both answered."""
+        if not jobs:
+            return Located({}, complete=True)
+        tags = sorted({self.tag(job) for job in jobs})
+        env = self.status_environment()
+        listing = self._run(self.locate_queue_command(tags), env=env, check=False)
+        natives = self._located(listing, self.parse_located)
+        complete = True
+        since = min(job.created for job in jobs) - _LOCATE_SLACK
+        command = self.locate_accounting_command(tags, since) if self.options.accounting else None
+        if command is not None:
+            try:
+                answer = self._run(command, env=env, check=False)
+                accounted = self._located(answer, self.parse_located_accounting)
+            except BackendError as error:
+                log.warning("%s: accounting could not be searched: %s", self.name, error)
+                accounted, complete = {}, False
+            for tag, ids in accounted.items():
+                natives[tag] = list(dict.fromkeys([*natives.get(tag, []), *ids]))
+        found = {}
+        for job in jobs:
+            ids = natives.get(self.tag(job), [])
+            if ids and job.array_index is not None:
+                ids = [member for native in ids for member in self.member_ids(native, [job])]
+            if ids:
+                found[job.id] = ids
+        return Located(found, complete=complete)
+
+    def _located(
+        self, result: CommandResult, parse: Callable[[str], dict[str, list[str]]]
+    ) -> dict[str, list[str]]:
+        if result.returncode != 0 and not self.empty_answer_is_fine(result):
+            raise BackendError(
+                f"{result.argv[0]} failed ({result.returncode}): {result.stderr.strip()}",
+                retryable=True,
+            )
+        try:
+            return parse(result.stdout)
+        except (ValueError, IndexError, KeyError) as error:
+            raise BackendError(
+                f"{self.scheduler}: unreadable answer from {result.argv[0]}: {error}",
+                retryable=True,
+            ) from error
 
     def cancel(self, job: Job) -> None:
         assert job.native_id is not None
