@@ -13,6 +13,8 @@ from jobbridge.backends.base import (
     Backend,
     BackendContext,
     BackendOptions,
+    Located,
+    Missing,
     NativeDependency,
     Stream,
 )
@@ -35,6 +37,13 @@ class FakeCluster:
     dependencies: dict[str, list[NativeDependency]] = field(default_factory=dict)
     fail_status: int = 0
     fail_submit: Exception | None = None
+    fail_after_submit: Exception | None = None
+    """Raised after the job was created: a submission whose answer got lost."""
+    vanished: set[str] = field(default_factory=set)
+    """Native ids that every source of the backend has forgotten."""
+    extra: dict[str, list[str]] = field(default_factory=dict)
+    """More native jobs carrying a jobbridge id's mark (duplicates)."""
+    fail_locate: bool = False
     counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
 
     def set(self, job: Job, phase: Phase, **fields: object) -> None:
@@ -75,6 +84,8 @@ class FakeBackend(Backend):
         native = str(next(self.cluster.counter))
         self.cluster.phases[native] = JobStatus(phase=Phase.QUEUED)
         self.cluster.by_job[job.id] = native
+        if self.cluster.fail_after_submit is not None:
+            raise self.cluster.fail_after_submit
         return native
 
     def submit_array(
@@ -88,16 +99,18 @@ class FakeBackend(Backend):
             self.cluster.by_job[job.id] = native
         return natives
 
-    def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
+    def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus | Missing]:
         self.cluster.status_calls += 1
         if self.cluster.fail_status > 0:
             self.cluster.fail_status -= 1
             raise BackendError("squeue: slurm_load_jobs error: Socket timed out", retryable=True)
-        return {
-            job.id: self.cluster.phases[job.native_id]
-            for job in jobs
-            if job.native_id in self.cluster.phases
-        }
+        answers: dict[str, JobStatus | Missing] = {}
+        for job in jobs:
+            if job.native_id in self.cluster.vanished:
+                answers[job.id] = Missing("nobody knows it")
+            elif job.native_id in self.cluster.phases:
+                answers[job.id] = self.cluster.phases[job.native_id]
+        return answers
 
     def cancel(self, job: Job) -> None:
         assert job.native_id is not None
@@ -109,8 +122,16 @@ class FakeBackend(Backend):
     ) -> bytes:
         return f"{stream} of {job.native_id}".encode()[offset:][:size]
 
-    def locate(self, job: Job) -> str | None:
-        return self.cluster.by_job.get(job.id)
+    def locate(self, jobs: Sequence[Job]) -> Located:
+        if self.cluster.fail_locate:
+            raise BackendError("squeue: cannot reach the controller", retryable=True)
+        found = {}
+        for job in jobs:
+            natives = [self.cluster.by_job[job.id]] if job.id in self.cluster.by_job else []
+            natives += self.cluster.extra.get(job.id, [])
+            if natives:
+                found[job.id] = natives
+        return Located(found, complete=True)
 
     def free(self, job: Job) -> None:
         self.cluster.freed.append(job.id)

@@ -25,7 +25,8 @@ from jobbridge import (
     UnknownBackendError,
 )
 from jobbridge.backends.base import NativeDependency
-from jobbridge.job import utcnow
+from jobbridge.errors import CommandTimeout, ConnectionLost
+from jobbridge.job import Handover, utcnow
 from tests.doubles import FakeBackend, FakeCluster
 
 SPEC = JobSpec(executable="simulate", arguments=["--steps", "10"])
@@ -304,7 +305,7 @@ def test_a_job_the_scheduler_says_can_never_run_is_cancelled_there(
         assert cluster.cancelled == [child.native_id]
 
 
-def test_cancelling_a_parent_ends_its_afterok_dependents_first(
+def test_cancelling_a_parent_ends_its_afterok_dependents_once_it_is_cancelled(
     db_url: str, cluster: FakeCluster
 ) -> None:
     with make_engine(db_url, cluster, native_dependencies=True) as engine:
@@ -312,7 +313,7 @@ def test_cancelling_a_parent_ends_its_afterok_dependents_first(
         strict = engine.submit(SPEC.replace(depends_on=[parent.id]))
         lenient = engine.submit(SPEC.replace(depends_on=[f"afterany:{parent.id}"]))
         engine.cancel(parent.id)
-        assert cluster.cancelled == [strict.native_id, parent.native_id]
+        assert cluster.cancelled == [parent.native_id, strict.native_id]
         child = engine.get(strict.id)
         assert (child.phase, child.detail) == (Phase.ABORTED, "DEPENDENCY_NEVER_SATISFIED")
         assert engine.get(lenient.id).phase is Phase.QUEUED
@@ -383,44 +384,54 @@ def test_a_refused_submission_ends_error_with_the_reason(
     assert "invalid partition" in (job.message or "")
 
 
-def test_a_retryable_submission_failure_is_retried(engine: Engine, cluster: FakeCluster) -> None:
-    cluster.fail_submit = BackendError("connection reset", retryable=True)
-    job = engine.submit(SPEC)
-    assert job.phase is Phase.QUEUED and not job.is_submitted
-    assert "will retry" in (job.message or "")
-    cluster.fail_submit = None
-    engine.refresh()
-    assert engine.get(job.id).is_submitted
-
-
-def test_an_interrupted_submission_is_found_or_ends_visibly(
+def test_a_passing_submission_failure_is_retried_after_a_pause(
     db_url: str, cluster: FakeCluster
 ) -> None:
-    settings = EngineSettings(submit_timeout=0.01)
+    settings = EngineSettings(retry_delay=0.2, max_backoff=1)
+    with make_engine(db_url, cluster, settings=settings) as engine:
+        cluster.fail_submit = BackendError("connection refused", retryable=True)
+        job = engine.submit(SPEC)
+        assert job.phase is Phase.QUEUED and not job.is_submitted
+        assert "will retry in 0.2 s" in (job.message or "")
+        cluster.fail_submit = None
+        engine.refresh()
+        assert not engine.get(job.id).is_submitted  # not before its pause is over
+        time.sleep(0.25)
+        engine.refresh()
+        assert engine.get(job.id).is_submitted
+        assert cluster.submit_calls == 2
+
+
+def test_a_submission_that_died_before_the_backend_heard_is_made_again(
+    db_url: str, cluster: FakeCluster
+) -> None:
+    settings = EngineSettings(claim_timeout=0.05)
     with make_engine(db_url, cluster, settings=settings) as engine:
         backend = engine.backend()
         assert isinstance(backend, FakeBackend)
 
-        def crash_after_submit(job: Job) -> None:
+        def crash_before_submit(job: Job) -> None:
             raise SystemExit("the submitting process died")
 
-        backend.on_submit.append(crash_after_submit)
+        backend.on_submit.append(crash_before_submit)
         with pytest.raises(SystemExit):
             engine.submit(SPEC)
         [ghost] = engine.store.find()
-        assert ghost.phase is Phase.QUEUED and not ghost.is_submitted
-    time.sleep(0.05)  # longer ago than submit_timeout
-    # another engine sees a submission that started long ago and never finished
+        assert ghost.handover is Handover.CLAIMED and not ghost.is_submitted
+    time.sleep(0.1)  # the claim's heartbeat is older than claim_timeout
     with make_engine(db_url, cluster, settings=settings) as engine:
         engine.refresh()
-        lost = engine.get(ghost.id)
-        assert (lost.phase, lost.detail) == (Phase.ERROR, "SUBMIT_INTERRUPTED")
+        found = engine.get(ghost.id)
+        assert found.is_submitted and found.phase is Phase.QUEUED
+        assert cluster.submit_calls == 2
+        details = [event.detail for event in engine.store.events(ghost.id)]
+        assert "RESUBMITTING" in details
 
 
-def test_an_interrupted_submission_the_backend_knows_carries_on(
+def test_a_submission_that_died_after_the_backend_took_it_is_adopted(
     db_url: str, cluster: FakeCluster
 ) -> None:
-    settings = EngineSettings(submit_timeout=0.01)
+    settings = EngineSettings(claim_timeout=0.05)
     with make_engine(db_url, cluster, settings=settings) as engine:
         backend = engine.backend()
         assert isinstance(backend, FakeBackend)
@@ -433,12 +444,145 @@ def test_an_interrupted_submission_the_backend_knows_carries_on(
         cluster.phases["4242"] = JobStatus(phase=Phase.EXECUTING)
         with pytest.raises(SystemExit):
             engine.submit(SPEC)
-    time.sleep(0.05)
+    time.sleep(0.1)
     with make_engine(db_url, cluster, settings=settings) as engine:
         engine.refresh()
         [job] = engine.store.find()
         assert job.native_id == "4242"
         assert job.phase is Phase.EXECUTING
+        assert cluster.submit_calls == 1
+
+
+def test_a_live_slow_submission_is_not_taken_from_its_process(
+    db_url: str, cluster: FakeCluster
+) -> None:
+    """The claim's heartbeat keeps a second engine from judging it dead, however slow."""
+    settings = EngineSettings(claim_timeout=0.2, refresh_interval=0.05)
+    with make_engine(db_url, cluster, settings=settings) as engine, make_engine(
+        db_url, cluster, settings=settings
+    ) as other:
+        backend = engine.backend()
+        assert isinstance(backend, FakeBackend)
+        backend.on_submit.append(lambda job: time.sleep(1.0))
+        other.start_background()
+        job = engine.submit(SPEC)
+        other.stop_background()
+        assert job.is_submitted and cluster.submit_calls == 1
+        assert engine.get(job.id).native_id == job.native_id
+
+
+def test_a_submission_without_answer_is_found_and_never_repeated(
+    engine: Engine, cluster: FakeCluster
+) -> None:
+    cluster.fail_after_submit = CommandTimeout(["sbatch"], 60)
+    job = engine.submit(SPEC)
+    assert (job.phase, job.handover) == (Phase.QUEUED, Handover.UNCERTAIN)
+    assert "outcome unknown" in (job.message or "")
+    cluster.fail_after_submit = None
+    engine.refresh()
+    found = engine.get(job.id)
+    assert found.native_id == cluster.by_job[job.id]
+    assert cluster.submit_calls == 1
+    assert "ADOPTED" in [event.detail for event in engine.store.events(job.id)]
+
+
+def test_duplicates_found_with_an_uncertain_submission_are_cancelled(
+    engine: Engine, cluster: FakeCluster
+) -> None:
+    cluster.fail_after_submit = ConnectionLost("the master connection died")
+    job = engine.submit(SPEC)
+    cluster.fail_after_submit = None
+    native = cluster.by_job[job.id]
+    cluster.extra[job.id] = ["99999"]
+    cluster.phases["99999"] = JobStatus(phase=Phase.QUEUED)
+    engine.refresh()
+    assert engine.get(job.id).native_id == native
+    assert cluster.cancelled == ["99999"]
+
+
+def test_a_failed_search_decides_nothing(engine: Engine, cluster: FakeCluster) -> None:
+    cluster.fail_after_submit = CommandTimeout(["sbatch"], 60)
+    job = engine.submit(SPEC)
+    cluster.fail_after_submit = None
+    del cluster.by_job[job.id]  # as if the backend did not have it
+    cluster.fail_locate = True
+    engine.refresh()
+    assert engine.get(job.id).handover is Handover.UNCERTAIN
+    assert cluster.submit_calls == 1
+
+
+def test_unknown_outcomes_end_the_job_after_the_bounded_attempts(
+    db_url: str, cluster: FakeCluster
+) -> None:
+    settings = EngineSettings(max_submit_attempts=2)
+    with make_engine(db_url, cluster, settings=settings) as engine:
+        cluster.fail_submit = CommandTimeout(["sbatch"], 60)
+        job = engine.submit(SPEC)
+        for _ in range(3):
+            engine.refresh()
+        ended = engine.get(job.id)
+        assert (ended.phase, ended.detail) == (Phase.ERROR, "SUBMIT_FAILED")
+        assert cluster.submit_calls == 2
+        assert "2 submissions had no answer" in (ended.message or "")
+
+
+def test_a_cancel_during_an_uncertain_submission_cancels_what_it_made(
+    engine: Engine, cluster: FakeCluster
+) -> None:
+    cluster.fail_after_submit = CommandTimeout(["sbatch"], 60)
+    job = engine.submit(SPEC)
+    cluster.fail_after_submit = None
+    assert engine.cancel(job.id).phase is Phase.ABORTED
+    engine.refresh()
+    assert cluster.cancelled == [cluster.by_job[job.id]]
+    assert engine.get(job.id).handover is Handover.SUBMITTED
+
+
+def test_a_vanished_job_is_lost_only_after_misses_and_grace(
+    db_url: str, cluster: FakeCluster
+) -> None:
+    with make_engine(db_url, cluster, lost_after=0.3, lost_after_misses=3) as engine:
+        job = engine.submit(SPEC)
+        cluster.vanished.add(job.native_id or "")
+        for _ in range(3):
+            engine.refresh(force=True)
+        missing = engine.get(job.id)
+        assert missing.phase is Phase.QUEUED and missing.misses == 3  # not long enough yet
+    time.sleep(0.35)
+    with make_engine(db_url, cluster, lost_after=0.3, lost_after_misses=3) as engine:
+        engine.refresh(force=True)  # a fresh process counts from the stored first miss
+        lost = engine.get(job.id)
+        assert (lost.phase, lost.detail) == (Phase.ERROR, "LOST")
+        assert cluster.cancelled == [job.native_id]  # in case it lives on somewhere
+
+
+def test_a_job_found_again_starts_its_misses_over(engine: Engine, cluster: FakeCluster) -> None:
+    job = engine.submit(SPEC)
+    cluster.vanished.add(job.native_id or "")
+    engine.refresh(force=True)
+    assert engine.get(job.id).misses == 1
+    cluster.vanished.clear()
+    engine.refresh(force=True)
+    again = engine.get(job.id)
+    assert (again.misses, again.missing_since) == (0, None)
+
+
+def test_dependents_stay_while_a_parent_cannot_be_cancelled(
+    engine: Engine, cluster: FakeCluster
+) -> None:
+    parent = engine.submit(SPEC)
+    child = engine.submit(SPEC.replace(depends_on=[parent.id]))
+    backend = engine.backend()
+    assert isinstance(backend, FakeBackend)
+
+    def refuse(job: Job) -> None:
+        raise BackendError("scancel: cannot reach the controller", retryable=True)
+
+    backend.cancel = refuse  # type: ignore[method-assign]
+    with pytest.raises(BackendError):
+        engine.cancel(parent.id)
+    assert engine.get(child.id).phase is Phase.QUEUED
+    assert engine.get(parent.id).phase is Phase.QUEUED
 
 
 def test_a_new_engine_picks_up_every_active_job(db_url: str, cluster: FakeCluster) -> None:

@@ -9,6 +9,8 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
+from jobbridge.claims import new_token
 import sqlalchemy as sa
 
 from jobbridge import Job, JobNotFoundError, JobSpec, Phase, Store
@@ -112,7 +114,7 @@ def test_only_one_caller_claims_a_job(store: Store) -> None:
 
     def claim() -> None:
         barrier.wait()
-        wins.append(store.claim_for_submission(job.id))
+        wins.append(store.claim(job.id, new_token()))
 
     threads = [threading.Thread(target=claim) for _ in range(8)]
     for thread in threads:
@@ -130,7 +132,7 @@ def test_in_flight_counts_submitted_and_claimed_active_jobs(store: Store) -> Non
         make_job(Phase.COMPLETED, native_id="2"),
     )
     store.add([waiting, claimed, running, done])
-    store.claim_for_submission(claimed.id)
+    store.claim(claimed.id, new_token())
     assert store.count_in_flight("local") == 2
 
 

@@ -54,7 +54,9 @@ class EngineSettings(BaseModel):
         " did not know, before the job ends SUBMIT_FAILED",
     )
     retry_delay: float = Field(
-        2.0, gt=0, description="first pause before a submission that failed for a passing"
+        2.0,
+        gt=0,
+        description="first pause before a submission that failed for a passing"
         " reason is tried again; it doubles up to max_backoff",
     )
 

@@ -1,18 +1,31 @@
 """Handing waiting jobs to their backends, once their dependencies and the backends'
-limits allow. A job is claimed in the store first, so that of several engines sharing a
-store only one hands it over."""
+limits allow, exactly once.
+
+A job is claimed in the store under a fencing token before its backend sees it, and the
+claim is kept alive by a heartbeat while the submission runs; only the holder of a live
+claim may record the native id. A submission that brings back no answer (a timeout, a
+broken connection, a killed process) leaves the job UNCERTAIN: it is never retried blindly.
+``resolve`` then searches the backend for the job's mark: a native job found is adopted (and
+any duplicate cancelled); one that the backend certainly does not know after its delay is
+submitted again, a bounded number of times. Only a definite refusal ends a job
+SUBMIT_FAILED; passing failures are retried with back-off.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any, Protocol
 
 from jobbridge.backends.base import Backend, NativeDependency
+from jobbridge.claims import ClaimKeeper, new_token
+from jobbridge.config import EngineSettings
 from jobbridge.dependencies import NEVER, Readiness, Verdict, judge
-from jobbridge.errors import JobbridgeError, JobNotFoundError
+from jobbridge.errors import JobNotFoundError, SubmitOutcome, submit_outcome
 from jobbridge.hooks import Hooks
-from jobbridge.job import Job, JobStatus, utcnow
+from jobbridge.job import Handover, Job, JobStatus, utcnow
 from jobbridge.phase import Phase
 from jobbridge.store import Store
 
@@ -22,15 +35,30 @@ log = logging.getLogger(__name__)
 
 _UNLIMITED = 1_000_000_000
 
-Mover = Callable[[Job, Phase, JobStatus], "Job | None"]
-"""Applies a phase change the way the engine does (events, hooks, follow-ups)."""
+
+class Mover(Protocol):
+    """Applies a phase change the way the engine does (events, hooks, follow-ups); with a
+    ``token``, only while the job is still claimed under it. ``fields`` are stored too."""
+
+    def __call__(
+        self, job: Job, new: Phase, news: JobStatus, *, token: str | None = None, **fields: Any
+    ) -> Job | None: ...
+
+
+_RELEASED: dict[str, Any] = {
+    "handover": Handover.WAITING.value,
+    "claim_token": None,
+    "submitting_since": None,
+}
 
 
 class Dispatcher:
-    def __init__(self, store: Store, hooks: Hooks, move: Mover) -> None:
+    def __init__(self, store: Store, hooks: Hooks, move: Mover, settings: EngineSettings) -> None:
         self.store = store
         self.hooks = hooks
+        self.settings = settings
         self._move = move
+        self._keeper = ClaimKeeper(store, settings.claim_timeout / 4)
 
     def add(self, backend: Backend, jobs: list[Job]) -> list[Job]:
         """Record new QUEUED jobs and hand over those that may run at once. They are recorded
@@ -38,8 +66,11 @@ class Dispatcher:
         verdict = self._verdict(backend, jobs[0])
         ready = verdict.readiness is Readiness.READY
         go_now = self._fitting(backend, jobs) if ready else []
-        self.store.add(jobs, claimed=[job.id for job in go_now])
-        handed = {job.id: job for job in self._submit_claimed(backend, go_now, verdict.native)}
+        token = new_token()
+        self.store.add(jobs, claimed=[job.id for job in go_now], token=token)
+        handed = {
+            job.id: job for job in self._submit_claimed(backend, go_now, token, verdict.native)
+        }
         later = [job for job in jobs if job.id not in handed]
         handed.update((job.id, job) for job in self.hand_over(backend, later))
         return [handed.get(job.id, job) for job in jobs]
@@ -83,8 +114,9 @@ class Dispatcher:
         self, backend: Backend, group: list[Job], native: Sequence[NativeDependency]
     ) -> list[Job]:
         fitting = self._fitting(backend, group)
-        claimed = [job for job in fitting if self.store.claim_for_submission(job.id)]
-        fresh = {job.id: job for job in self._submit_claimed(backend, claimed, native)}
+        token = new_token()
+        claimed = [job for job in fitting if self.store.claim(job.id, token)]
+        fresh = {job.id: job for job in self._submit_claimed(backend, claimed, token, native)}
         return [fresh.get(job.id, job) for job in group]
 
     def _fitting(self, backend: Backend, group: list[Job]) -> list[Job]:
@@ -95,16 +127,6 @@ class Dispatcher:
             return group
         return group[: min(room, self._room_in_array(backend, group[0]))]
 
-    def _submit_claimed(
-        self, backend: Backend, claimed: list[Job], native: Sequence[NativeDependency] = ()
-    ) -> list[Job]:
-        """Hand over jobs this engine holds the claim on; a whole array in one go if it can."""
-        if not claimed:
-            return []
-        if _whole_native_array(backend, claimed):
-            return self._submit_array(backend, claimed, native)
-        return [self._submit_one(backend, job, native) for job in claimed]
-
     def _room(self, backend: Backend, job: Job) -> int:
         limits = []
         options = backend.options
@@ -113,7 +135,9 @@ class Dispatcher:
             limits.append(options.max_jobs_in_flight - in_flight)
         if options.max_cores_in_flight is not None:
             busy = sum(
-                j.spec.resources.cores for j in self.store.active(backend.name) if j.is_submitted
+                j.spec.resources.cores
+                for j in self.store.active(backend.name)
+                if j.handover is not Handover.WAITING
             )
             limits.append((options.max_cores_in_flight - busy) // job.spec.resources.cores)
         return max(0, min(limits)) if limits else _UNLIMITED
@@ -126,50 +150,191 @@ class Dispatcher:
         in_flight = self.store.count_in_flight(backend.name, job.array_id)
         return max(0, array.max_concurrent - in_flight)
 
+    # -- submitting claimed jobs ------------------------------------------------------------
+
+    def _submit_claimed(
+        self,
+        backend: Backend,
+        claimed: list[Job],
+        token: str,
+        native: Sequence[NativeDependency] = (),
+    ) -> list[Job]:
+        """Hand over jobs claimed under ``token``; a whole array in one go if it can."""
+        if not claimed:
+            return []
+        with self._keeper.holding(token, [job.id for job in claimed]):
+            if _whole_native_array(backend, claimed):
+                return self._submit_array(backend, claimed, token, native)
+            return [self._submit_one(backend, job, token, native) for job in claimed]
+
     def _submit_one(
-        self, backend: Backend, job: Job, native: Sequence[NativeDependency] = ()
+        self, backend: Backend, job: Job, token: str, native: Sequence[NativeDependency]
     ) -> Job:
-        """Submit a job this engine holds the claim on."""
         self.hooks.run_before_submit(job)
         try:
             native_id = backend.submit(job, native)
         except Exception as error:
-            return self._submission_failed(job, error)
-        return self.submitted(backend, job, native_id)
+            return self._not_submitted(backend, job, token, error)
+        return self._submitted(backend, job, token, native_id)
 
     def _submit_array(
-        self, backend: Backend, members: list[Job], native: Sequence[NativeDependency]
+        self,
+        backend: Backend,
+        members: list[Job],
+        token: str,
+        native: Sequence[NativeDependency],
     ) -> list[Job]:
         for job in members:
             self.hooks.run_before_submit(job)
         try:
             native_ids = backend.submit_array(members, native)
         except Exception as error:
-            return [self._submission_failed(job, error) for job in members]
+            return [self._not_submitted(backend, job, token, error) for job in members]
         return [
-            self.submitted(backend, job, native)
-            for job, native in zip(members, native_ids, strict=True)
+            self._submitted(backend, job, token, native_id)
+            for job, native_id in zip(members, native_ids, strict=True)
         ]
 
-    def submitted(self, backend: Backend, job: Job, native_id: str) -> Job:
-        job = self.store.update(job.id, native_id=native_id, submitting_since=None)
-        self.hooks.run_after_submit(job)
-        if job.phase is Phase.ABORTED:  # cancelled while it was being handed over
-            self.cancel_quietly(backend, job)
-        return job
+    def _submitted(self, backend: Backend, job: Job, token: str, native_id: str) -> Job:
+        done = self.store.finish_claim(job.id, token, native_id)
+        if done is None:
+            return self._late_answer(backend, job, native_id)
+        self.hooks.run_after_submit(done)
+        if done.phase.is_final:  # cancelled while it was being handed over
+            self._cancel_native(backend, done, native_id, "it ended while being handed over")
+        return done
 
-    def _submission_failed(self, job: Job, error: Exception) -> Job:
-        if isinstance(error, JobbridgeError) and error.retryable:
-            log.warning("submitting job %s failed, will retry: %s", job.id, error)
-            return self.store.update(
-                job.id, submitting_since=None, message=f"submission failed, will retry: {error}"
+    def _late_answer(self, backend: Backend, job: Job, native_id: str) -> Job:
+        """A submission answered after its claim was judged dead. Adopt its native job if
+        the job still has none and nobody else is submitting it; else cancel it."""
+        try:
+            current = self.store.get(job.id)
+        except JobNotFoundError:
+            self._cancel_native(backend, job, native_id, "the job was deleted meanwhile")
+            return job
+        if current.native_id == native_id:
+            return current
+        adopted = None
+        if current.native_id is None and current.handover is not Handover.CLAIMED:
+            adopted = self.store.adopt(job.id, native_id)
+        if adopted is None:
+            self._cancel_native(
+                backend, current, native_id, "it answered too late: the job was handed over anew"
             )
-        if not isinstance(error, JobbridgeError):
-            log.error("submitting job %s failed unexpectedly", job.id, exc_info=error)
+            return self.store.get(job.id)
+        self._note(adopted, "ADOPTED", f"a late answer brought native job {native_id}")
+        self.hooks.run_after_submit(adopted)
+        if adopted.phase.is_final:
+            self._cancel_native(backend, adopted, native_id, "the job had ended meanwhile")
+        return adopted
+
+    def _not_submitted(self, backend: Backend, job: Job, token: str, error: Exception) -> Job:
+        outcome = submit_outcome(error)
+        if outcome is SubmitOutcome.UNKNOWN:
+            return self._uncertain(backend, job, token, error)
+        if outcome is SubmitOutcome.NOT_MADE:
+            return self._retry_later(backend, job, token, error)
+        log.warning("%s refused job %s: %s", backend.name, job.id, error)
         status = JobStatus(phase=Phase.ERROR, detail="SUBMIT_FAILED", message=str(error))
-        return self._move(
-            self.store.update(job.id, submitting_since=None), Phase.ERROR, status
-        ) or (self.store.get(job.id))
+        moved = self._move(job, Phase.ERROR, status, token=token, **_RELEASED)
+        if moved is None:  # cancelled meanwhile: give the claim back, nothing was created
+            self.store.retry_later(job.id, utcnow(), f"submission refused: {error}", token=token)
+        return moved or self.store.get(job.id)
+
+    def _uncertain(self, backend: Backend, job: Job, token: str, error: Exception) -> Job:
+        log.warning(
+            "job %s: submission to %s has an unknown outcome: %s", job.id, backend.name, error
+        )
+        message = f"submission outcome unknown ({error}); looking for it on {backend.name}"
+        judged = utcnow() + timedelta(seconds=backend.search_delay)
+        done = self.store.make_uncertain(job.id, token, judged, message)
+        if done is None:
+            return self.store.get(job.id)
+        self._note(done, "SUBMISSION_UNCERTAIN", message)
+        return done
+
+    def _retry_later(self, backend: Backend, job: Job, token: str, error: Exception) -> Job:
+        pause = min(
+            self.settings.max_backoff,
+            self.settings.retry_delay * 2 ** max(0, job.attempts - 1),
+        )
+        message = f"submission failed for a passing reason, will retry in {pause:g} s: {error}"
+        log.warning("job %s on %s: %s", job.id, backend.name, message)
+        done = self.store.retry_later(
+            job.id, utcnow() + timedelta(seconds=pause), message, token=token
+        )
+        return done or self.store.get(job.id)
+
+    # -- resolving submissions of unknown outcome ----------------------------------------
+
+    def resolve(self, backend: Backend) -> None:
+        """Judge dead claims uncertain, then search the backend for every uncertain
+        submission in one go: adopt what it has; resubmit what it certainly lacks."""
+        now = utcnow()
+        self.store.expire_claims(
+            backend.name,
+            before=now - timedelta(seconds=self.settings.claim_timeout),
+            not_before=now + timedelta(seconds=backend.search_delay),
+        )
+        pending = self.store.uncertain(backend.name)
+        if not pending:
+            return
+        try:
+            located = backend.locate([job for job, _ in pending])
+        except Exception as error:
+            log.warning(
+                "searching %s for %d submissions failed: %s", backend.name, len(pending), error
+            )
+            return
+        for job, judged in pending:
+            found = located.found.get(job.id)
+            if found:
+                self._adopt(backend, job, found)
+            elif located.complete and (judged is None or judged <= now):
+                self._absent(job)
+
+    def _adopt(self, backend: Backend, job: Job, found: list[str]) -> None:
+        keep, *duplicates = sorted(found, key=_submission_order)
+        adopted = self.store.adopt(job.id, keep)
+        if adopted is None:
+            return
+        log.info("job %s: its submission had reached %s as %s", job.id, backend.name, keep)
+        self._note(adopted, "ADOPTED", f"the backend had it as native job {keep}")
+        self.hooks.run_after_submit(adopted)
+        if adopted.phase.is_final:
+            self._cancel_native(backend, adopted, keep, "the job had ended meanwhile")
+        for native_id in duplicates:
+            self._cancel_native(backend, adopted, native_id, f"a duplicate of {keep}")
+
+    def _absent(self, job: Job) -> None:
+        if job.phase.is_final:
+            self.store.settle_unsubmitted(job.id)
+            return
+        if job.attempts >= self.settings.max_submit_attempts:
+            status = JobStatus(
+                phase=Phase.ERROR,
+                detail="SUBMIT_FAILED",
+                message=f"{job.attempts} submissions had no answer and the backend received"
+                " none of them",
+            )
+            self._move(job, Phase.ERROR, status, **_RELEASED, not_before=None)
+            return
+        message = "the backend never received its submission; submitting again"
+        done = self.store.retry_later(job.id, utcnow(), message)
+        if done is not None:
+            self._note(done, "RESUBMITTING", message)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _cancel_native(self, backend: Backend, job: Job, native_id: str, why: str) -> None:
+        target = job.model_copy(update={"native_id": native_id})
+        log.warning("job %s: cancelling native job %s: %s", job.id, native_id, why)
+        self.cancel_quietly(backend, target)
+        self._note(job, "NATIVE_CANCELLED", f"native job {native_id} cancelled: {why}")
+
+    def _note(self, job: Job, detail: str, message: str) -> None:
+        with contextlib.suppress(JobNotFoundError):
+            self.store.note(job.id, job.phase, detail, message)
 
     def cancel_quietly(self, backend: Backend, job: Job) -> None:
         try:
@@ -177,21 +342,10 @@ class Dispatcher:
         except Exception:
             log.warning("could not cancel job %s on %s", job.id, backend.name, exc_info=True)
 
-    def recover_interrupted(self, backends: Mapping[str, Backend], submit_timeout: float) -> None:
-        before = utcnow() - timedelta(seconds=submit_timeout)
-        for job in self.store.interrupted_submissions(before):
-            backend = backends.get(job.backend)
-            native_id = backend.locate(job) if backend else None
-            if native_id is not None:
-                log.info("job %s was submitted before an interruption; found it", job.id)
-                self.submitted(backend, job, native_id)  # type: ignore[arg-type]
-                continue
-            status = JobStatus(
-                phase=Phase.ERROR,
-                detail="SUBMIT_INTERRUPTED",
-                message="the submission was interrupted and the backend does not know the job",
-            )
-            self._move(self.store.update(job.id, submitting_since=None), Phase.ERROR, status)
+
+def _submission_order(native_id: str) -> tuple[int, str]:
+    """Earlier submissions first, where the scheduler numbers its jobs."""
+    return len(native_id), native_id
 
 
 def _array_groups(jobs: Sequence[Job]) -> list[list[Job]]:

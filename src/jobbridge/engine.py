@@ -1,10 +1,13 @@
 """The coordinator: persists, submits, refreshes, cancels, waits, fires hooks, recovers.
 
-Every job is written to the store before any backend sees it. Each refresh cycle hands
-waiting jobs over (dependencies met, room under the backend's limits) and asks every backend
-about all its active jobs in one batched query, no more often than the backend allows. A
-failed query never ends a job: after repeated failures the jobs show UNKNOWN until the
-backend answers again. A new engine on the same store carries on where another stopped.
+Every job is written to the store before any backend sees it. Each refresh cycle, for each
+backend on its own, resolves submissions of unknown outcome, hands waiting jobs over
+(dependencies met, room under the backend's limits) and asks the backend about all its
+active jobs in one batched query, no more often than the backend allows. A failed query never
+ends a job: after repeated failures the jobs show UNKNOWN until the backend answers again.
+Running in the background, every backend has a thread of its own, so that a slow or dead
+cluster delays no other; stage-out and hooks run off the polling path. A new engine on the
+same store carries on where another stopped.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -65,12 +69,17 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.default_backend = default_backend
         self.hooks = hooks or Hooks()
-        self._dispatch = Dispatcher(store, self.hooks, self._move)
+        self._dispatch = Dispatcher(store, self.hooks, self._move, self.settings)
         self._poller = Poller(store, self.settings, self._move)
-        self._refresh_lock = threading.Lock()
+        self._backend_locks = {name: threading.Lock() for name in self.backends}
+        self._destroy_lock = threading.Lock()
         self._changed = threading.Condition()
         self._stopping = threading.Event()
-        self._loop: threading.Thread | None = None
+        self._loops: list[threading.Thread] = []
+        self._hook_runner: ThreadPoolExecutor | None = None
+        self._stager: ThreadPoolExecutor | None = None
+        self._staging: set[str] = set()
+        self._staging_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: Config | None = None, **kwargs: Any) -> Engine:
@@ -214,39 +223,48 @@ class Engine:
     # -- refreshing -----------------------------------------------------------------------------
 
     def refresh(self, *, force: bool = False, hand_over: bool = True) -> None:
-        """One cycle: recover, hand over waiting jobs, ask each due backend about its jobs
-        (``force``: every backend, whatever its minimum interval or back-off). Without
+        """One cycle: for each backend, resolve, hand over waiting jobs and ask about its
+        jobs if due (``force``: whatever its minimum interval or back-off). Without
         ``hand_over`` it only asks: nothing is submitted, resubmitted or destroyed (what
         read-only commands do)."""
-        if not hand_over:
-            for backend in self.backends.values():
-                self._poller.poll(backend, force=force)
-            return
-        with self._refresh_lock:
+        if hand_over:
             self._destroy_expired()
-            self._dispatch.recover_interrupted(self.backends, self.settings.claim_timeout)
-            for backend in self.backends.values():
-                waiting = self.store.find(
-                    phases=[Phase.QUEUED], backend=backend.name, submitted=False, newest_first=False
-                )
+        for backend in self.backends.values():
+            self.refresh_backend(backend, force=force, hand_over=hand_over)
+
+    def refresh_backend(
+        self, backend: Backend, *, force: bool = False, hand_over: bool = True
+    ) -> None:
+        """One cycle for one backend; cycles of different backends never wait for each other."""
+        with self._backend_locks.setdefault(backend.name, threading.Lock()):
+            if hand_over:
+                self._dispatch.resolve(backend)
+                waiting = self.store.waiting(backend.name, utcnow())
                 if waiting:
                     self._dispatch.hand_over(backend, waiting)
-            for backend in self.backends.values():
-                self._poller.poll(backend, force=force)
+            self._poller.poll(backend, force=force)
 
-    def _move(self, job: Job, new: Phase, news: JobStatus) -> Job | None:
+    def _move(
+        self, job: Job, new: Phase, news: JobStatus, *, token: str | None = None, **extra: Any
+    ) -> Job | None:
         """Apply what a backend (or jobbridge itself) said, if it moves the job forward."""
         if new is job.phase:
             if new is Phase.EXECUTING and job.started is None and news.started is not None:
                 return self.store.update(job.id, started=news.started)
+            if news.detail != job.detail and new is Phase.SUSPENDED:
+                return self.store.update(job.id, detail=news.detail, message=news.message)
             return None
         if not job.phase.can_move_to(new) or _backwards_from_unknown(job, new):
             log.debug("job %s: ignoring %s -> %s", job.id, job.phase, new)
             return None
+        if new.is_final and news.stop_native and job.is_submitted:
+            # jobbridge ends it, not the scheduler: its native job must not run on untracked
+            self._dispatch.cancel_quietly(self.backend(job.backend), job)
         fields: dict[str, Any] = {
             "detail": news.detail,
             "message": news.message,
             "exit_code": news.exit_code,
+            **extra,
         }
         now = utcnow()
         if new in (Phase.EXECUTING, Phase.SUSPENDED) or new.is_final:
@@ -256,15 +274,16 @@ class Engine:
             fields["started"] = started
         if new.is_final:
             fields["ended"] = news.ended or now
-        moved = self.store.move(job.id, job.phase, new, time=now, **fields)
+        moved = self.store.move(job.id, job.phase, new, time=now, token=token, **fields)
         if moved is None:
             return None
         if news.detail == "DEPENDENCY_NEVER_SATISFIED" and moved.is_submitted:
             # the scheduler would keep it pending for ever
             self._dispatch.cancel_quietly(self.backend(moved.backend), moved)
         if new.is_final and moved.spec.stage_out and moved.is_submitted:
-            moved = self._stage_out(moved)
-        self._announce(moved, job.phase)
+            self._offload_stage_out(moved, job.phase)
+        else:
+            self._announce(moved, job.phase)
         if new.is_final:
             self._settle_dependents(moved.id, new)
         return moved
@@ -283,15 +302,39 @@ class Engine:
             self._move(child, Phase.ABORTED, never)  # which takes it off its backend
 
     def _destroy_expired(self) -> None:
-        for job in self.store.expired(utcnow()):
+        with self._destroy_lock:
+            for job in self.store.expired(utcnow()):
+                self._destroy(job)
+
+    def _destroy(self, job: Job) -> None:
+        try:
+            self.delete(job.id, force=True)
+        except JobNotFoundError:
+            return  # another engine destroyed it first
+        except JobbridgeError as error:
+            log.warning("could not destroy job %s: %s", job.id, error)
+        else:
+            log.info("job %s destroyed: its destruction time had come", job.id)
+
+    def _offload_stage_out(self, job: Job, old: Phase) -> None:
+        """Bring outputs back, then announce the ending: in a worker of its own when the
+        engine runs in the background, so that polling never waits for a transfer."""
+        if self._stager is None:
+            self._announce(self._stage_out(job), old)
+            return
+        with self._staging_lock:
+            if job.id in self._staging:
+                return
+            self._staging.add(job.id)
+
+        def work() -> None:
             try:
-                self.delete(job.id, force=True)
-            except JobNotFoundError:
-                continue  # another engine destroyed it first
-            except JobbridgeError as error:
-                log.warning("could not destroy job %s: %s", job.id, error)
-            else:
-                log.info("job %s destroyed: its destruction time had come", job.id)
+                self._announce(self._stage_out(job), old)
+            finally:
+                with self._staging_lock:
+                    self._staging.discard(job.id)
+
+        self._stager.submit(work)
 
     def _stage_out(self, job: Job) -> Job:
         """Bring the job's declared outputs back; a failure is recorded, the phase stays."""
@@ -308,9 +351,12 @@ class Engine:
         return job
 
     def _announce(self, job: Job, old: Phase) -> None:
-        self.hooks.run_phase_change(job, old)
         with self._changed:
             self._changed.notify_all()
+        if self._hook_runner is None:
+            self.hooks.run_phase_change(job, old)
+        else:  # in order, and never on a polling thread
+            self._hook_runner.submit(self.hooks.run_phase_change, job, old)
 
     # -- acting on jobs -------------------------------------------------------------------------
 
@@ -318,13 +364,15 @@ class Engine:
         return self.store.get(job_id)
 
     def cancel(self, job_id: str) -> Job:
-        """Stop a job wherever it is; it ends ABORTED."""
+        """Stop a job wherever it is; it ends ABORTED. Its dependents are settled only once
+        the backend has taken the cancel. A job that has ended already is refused, after
+        making sure that a native job jobbridge gave up on is not left running."""
         for _ in range(5):
             job = self.store.get(job_id)
             if job.phase.is_final:
+                if job.is_submitted and job.detail in _ENDED_BY_JOBBRIDGE:
+                    self._dispatch.cancel_quietly(self.backend(job.backend), job)
                 raise JobStateError(f"job {job_id} has already ended ({job.phase})")
-            # before the backend hears of it: some release dependents when a parent goes
-            self._settle_dependents(job_id, Phase.ABORTED)
             if job.is_submitted:
                 self.backend(job.backend).cancel(job)
             aborted = JobStatus(phase=Phase.ABORTED, detail="CANCELLED", message="cancelled")
@@ -455,32 +503,57 @@ class Engine:
 
     @property
     def running(self) -> bool:
-        return self._loop is not None and self._loop.is_alive()
+        return any(loop.is_alive() for loop in self._loops)
 
     def start_background(self) -> None:
-        """Refresh in a thread of its own until ``stop_background`` (used by the service)."""
+        """Refresh in threads of their own, one per backend, until ``stop_background``
+        (used by the service). Hooks and stage-out then run in workers of their own."""
         if self.running:
             return
         self._stopping.clear()
-        self._loop = threading.Thread(target=self._run, name="jobbridge-engine", daemon=True)
-        self._loop.start()
+        self._hook_runner = ThreadPoolExecutor(1, thread_name_prefix="jobbridge-hooks")
+        self._stager = ThreadPoolExecutor(2, thread_name_prefix="jobbridge-stage-out")
+        self._loops = [
+            threading.Thread(
+                target=self._run_backend, args=(backend,), name=f"jobbridge-{name}", daemon=True
+            )
+            for name, backend in self.backends.items()
+        ]
+        self._loops.append(
+            threading.Thread(target=self._run_destroyer, name="jobbridge-destroy", daemon=True)
+        )
+        for loop in self._loops:
+            loop.start()
 
     def stop_background(self) -> None:
         self._stopping.set()
-        if self._loop is not None:
-            self._loop.join()
-            self._loop = None
+        for loop in self._loops:
+            loop.join()
+        self._loops = []
+        for pool in (self._stager, self._hook_runner):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._stager = self._hook_runner = None
 
-    def _run(self) -> None:
-        tick = self._pause_for([])
-        intervals = [b.options.min_refresh_interval for b in self.backends.values()]
-        tick = max(_LOOP_TICK_FLOOR, min([tick, *intervals]))
+    def _run_backend(self, backend: Backend) -> None:
+        tick = max(
+            _LOOP_TICK_FLOOR,
+            min(self.settings.refresh_interval, backend.options.min_refresh_interval),
+        )
         while not self._stopping.is_set():
             try:
-                self.refresh()
+                self.refresh_backend(backend)
             except Exception:
-                log.exception("refresh cycle failed")
+                log.exception("refresh cycle of %s failed", backend.name)
             self._stopping.wait(tick)
+
+    def _run_destroyer(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._destroy_expired()
+            except Exception:
+                log.exception("destroying expired jobs failed")
+            self._stopping.wait(self.settings.refresh_interval)
 
     def close(self) -> None:
         self.stop_background()
@@ -493,6 +566,10 @@ class Engine:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+_ENDED_BY_JOBBRIDGE = frozenset({"LOST", "DEPENDENCY_NEVER_SATISFIED", "STATUS_UNAVAILABLE"})
+"""Details of endings that jobbridge decided rather than the scheduler reported."""
 
 
 def _backwards_from_unknown(job: Job, new: Phase) -> bool:

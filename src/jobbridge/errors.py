@@ -10,6 +10,7 @@
     ├── InvalidTransitionError    a phase change that would move a job backwards
     ├── JobStateError             an action that the job's phase does not allow
     ├── BackendError              a backend could not do what was asked
+    │   └── SubmissionError       a submission without a native id, and what is known of it
     └── TransportError            a command or file transfer failed
         ├── CommandFailed         the command ran and exited non-zero
         ├── CommandTimeout        the command did not finish in time
@@ -24,6 +25,7 @@ that repeating it could do it twice).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from enum import Enum
 
 
 class JobbridgeError(Exception):
@@ -79,6 +81,38 @@ class BackendError(JobbridgeError):
     def __init__(self, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+class SubmitOutcome(Enum):
+    """What a submission that brought back no native id did on the backend."""
+
+    REFUSED = "refused"
+    """The scheduler said no for good (a bad option, an invalid account): trying again
+    cannot help."""
+    NOT_MADE = "not made"
+    """Nothing reached the scheduler, or it said no for a passing reason (controller down,
+    disk full): trying again later may help."""
+    UNKNOWN = "unknown"
+    """It may have created a native job: look for it before doing anything else."""
+
+
+class SubmissionError(BackendError):
+    def __init__(self, message: str, outcome: SubmitOutcome) -> None:
+        super().__init__(message, retryable=outcome is not SubmitOutcome.REFUSED)
+        self.outcome = outcome
+
+
+def submit_outcome(error: BaseException) -> SubmitOutcome:
+    """What a failed submission may have done, judged from how it failed."""
+    if isinstance(error, SubmissionError):
+        return error.outcome
+    if isinstance(error, TransportError) and error.may_have_run:
+        return SubmitOutcome.UNKNOWN
+    if isinstance(error, JobbridgeError):
+        return SubmitOutcome.NOT_MADE if error.retryable else SubmitOutcome.REFUSED
+    if isinstance(error, OSError):  # a full disk, say, before anything was sent
+        return SubmitOutcome.NOT_MADE
+    return SubmitOutcome.UNKNOWN
 
 
 class TransportError(JobbridgeError):

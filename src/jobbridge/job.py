@@ -4,17 +4,32 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from jobbridge.phase import Phase
 from jobbridge.spec import JobSpec
 
-__all__ = ["Event", "Job", "JobStatus", "new_job_id", "utcnow"]
+__all__ = ["Event", "Handover", "Job", "JobStatus", "new_job_id", "utcnow"]
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class Handover(StrEnum):
+    """Where handing a job to its backend stands. Only a SUBMITTED job has a native id."""
+
+    WAITING = "WAITING"
+    """Not handed over (yet): dependencies, limits, a retry after a passing failure."""
+    CLAIMED = "CLAIMED"
+    """A live process is submitting it; it keeps the claim's heartbeat fresh."""
+    UNCERTAIN = "UNCERTAIN"
+    """A submission may or may not have created a native job (no answer came back, or its
+    process died): the backend is searched for it before anything else is done."""
+    SUBMITTED = "SUBMITTED"
 
 
 class Job(BaseModel):
@@ -36,6 +51,20 @@ class Job(BaseModel):
     started: datetime | None = None
     ended: datetime | None = None
     destruction: datetime | None = None
+    handover: Handover = Handover.WAITING
+    attempts: int = 0
+    """Submissions begun for this job."""
+    missing_since: datetime | None = None
+    """When its backend first failed to find the submitted job, in the current run of misses."""
+    misses: int = 0
+    """Status queries in a row that found the job nowhere."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _submitted_has_native_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("native_id") and "handover" not in data:
+            return {**data, "handover": Handover.SUBMITTED}
+        return data
 
     @property
     def name(self) -> str:
@@ -58,6 +87,8 @@ class JobStatus(BaseModel):
     exit_code: int | None = None
     started: datetime | None = None
     ended: datetime | None = None
+    stop_native: bool = False
+    """jobbridge itself ends the job while its native job may still run: cancel that first."""
 
 
 class Event(BaseModel):

@@ -1,6 +1,12 @@
 """Asking backends about their jobs: one batched query per backend, no more often than it
 allows, backing off after failures. A failed query never ends a job; after repeated failures
-the jobs show UNKNOWN until the backend answers again."""
+the jobs show UNKNOWN until the backend answers again.
+
+A job that the backend finds nowhere (``Missing``) is not ended on that word: its misses are
+counted in the store, and it is declared LOST only after ``lost_after_misses`` queries in a row
+and ``lost_after`` seconds since the first miss, both as the store records them, so that a
+fresh process grants the whole grace. Its native job is cancelled first, in case it lives on.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-from jobbridge.backends.base import Backend
+from jobbridge.backends.base import Backend, Missing
 from jobbridge.config import EngineSettings
 from jobbridge.dispatch import Mover
-from jobbridge.job import Job, JobStatus
+from jobbridge.job import Job, JobStatus, utcnow
 from jobbridge.phase import Phase
 from jobbridge.store import Store
 
@@ -27,7 +33,12 @@ class _PollState:
 
 
 class Poller:
-    def __init__(self, store: Store, settings: EngineSettings, move: Mover) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: EngineSettings,
+        move: Mover,
+    ) -> None:
         self.store = store
         self.settings = settings
         self._move = move
@@ -55,9 +66,42 @@ class Poller:
             return
         state.failures = 0
         state.next_due = now + backend.options.min_refresh_interval
+        missing: list[tuple[Job, Missing]] = []
+        found_again = []
         for job in jobs:
-            if job.id in news:
-                self._move(job, news[job.id].phase, news[job.id])
+            said = news.get(job.id)
+            if said is None:
+                continue
+            if isinstance(said, Missing):
+                missing.append((job, said))
+                continue
+            if job.misses:
+                found_again.append(job.id)
+            self._move(job, said.phase, said)
+        if found_again:
+            self.store.clear_misses(found_again)
+        if missing:
+            self._count_misses(backend, missing)
+
+    def _count_misses(self, backend: Backend, missing: list[tuple[Job, Missing]]) -> None:
+        now = utcnow()
+        self.store.count_misses([job.id for job, _ in missing], now)
+        options = backend.options
+        for job, said in missing:
+            misses = job.misses + 1
+            since = job.missing_since or now
+            if misses < options.lost_after_misses:
+                continue
+            if (now - since).total_seconds() < options.lost_after:
+                continue
+            lost = JobStatus(
+                phase=Phase.ERROR,
+                detail="LOST",
+                message=f"{said.reason}; not found by {misses} queries over"
+                f" {(now - since).total_seconds():.0f} s",
+                stop_native=True,
+            )
+            self._move(job, Phase.ERROR, lost)
 
     def _status_failed(
         self, backend: Backend, state: _PollState, jobs: list[Job], error: Exception

@@ -20,6 +20,7 @@ __all__ = [
     "BackendContext",
     "BackendOptions",
     "Located",
+    "Missing",
     "NativeDependency",
     "Stream",
 ]
@@ -71,6 +72,15 @@ class NativeDependency:
 
 
 @dataclass(frozen=True)
+class Missing:
+    """A status answer: every source the backend has (its queue, its accounting, the job's
+    own exit-code file) answered, and none knows the job. Not an ending by itself: the
+    engine counts such answers and declares the job LOST only after a grace."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Located:
     """What a backend knows of jobs whose submission had an unknown outcome."""
 
@@ -96,6 +106,12 @@ class Backend(ABC):
         self.name = name
         self.options = options
         self.context = context
+
+    @property
+    def search_delay(self) -> float:
+        """Seconds after a submission of unknown outcome before the backend's not knowing the
+        job proves that it never arrived (records may reach the backend's lists late)."""
+        return 0.0
 
     def check_limits(self, spec: JobSpec) -> None:
         """Refuse a job beyond this backend's configured limits, naming the limit."""
@@ -144,9 +160,10 @@ class Backend(ABC):
         raise BackendError(f"backend {self.name!r} has no native arrays")
 
     @abstractmethod
-    def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
+    def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus | Missing]:
         """Answer for many submitted jobs with as few queries as possible, keyed by job id.
-        A job left out has no news. Raise if the query itself failed."""
+        A job left out has no news (one whose record could not be read, say). Raise only
+        if the query as a whole failed."""
 
     @abstractmethod
     def cancel(self, job: Job) -> None:

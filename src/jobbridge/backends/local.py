@@ -21,6 +21,7 @@ from jobbridge.backends.base import (
     BackendContext,
     BackendOptions,
     Located,
+    Missing,
     NativeDependency,
     Stream,
 )
@@ -102,7 +103,7 @@ class LocalBackend(Backend):
                 found[job.id] = [job_dir]
         return Located(found, complete=True)
 
-    def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
+    def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus | Missing]:
         return {job.id: self._status(job) for job in jobs if job.native_id}
 
     def cancel(self, job: Job) -> None:

@@ -13,7 +13,13 @@ from jobbridge.config import BackendConfig
 from jobbridge.errors import ConfigError
 from jobbridge.spec import format_validation_error
 
-__all__ = ["ENTRY_POINT_GROUP", "backend_kind", "backend_kinds", "create_backend"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "backend_kind",
+    "backend_kinds",
+    "create_backend",
+    "kind_defaults",
+]
 
 ENTRY_POINT_GROUP = "jobbridge.backends"
 log = logging.getLogger(__name__)
@@ -67,3 +73,11 @@ def create_backend(name: str, config: BackendConfig, context: BackendContext) ->
             f"backend {name!r} ({config.kind}):\n{format_validation_error(error)}"
         ) from None
     return cls(name, options, context)
+
+
+def kind_defaults(name: str) -> BackendConfig | None:
+    """The configuration of a backend that is named after a kind but not configured: that
+    kind with its default options. None if no installed plugin provides a kind ``name``."""
+    if backend_kind(name) is None:
+        return None
+    return BackendConfig(kind=name)

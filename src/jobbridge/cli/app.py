@@ -10,25 +10,31 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
 import click
+import sqlalchemy as sa
 from pydantic import ValidationError
 from rich.console import Console
 
 from jobbridge import __version__
-from jobbridge.config import Config, load_config
+from jobbridge.backends.base import Backend, BackendContext
+from jobbridge.backends.registry import backend_kinds, create_backend, kind_defaults
+from jobbridge.config import BackendConfig, Config, load_config
 from jobbridge.engine import Engine
 from jobbridge.errors import JobbridgeError
 from jobbridge.job import Job
 from jobbridge.spec import format_validation_error
+from jobbridge.store.schema import jobs
 
 __all__ = ["EXIT_FAILED", "EXIT_TIMEOUT", "EXIT_USAGE", "CliError", "Session", "cli"]
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 124
+
+log = logging.getLogger(__name__)
 
 _PIPE_WIDTH = 200  # tables written to a pipe or file keep whole ids and times on one line
 
@@ -61,9 +67,44 @@ class Session:
 
     @property
     def engine(self) -> Engine:
+        """The engine on the configured store and backends, and on the backends named after
+        a kind that jobs of earlier invocations were sent to."""
         if self._engine is None:
-            self._engine = Engine.from_config(self.config)
+            engine = Engine.from_config(self.config)
+            try:
+                self._add_recorded_kinds(engine)
+            except BaseException:
+                engine.close()
+                raise
+            self._engine = engine
         return self._engine
+
+    def backend(self, name: str | None = None) -> Backend:
+        """The backend a new job goes to: a configured one (default: the configured default),
+        or, for the name of a kind that is not configured, that kind with its default
+        options, as ``local`` is."""
+        engine = self.engine
+        name = name or engine.default_backend
+        if name not in engine.backends:
+            defaults = kind_defaults(name)
+            if defaults is None:
+                raise CliError(_unknown_backend(name, engine.backends))
+            self._add_backend(engine, name, defaults)
+        return engine.backend(name)
+
+    def _add_recorded_kinds(self, engine: Engine) -> None:
+        for name in _recorded_backend_names(engine):
+            defaults = None if name in engine.backends else kind_defaults(name)
+            if defaults is None:
+                continue
+            try:
+                self._add_backend(engine, name, defaults)
+            except Exception:
+                log.warning("backend %r of recorded jobs cannot be made", name, exc_info=True)
+
+    def _add_backend(self, engine: Engine, name: str, config: BackendConfig) -> None:
+        context = BackendContext(jobs_dir=self.config.jobs_dir)
+        engine.backends[name] = create_backend(name, config, context)
 
     @property
     def owner(self) -> str | None:
@@ -76,6 +117,20 @@ class Session:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+
+
+def _recorded_backend_names(engine: Engine) -> list[str]:
+    with engine.store.reading() as conn:
+        return list(conn.execute(sa.select(jobs.c.backend).distinct()).scalars())
+
+
+def _unknown_backend(name: str, configured: Iterable[str]) -> str:
+    known = ", ".join(sorted(configured)) or "none"
+    kinds = ", ".join(sorted(backend_kinds())) or "none"
+    return (
+        f"unknown backend {name!r}; known backends: {known};"
+        f" kinds, usable by name without configuration: {kinds}"
+    )
 
 
 def _console(*, stderr: bool) -> Console:

@@ -69,7 +69,7 @@ def _catch_up_tail(engine: Engine, job_id: str, stream: Stream, count: int) -> t
 def _follow(engine: Engine, job_id: str, stream: Stream, tail: int | None, out: BinaryIO) -> None:
     offset = 0
     while True:
-        engine.refresh()
+        engine.refresh(hand_over=False)
         job = engine.get(job_id)  # before reading: output written before the end is all there
         if tail is None:
             offset = _copy(engine, job_id, stream, offset, out)

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from jobbridge.backends.base import Backend
 from jobbridge.cli.app import EXIT_FAILED, CliError, Session
 from jobbridge.cli.output import (
     describe,
@@ -25,8 +26,9 @@ from jobbridge.cli.output import (
 from jobbridge.job import Job
 from jobbridge.phase import Phase
 from jobbridge.spec import JobSpec, Launcher
+from jobbridge.transport.local import LocalTransport
 
-__all__ = ["build_spec", "submit"]
+__all__ = ["build_spec", "runs_here", "submit"]
 
 # option name -> JobSpec field, for options that simply replace a field
 _TOP_FIELDS = {
@@ -99,11 +101,18 @@ def _list(data: dict[str, Any], key: str) -> list[Any]:
 
 
 def build_spec(
-    document: dict[str, Any], command: Sequence[str], options: dict[str, Any]
+    document: dict[str, Any],
+    command: Sequence[str],
+    options: dict[str, Any],
+    *,
+    here: bool = True,
 ) -> JobSpec:
     """The spec document with every option given on the command line laid over it: plain
     options replace fields, ``--env`` and ``--attribute`` add keys to the document's tables,
-    ``--after`` and ``--after-any`` add dependencies to its list."""
+    ``--after`` and ``--after-any`` add dependencies to its list. ``here``: the job runs on
+    this machine, so the current directory is its default one and a relative directory is
+    taken from here; elsewhere a directory is passed as given, and without one the job runs
+    in its own directory on the resource."""
     data = dict(document)
     if command:
         data["executable"], data["arguments"] = command[0], list(command[1:])
@@ -131,11 +140,18 @@ def build_spec(
     ]
     if dependencies:
         data["depends_on"] = [*_list(data, "depends_on"), *dependencies]
-    directory = options.get("directory") or data.get("directory") or str(Path.cwd())
-    if isinstance(directory, str):
-        directory = os.path.abspath(directory)
+    directory = options.get("directory") or data.get("directory")
+    if here:
+        directory = directory or str(Path.cwd())
+        if isinstance(directory, str):
+            directory = os.path.abspath(directory)
     data["directory"] = directory
     return JobSpec.model_validate(data)
+
+
+def runs_here(backend: Backend) -> bool:
+    """Whether the backend's jobs run on this machine (its transport is the local one)."""
+    return isinstance(getattr(backend, "transport", None), LocalTransport)
 
 
 @click.command(context_settings={"allow_interspersed_args": False})
@@ -169,7 +185,8 @@ def build_spec(
     "--directory",
     type=click.Path(file_okay=False),
     metavar="DIR",
-    help="Working directory (default: the current one).",
+    help="Working directory (default: the current one; on a remote resource, the job's own"
+    " directory there).",
 )
 @click.option("--stdin", metavar="PATH", help="Input file (relative to --directory).")
 @click.option("--stdout", metavar="PATH", help="Output file (default: kept by jobbridge).")
@@ -221,12 +238,14 @@ def submit(
         raise click.UsageError("--timeout only makes sense with --wait")
     if as_json and quiet:
         raise click.UsageError("--json and --quiet exclude each other")
-    spec = build_spec(read_spec_document(spec_file) if spec_file else {}, command, options)
+    chosen = session.backend(backend)
+    document = read_spec_document(spec_file) if spec_file else {}
+    spec = build_spec(document, command, options, here=runs_here(chosen))
     engine = session.engine
     if spec.array is not None:
-        jobs = engine.submit_array(spec, backend=backend, owner=session.owner)
+        jobs = engine.submit_array(spec, backend=chosen.name, owner=session.owner)
     else:
-        jobs = [engine.submit(spec, backend=backend, owner=session.owner)]
+        jobs = [engine.submit(spec, backend=chosen.name, owner=session.owner)]
     if wait:
         status = _wait(session, jobs, timeout, as_json=as_json, quiet=quiet)
     else:

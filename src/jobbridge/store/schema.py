@@ -54,11 +54,19 @@ jobs = sa.Table(
     sa.Column("ended", UTCDateTime),
     sa.Column("destruction", UTCDateTime),
     sa.Column("submitting_since", UTCDateTime),
+    sa.Column("handover", sa.String(16), nullable=False, server_default="WAITING"),
+    sa.Column("claim_token", sa.String(32)),
+    sa.Column("heartbeat", UTCDateTime),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("not_before", UTCDateTime),
+    sa.Column("missing_since", UTCDateTime),
+    sa.Column("misses", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_jobs_owner_created", "owner", "created"),
     sa.Index("ix_jobs_phase_created", "phase", "created"),
     sa.Index("ix_jobs_created", "created"),
     sa.Index("ix_jobs_backend_phase", "backend", "phase"),
     sa.Index("ix_jobs_array", "array_id", "array_index"),
+    sa.Index("ix_jobs_backend_handover", "backend", "handover"),
 )
 
 events = sa.Table(

@@ -16,7 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from jobbridge.errors import JobNotFoundError
-from jobbridge.job import Event, Job, utcnow
+from jobbridge.job import Event, Handover, Job, utcnow
 from jobbridge.phase import ACTIVE_PHASES, Phase
 from jobbridge.spec import JobSpec
 from jobbridge.store.schema import dependencies, events, jobs
@@ -26,6 +26,8 @@ __all__ = ["Store"]
 _MIGRATION_LOCK = 0x6A6F6262  # any constant shared by every jobbridge process
 _WRITE = "jobbridge_write"
 _JOB_FIELDS = frozenset(jobs.c.keys()) - {"id", "spec", "name"}
+_INTERNAL = ("name", "submitting_since", "claim_token", "heartbeat", "not_before")
+"""Columns that the store keeps for its own bookkeeping, not part of a ``Job``."""
 
 
 class Store:
@@ -76,20 +78,23 @@ class Store:
         new_jobs: Sequence[Job],
         *,
         claimed: Iterable[str] = (),
+        token: str | None = None,
         also: Callable[[sa.Connection], object] | None = None,
     ) -> None:
         """Record new jobs and their first event in one transaction. Jobs named in
-        ``claimed`` are recorded as being handed over already (see ``claim_for_submission``).
-        ``also`` writes more rows in the same transaction (a service's own record of the
-        jobs), so that a crash leaves all of them or none."""
+        ``claimed`` are recorded as claimed for submission under ``token`` already (see
+        ``claim``). ``also`` writes more rows in the same transaction (a service's own
+        record of the jobs), so that a crash leaves all of them or none."""
         if not new_jobs:
             return
         claimed = set(claimed)
         now = utcnow()
-        rows = [
-            {**_job_row(job), "submitting_since": now if job.id in claimed else None}
-            for job in new_jobs
-        ]
+        rows = []
+        for job in new_jobs:
+            row = {**_job_row(job), "claim_token": None, "heartbeat": None, "submitting_since": None}
+            if job.id in claimed:
+                row.update(_claim_values(token, now), attempts=1)
+            rows.append(row)
         links = {
             (job.id, dependency.job_id, dependency.condition)
             for job in new_jobs
@@ -116,18 +121,19 @@ class Store:
         new: Phase,
         *,
         time: datetime | None = None,
+        token: str | None = None,
         **fields: Any,
     ) -> Job | None:
-        """Change a job's phase if it is still ``expected``; record the event. None if not."""
+        """Change a job's phase if it is still ``expected`` (and, given a ``token``, still
+        claimed under it); record the event. None if not."""
         expected.check_move_to(new)
         _check_fields(fields)
         time = time or utcnow()
+        guard = [jobs.c.id == job_id, jobs.c.phase == expected.value]
+        if token is not None:
+            guard.append(jobs.c.claim_token == token)
         with self.writing() as conn:
-            done = conn.execute(
-                jobs.update()
-                .where(jobs.c.id == job_id, jobs.c.phase == expected.value)
-                .values(phase=new.value, **fields)
-            )
+            done = conn.execute(jobs.update().where(*guard).values(phase=new.value, **fields))
             if done.rowcount != 1:
                 return None
             conn.execute(
@@ -147,20 +153,192 @@ class Store:
             conn.execute(jobs.update().where(jobs.c.id == job_id).values(**fields))
             return _fetch(conn, job_id)
 
-    def claim_for_submission(self, job_id: str) -> bool:
+    # -- handing over, fenced ----------------------------------------------------------------
+
+    def claim(self, job_id: str, token: str) -> bool:
         """Take the right to hand a waiting job to its backend; only one caller wins."""
+        now = utcnow()
         with self.writing() as conn:
             done = conn.execute(
                 jobs.update()
                 .where(
                     jobs.c.id == job_id,
                     jobs.c.phase == Phase.QUEUED.value,
+                    jobs.c.handover == Handover.WAITING.value,
                     jobs.c.native_id.is_(None),
-                    jobs.c.submitting_since.is_(None),
+                    sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now),
                 )
-                .values(submitting_since=utcnow())
+                .values(**_claim_values(token, now), attempts=jobs.c.attempts + 1)
             )
             return done.rowcount == 1
+
+    def beat(self, token: str, job_ids: Sequence[str]) -> None:
+        """Show that the process holding ``token`` still works on these claims."""
+        if not job_ids:
+            return
+        with self.writing() as conn:
+            for chunk in _chunks(job_ids, 500):
+                conn.execute(
+                    jobs.update()
+                    .where(
+                        jobs.c.id.in_(chunk),
+                        jobs.c.claim_token == token,
+                        jobs.c.handover == Handover.CLAIMED.value,
+                    )
+                    .values(heartbeat=utcnow())
+                )
+
+    def finish_claim(self, job_id: str, token: str, native_id: str) -> Job | None:
+        """Record the native id a claimed submission got, if the claim still holds (it may
+        have been judged dead meanwhile, and then only ``adopt`` may take the answer)."""
+        return self._set_handover(
+            job_id,
+            [jobs.c.claim_token == token, jobs.c.handover == Handover.CLAIMED.value],
+            native_id=native_id,
+            handover=Handover.SUBMITTED.value,
+            claim_token=None,
+            submitting_since=None,
+            not_before=None,
+        )
+
+    def adopt(self, job_id: str, native_id: str) -> Job | None:
+        """Take a native id found for a submission whose outcome was unknown."""
+        return self._set_handover(
+            job_id,
+            [jobs.c.handover.in_([Handover.UNCERTAIN.value, Handover.WAITING.value])],
+            native_id=native_id,
+            handover=Handover.SUBMITTED.value,
+            claim_token=None,
+            submitting_since=None,
+            not_before=None,
+        )
+
+    def make_uncertain(
+        self, job_id: str, token: str, not_before: datetime, message: str
+    ) -> Job | None:
+        """A claimed submission got no answer: it may have created a native job."""
+        return self._set_handover(
+            job_id,
+            [jobs.c.claim_token == token, jobs.c.handover == Handover.CLAIMED.value],
+            handover=Handover.UNCERTAIN.value,
+            not_before=not_before,
+            message=message,
+        )
+
+    def expire_claims(self, backend: str, before: datetime, not_before: datetime) -> int:
+        """Claims of this backend whose heartbeat stopped before ``before``: their process is
+        gone, so what it did is unknown. Returns how many there were."""
+        with self.writing() as conn:
+            done = conn.execute(
+                jobs.update()
+                .where(
+                    jobs.c.backend == backend,
+                    jobs.c.handover == Handover.CLAIMED.value,
+                    jobs.c.native_id.is_(None),
+                    sa.or_(jobs.c.heartbeat.is_(None), jobs.c.heartbeat < before),
+                )
+                .values(
+                    handover=Handover.UNCERTAIN.value,
+                    not_before=not_before,
+                    message="the process submitting it stopped showing life; looking for it",
+                )
+            )
+            return int(done.rowcount)
+
+    def retry_later(
+        self, job_id: str, not_before: datetime, message: str, *, token: str | None = None
+    ) -> Job | None:
+        """Give a claimed (``token``) or uncertain submission back to waiting, not to be
+        tried again before ``not_before``."""
+        guard = (
+            [jobs.c.claim_token == token, jobs.c.handover == Handover.CLAIMED.value]
+            if token is not None
+            else [jobs.c.handover == Handover.UNCERTAIN.value]
+        )
+        return self._set_handover(
+            job_id,
+            [*guard, jobs.c.native_id.is_(None)],
+            handover=Handover.WAITING.value,
+            claim_token=None,
+            submitting_since=None,
+            not_before=not_before,
+            message=message,
+        )
+
+    def settle_unsubmitted(self, job_id: str) -> None:
+        """An ended job whose uncertain submission created nothing: nothing to look for."""
+        self._set_handover(
+            job_id,
+            [jobs.c.handover == Handover.UNCERTAIN.value, jobs.c.native_id.is_(None)],
+            handover=Handover.WAITING.value,
+            claim_token=None,
+            submitting_since=None,
+        )
+
+    def _set_handover(
+        self, job_id: str, guard: list[sa.ColumnElement[bool]], **values: Any
+    ) -> Job | None:
+        with self.writing() as conn:
+            done = conn.execute(jobs.update().where(jobs.c.id == job_id, *guard).values(**values))
+            return _fetch(conn, job_id) if done.rowcount == 1 else None
+
+    def waiting(self, backend: str, now: datetime) -> list[Job]:
+        """Jobs queued in jobbridge for this backend that may be handed over now."""
+        query = (
+            sa.select(jobs)
+            .where(
+                jobs.c.backend == backend,
+                jobs.c.phase == Phase.QUEUED.value,
+                jobs.c.handover == Handover.WAITING.value,
+                jobs.c.native_id.is_(None),
+                sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now),
+            )
+            .order_by(jobs.c.created, jobs.c.id)
+        )
+        with self.reading() as conn:
+            return [_job_from_row(row) for row in conn.execute(query)]
+
+    def uncertain(self, backend: str) -> list[tuple[Job, datetime | None]]:
+        """Jobs whose submission may or may not have created a native job, in any phase,
+        each with the time before which the backend's not knowing it proves nothing."""
+        query = sa.select(jobs).where(
+            jobs.c.backend == backend, jobs.c.handover == Handover.UNCERTAIN.value
+        )
+        with self.reading() as conn:
+            return [(_job_from_row(row), row.not_before) for row in conn.execute(query)]
+
+    def note(self, job_id: str, phase: Phase, detail: str, message: str) -> None:
+        """Record something that happened to a job without changing its phase (an event
+        whose old and new phase are the same)."""
+        with self.writing() as conn:
+            conn.execute(
+                events.insert(), _event_row(job_id, utcnow(), phase, phase, detail, message)
+            )
+
+    # -- jobs the backend cannot find ----------------------------------------------------------
+
+    def count_misses(self, job_ids: Sequence[str], now: datetime) -> None:
+        """One more status query found these jobs nowhere."""
+        with self.writing() as conn:
+            for chunk in _chunks(job_ids, 500):
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id.in_(chunk))
+                    .values(
+                        misses=jobs.c.misses + 1,
+                        missing_since=sa.func.coalesce(jobs.c.missing_since, now),
+                    )
+                )
+
+    def clear_misses(self, job_ids: Sequence[str]) -> None:
+        """These jobs were found again."""
+        with self.writing() as conn:
+            for chunk in _chunks(job_ids, 500):
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id.in_(chunk), jobs.c.misses > 0)
+                    .values(misses=0, missing_since=None)
+                )
 
     def delete(self, job_id: str) -> None:
         with self.writing() as conn:
@@ -244,16 +422,6 @@ class Store:
             )
             return _fetch(conn, job_id) if done.rowcount == 1 else None
 
-    def interrupted_submissions(self, before: datetime) -> list[Job]:
-        """Jobs whose hand-over to a backend began before ``before`` and never finished."""
-        query = sa.select(jobs).where(
-            jobs.c.phase == Phase.QUEUED.value,
-            jobs.c.native_id.is_(None),
-            jobs.c.submitting_since < before,
-        )
-        with self.reading() as conn:
-            return [_job_from_row(row) for row in conn.execute(query)]
-
     def count_in_flight(self, backend: str, array_id: str | None = None) -> int:
         """Active jobs that the backend holds or is being handed."""
         query = (
@@ -262,7 +430,7 @@ class Store:
             .where(
                 jobs.c.backend == backend,
                 jobs.c.phase.in_([p.value for p in ACTIVE_PHASES]),
-                sa.or_(jobs.c.native_id.is_not(None), jobs.c.submitting_since.is_not(None)),
+                jobs.c.handover != Handover.WAITING.value,
             )
         )
         if array_id is not None:
@@ -347,14 +515,24 @@ def _check_fields(fields: dict[str, Any]) -> None:
     unknown = set(fields) - _JOB_FIELDS
     if unknown:
         raise ValueError(f"not job fields: {sorted(unknown)}")
-    for key in ("phase",):
-        if key in fields and isinstance(fields[key], Phase):
+    for key in ("phase", "handover"):
+        if key in fields and isinstance(fields[key], Phase | Handover):
             fields[key] = fields[key].value
+
+
+def _claim_values(token: str | None, now: datetime) -> dict[str, Any]:
+    return {
+        "handover": Handover.CLAIMED.value,
+        "claim_token": token,
+        "heartbeat": now,
+        "submitting_since": now,
+    }
 
 
 def _job_row(job: Job) -> dict[str, Any]:
     row = job.model_dump(exclude={"spec"})
     row["phase"] = job.phase.value
+    row["handover"] = job.handover.value
     row["name"] = job.name
     row["spec"] = job.spec.model_dump(mode="json")
     return row
@@ -362,8 +540,8 @@ def _job_row(job: Job) -> dict[str, Any]:
 
 def _job_from_row(row: sa.Row[Any]) -> Job:
     data = row._asdict()
-    data.pop("submitting_since", None)
-    data.pop("name", None)
+    for internal in _INTERNAL:
+        data.pop(internal, None)
     data["spec"] = JobSpec.model_validate(data["spec"])
     return Job.model_validate(data)
 

@@ -109,6 +109,19 @@ class UwsStore:
         with self._write() as conn:
             conn.execute(uws_jobs.insert(), [_record_row(record) for record in records])
 
+    def add_job_within(self, conn: sa.Connection, record: UwsJobRecord) -> None:
+        """Insert ``record`` in a transaction the caller holds: the one that inserts its job,
+        so that the two rows exist together or not at all."""
+        conn.execute(uws_jobs.insert(), _record_row(record))
+
+    @staticmethod
+    def job_created(conn: sa.Connection, job_id: str) -> datetime:
+        """When the job was created, as its own row says (read within ``conn``'s transaction,
+        which may be the one inserting it)."""
+        query = sa.select(jobs.c.created).where(jobs.c.id == job_id)
+        created: datetime = conn.execute(query).scalar_one()
+        return created
+
     def get_job(self, job_id: str) -> UwsJobRecord | None:
         with self._read() as conn:
             row = conn.execute(sa.select(uws_jobs).where(uws_jobs.c.job_id == job_id)).first()

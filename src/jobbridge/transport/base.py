@@ -9,7 +9,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["CommandResult", "RemoteFile", "Transport"]
+__all__ = ["FILES_NOT_WRITTEN", "CommandResult", "RemoteFile", "Transport"]
+
+FILES_NOT_WRITTEN = 97
+"""The exit status of ``run_in`` when its files could not be written: nothing was run."""
 
 
 @dataclass(frozen=True)

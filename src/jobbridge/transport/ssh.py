@@ -123,9 +123,7 @@ class SshTransport(Transport):
     def read_many(self, paths: Sequence[str], limit: int = 4096) -> dict[str, bytes]:
         if not paths:
             return {}
-        code, out, err = self._ssh(
-            _sh(_READ_MANY, str(limit), *paths), None, 120, idempotent=True
-        )
+        code, out, err = self._ssh(_sh(_READ_MANY, str(limit), *paths), None, 120, idempotent=True)
         if code != 0:
             raise TransportError(f"reading files on {self.host} failed: {err.strip()}")
         return _unpack(out)

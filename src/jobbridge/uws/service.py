@@ -5,9 +5,7 @@ nothing of requests and answers with ``UwsError``s that say which status fits.""
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,9 +13,11 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
+from sqlalchemy import Connection
+
 from jobbridge.engine import Engine
 from jobbridge.errors import JobbridgeError, JobNotFoundError, JobStateError
-from jobbridge.job import Job, utcnow
+from jobbridge.job import Job, new_job_id, utcnow
 from jobbridge.phase import Phase
 from jobbridge.staging import URL_SCHEMES
 from jobbridge.store.uws import ParameterValue, User, UwsJobRecord, UwsStore
@@ -154,11 +154,12 @@ class UwsService:
         fields: Sequence[tuple[str, str]],
         uploads: Sequence[Upload] = (),
     ) -> Job:
+        """A new PENDING job (QUEUED with PHASE=RUN) and its record, written together. Every
+        control field is checked before anything is written; uploads land in the job's own
+        directory first, so the job is created with its final spec."""
         definition = self.definition(definition_name)
         control, given = _split_fields(fields)
-        parameters = self._parameters(definition, given, uploads, staging_key=uuid.uuid4().hex)
-        values = {p.id: p.value for p in parameters}
-        definition.check_complete(values)
+        run = _run_at_creation(control.get("phase"))
         duration = definition.execution_duration.clamp(
             _duration(control["executionduration"])
             if "executionduration" in control
@@ -169,26 +170,31 @@ class UwsService:
             if "destruction" in control
             else utcnow() + self.default_destruction
         )
-        spec = definition.job_spec(values, _files(parameters), duration)
-        job = self.engine.create(
-            spec, backend=definition.backend, owner=owner_of(user), destruction=destruction
-        )
-        parameters = self._settle_uploads(job.id, parameters)
-        if any(p.local_path for p in parameters):
-            job = self.engine.update_pending(
-                job.id, definition.job_spec(values, _files(parameters), duration)
-            )
-        self.uws.add_job(
-            UwsJobRecord(
-                job_id=job.id, definition=definition.name, owner=owner_of(user),
-                run_id=control.get("runid"), parameters=tuple(parameters),
-                execution_duration=duration, quote=None, created=job.created,
-            )
-        )  # fmt: skip
-        phase = control.get("phase")
-        if phase is not None:
-            if phase.upper() != "RUN":
-                raise UwsError(f"PHASE={phase} cannot be given when creating a job; only RUN")
+        job_id = new_job_id()
+        owner = owner_of(user)
+        try:
+            parameters = self._parameters(definition, given, uploads, job_id=job_id)
+            values = {p.id: p.value for p in parameters}
+            definition.check_complete(values)
+            spec = definition.job_spec(values, _files(parameters), duration)
+
+            def write_record(conn: Connection) -> None:
+                record = UwsJobRecord(
+                    job_id=job_id, definition=definition.name, owner=owner,
+                    run_id=control.get("runid"), parameters=tuple(parameters),
+                    execution_duration=duration, quote=None,
+                    created=self.uws.job_created(conn, job_id),
+                )  # fmt: skip
+                self.uws.add_job_within(conn, record)
+
+            job = self.engine.create(
+                spec, backend=definition.backend, owner=owner, destruction=destruction,
+                job_id=job_id, also=write_record,
+            )  # fmt: skip
+        except BaseException:
+            shutil.rmtree(self.uploads_dir / job_id, ignore_errors=True)
+            raise
+        if run:
             job = self.engine.start(job.id)
         return job
 
@@ -205,7 +211,7 @@ class UwsService:
         if not given and not uploads:
             return
         _require_pending(state.job, "its parameters")
-        changed = self._parameters(state.definition, given, uploads, staging_key=state.job.id)
+        changed = self._parameters(state.definition, given, uploads, job_id=state.job.id)
         merged = {p.id: p for p in state.record.parameters}
         merged.update((p.id, p) for p in changed)
         parameters = tuple(merged.values())
@@ -236,11 +242,20 @@ class UwsService:
             if wanted == "RUN":
                 self.engine.start(state.job.id)
             elif wanted == "ABORT":
-                self.engine.cancel(state.job.id)
+                self._abort(state.job)
             else:
                 raise UwsError(f"PHASE={phase!r}: only RUN or ABORT")
         except JobStateError as error:
             raise Forbidden(str(error)) from None
+
+    def _abort(self, job: Job) -> None:
+        """A job that has already ended cannot be aborted, whether the engine refuses to
+        cancel it or answers with the job as it ended."""
+        if job.phase.is_final:
+            raise JobStateError(f"job {job.id} has already ended ({job.phase})")
+        cancelled = self.engine.cancel(job.id)
+        if cancelled.phase is not Phase.ABORTED:
+            raise JobStateError(f"job {job.id} has already ended ({cancelled.phase})")
 
     def delete(self, state: JobState) -> None:
         with contextlib.suppress(JobNotFoundError):  # destroyed meanwhile
@@ -263,7 +278,7 @@ class UwsService:
         given: Mapping[str, str],
         uploads: Sequence[Upload],
         *,
-        staging_key: str,
+        job_id: str,
     ) -> list[ParameterValue]:
         found: dict[str, ParameterValue] = {}
         for name, text in given.items():
@@ -277,35 +292,19 @@ class UwsService:
             known = _known(definition, upload.name)
             if definition.parameters[known].type is not ParameterType.FILE:
                 raise UwsError(f"parameter {known} is not a file; it cannot be uploaded")
-            path = self._store_upload(staging_key, known, upload.stream)
+            path = self._store_upload(job_id, known, upload.stream)
             found[known] = ParameterValue(
                 id=known, value=upload.filename or known, by_reference=True, local_path=path
             )
         return list(found.values())
 
-    def _store_upload(self, key: str, name: str, stream: BinaryIO) -> str:
-        directory = self.uploads_dir / key
+    def _store_upload(self, job_id: str, name: str, stream: BinaryIO) -> str:
+        directory = self.uploads_dir / job_id
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / name
         with target.open("wb") as handle:
             shutil.copyfileobj(stream, handle)
         return str(target)
-
-    def _settle_uploads(
-        self, job_id: str, parameters: Iterable[ParameterValue]
-    ) -> list[ParameterValue]:
-        """Move uploads from where they landed to the job's own upload directory."""
-        settled = []
-        for parameter in parameters:
-            if parameter.local_path is None:
-                settled.append(parameter)
-                continue
-            target = self.uploads_dir / job_id / parameter.id
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(parameter.local_path, target)
-            shutil.rmtree(Path(parameter.local_path).parent, ignore_errors=True)
-            settled.append(parameter.model_copy(update={"local_path": str(target)}))
-        return settled
 
 
 def _split_fields(fields: Sequence[tuple[str, str]]) -> tuple[dict[str, str], dict[str, str]]:
@@ -320,6 +319,15 @@ def _split_fields(fields: Sequence[tuple[str, str]]) -> tuple[dict[str, str], di
     if control.get("action") is not None:
         raise UwsError("ACTION is not accepted here")
     return control, given
+
+
+def _run_at_creation(phase: str | None) -> bool:
+    """Whether PHASE, as given with a new job's parameters, asks for it to run at once."""
+    if phase is None:
+        return False
+    if phase.strip().upper() != "RUN":
+        raise UwsError(f"PHASE={phase} cannot be given when creating a job; only PHASE=RUN")
+    return True
 
 
 def _known(definition: JobDefinition, name: str) -> str:

@@ -22,6 +22,7 @@ from jobbridge.backends.base import (
     BackendContext,
     BackendOptions,
     Located,
+    Missing,
     NativeDependency,
     Stream,
 )
@@ -31,11 +32,13 @@ from jobbridge.errors import (
     CommandFailed,
     JobbridgeError,
     ResourcesNotSupportedError,
+    SubmissionError,
+    SubmitOutcome,
 )
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
 from jobbridge.spec import JobSpec, Launcher
-from jobbridge.transport.base import CommandResult, Transport
+from jobbridge.transport.base import FILES_NOT_WRITTEN, CommandResult, Transport
 from jobbridge.transport.local import LocalTransport
 from jobbridge.transport.ssh import SshTransport
 
@@ -47,7 +50,9 @@ decides between COMPLETED and ERROR."""
 
 log = logging.getLogger(__name__)
 
+_PASSING_TROUBLE = ("No space left on device", "Disk quota exceeded", "Resource temporarily")
 _LOCATE_SLACK = timedelta(minutes=5)
+_WORDS_LIMIT = 4096
 """Clocks of the store's host and the scheduler's may differ this much."""
 
 
@@ -61,6 +66,12 @@ class BatchOptions(BackendOptions):
         15.0, ge=0, description="seconds an ended job may take to reach the accounting"
     )
     command_timeout: float = Field(60.0, gt=0)
+    requeue_grace: float = Field(
+        300.0,
+        ge=0,
+        description="seconds a job may show a requeueable state (preempted, node failure)"
+        " in the queue before jobbridge takes that state as its end",
+    )
     max_ids_per_query: int = Field(1000, ge=1)
     submit_arguments: list[str] = Field(
         default_factory=list, description="extra arguments for every submission command"
@@ -91,6 +102,15 @@ class BatchBackend(Backend):
     """Short name: error messages, and the prefix of its ``attributes``."""
     STATES: ClassVar[Mapping[str, tuple[Phase, str | None]]]
     """Every state word the scheduler uses, with the phase and detail it means."""
+    TRANSIENT_SUBMIT: ClassVar[tuple[str, ...]] = ()
+    """Words of a failed submission command that mean it created nothing and may work later
+    (the controller is down, say)."""
+    AMBIGUOUS_SUBMIT: ClassVar[tuple[str, ...]] = ()
+    """Words of a failed submission command that leave open whether it created the job (a
+    time-out between the client and the controller, say)."""
+    REQUEUEABLE: ClassVar[frozenset[str]] = frozenset()
+    """Words after which the scheduler may run the job again (preemption, node failure):
+    they end nothing while the queue still holds the job."""
     Options = BatchOptions
     options: BatchOptions
     native_arrays = True
@@ -107,6 +127,8 @@ class BatchBackend(Backend):
         self._root: str | None = None
         self._last_seen: dict[str, float] = {}
         self._ended_seen: dict[str, float] = {}
+        self._requeued_seen: dict[str, float] = {}
+        self._warned: set[tuple[str, str]] = set()
 
     # -- hooks a scheduler fills in --------------------------------------------------------
 
@@ -181,7 +203,7 @@ class BatchBackend(Backend):
     def to_status(self, state: NativeState) -> JobStatus:
         phase, detail = self.STATES.get(state.word, (Phase.UNKNOWN, state.word))
         if state.word not in self.STATES:
-            log.warning("%s: unknown state %r, shown as UNKNOWN", self.scheduler, state.word)
+            self.warn_once(state.word, f"unknown state {state.word!r}, shown as UNKNOWN")
         if phase is Phase.ERROR and detail is None and state.exit_code == 0:
             detail = state.word
         return JobStatus(
@@ -192,6 +214,10 @@ class BatchBackend(Backend):
             started=state.started,
             ended=state.ended,
         )
+
+    @property
+    def search_delay(self) -> float:
+        return self.options.accounting_delay
 
     def tag(self, job: Job) -> str:
         """The mark every submission carries where the scheduler's queue and accounting
@@ -234,11 +260,19 @@ class BatchBackend(Backend):
     def _submit(
         self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency]
     ) -> str:
-        """One command: unpack the submission files into the job's directory and submit."""
+        """One command: unpack the submission files into the job's directory and submit.
+        Failures say what they may have done (see ``SubmitOutcome``)."""
         job_dir = self.job_dir(job)
         if job.spec.stage_in:
-            self.transport.make_dirs(job_dir)
-            staging.stage_in(self.transport, job_dir, job.spec.stage_in)
+            try:
+                self.transport.make_dirs(job_dir)
+                staging.stage_in(self.transport, job_dir, job.spec.stage_in)
+            except (JobbridgeError, OSError) as error:  # before the scheduler heard anything
+                retry = not isinstance(error, JobbridgeError) or error.retryable
+                raise SubmissionError(
+                    f"stage-in failed: {error}",
+                    SubmitOutcome.NOT_MADE if retry else SubmitOutcome.REFUSED,
+                ) from error
         files = {
             name: (text.encode(), mode)
             for name, (text, mode) in self.submission_files(job, members, dependencies).items()
@@ -256,15 +290,28 @@ class BatchBackend(Backend):
                 env=self.command_environment() or None,
             )
         except OSError as error:
-            raise BackendError(f"{program}: {error}", retryable=True) from error
+            raise SubmissionError(f"{program}: {error}", SubmitOutcome.NOT_MADE) from error
         if result.returncode != 0:
-            raise CommandFailed(command, result.returncode, result.stdout, result.stderr)
+            failed = CommandFailed(command, result.returncode, result.stdout, result.stderr)
+            raise SubmissionError(str(failed), self.submit_failure(result)) from failed
         try:
             return self.parse_job_id(result.stdout)
         except (ValueError, IndexError) as error:
-            raise BackendError(
-                f"{self.scheduler}: cannot read a job id from {result.stdout.strip()!r}"
+            raise SubmissionError(
+                f"{self.scheduler}: cannot read a job id from {result.stdout.strip()!r}",
+                SubmitOutcome.UNKNOWN,
             ) from error
+
+    def submit_failure(self, result: CommandResult) -> SubmitOutcome:
+        """What a submission command that exited non-zero did: its words decide."""
+        said = result.stdout + result.stderr
+        if result.returncode == FILES_NOT_WRITTEN and not result.stdout:
+            return SubmitOutcome.NOT_MADE
+        if any(words in said for words in self.AMBIGUOUS_SUBMIT):
+            return SubmitOutcome.UNKNOWN
+        if any(words in said for words in (*_PASSING_TROUBLE, *self.TRANSIENT_SUBMIT)):
+            return SubmitOutcome.NOT_MADE
+        return SubmitOutcome.REFUSED
 
     def submission_files(
         self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency]
@@ -320,14 +367,16 @@ class BatchBackend(Backend):
             return shell(chosen)
         return shell(posixpath.join(job_dir, stream)) + suffix
 
-    def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
+    def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus | Missing]:
         """One queue query (per chunk of ids); for jobs it leaves unclear, the exit-code files
-        their scripts wrote; for those without one, one accounting query."""
+        their scripts wrote; for those without one, one accounting query. The queue's failure
+        fails the query; a failing accounting or file read leaves only the jobs that needed
+        it without news, and a record that cannot be read, only its own job."""
         by_native = {job.native_id: job for job in jobs if job.native_id}
         env = self.status_environment()
         states: dict[str, NativeState] = {}
         for chunk in _chunks(self.query_ids(list(by_native)), self.options.max_ids_per_query):
-            result = self._run(self.status_command(chunk), env=env, check=False)
+            result = self._run(self.status_command(chunk), env=env, check=False, idempotent=True)
             states.update(self._answer(result, self.parse_status))
         now = time.monotonic()
         for native_id in by_native:
@@ -336,48 +385,122 @@ class BatchBackend(Backend):
         # A script that ran to its end recorded its outcome; only the rest need accounting.
         unclear = [native for native in by_native if self._unclear(states.get(native))]
         exit_files = self._exit_files([by_native[native] for native in unclear])
+        if exit_files is None:
+            return self._answers(by_native, states, {}, {}, searched=False, skip=set(unclear))
         unrecorded = [native for native in unclear if native not in exit_files]
+        accounted, searched = self._accounted(unrecorded, env)
+        answers = self._answers(by_native, states, exit_files, accounted, searched=searched)
+        return self._with_scheduler_words(by_native, answers)
+
+    def _accounted(
+        self, unrecorded: Sequence[str], env: Mapping[str, str]
+    ) -> tuple[dict[str, NativeState], bool]:
+        """What the accounting says of these jobs, and whether it answered at all."""
         command = self.accounting_command(self.query_ids(unrecorded)) if unrecorded else None
-        if command is not None:
-            found = self._answer(self._run(command, env=env, check=False), self.parse_accounting)
-            states.update((native, found[native]) for native in unrecorded if native in found)
-        answers = {}
+        if command is None:
+            return {}, True
+        try:
+            result = self._run(command, env=env, check=False, idempotent=True)
+            found = self._answer(result, self.parse_accounting)
+        except JobbridgeError as error:
+            log.warning(
+                "%s: accounting unavailable, %d jobs wait: %s", self.name, len(unrecorded), error
+            )
+            return {}, False
+        return {native: found[native] for native in unrecorded if native in found}, True
+
+    def _answers(
+        self,
+        by_native: Mapping[str, Job],
+        states: Mapping[str, NativeState],
+        exit_files: Mapping[str, JobStatus],
+        accounted: Mapping[str, NativeState],
+        *,
+        searched: bool,
+        skip: set[str] | None = None,
+    ) -> dict[str, JobStatus | Missing]:
+        answers: dict[str, JobStatus | Missing] = {}
         for native_id, job in by_native.items():
-            status = self._decide(job, states.get(native_id), exit_files.get(native_id))
-            if status is not None:
-                answers[job.id] = status
-                if status.phase.is_final:
-                    self._last_seen.pop(native_id, None)
-                    self._ended_seen.pop(native_id, None)
+            if skip and native_id in skip:
+                continue
+            status = self._decide(
+                job, states.get(native_id), exit_files.get(native_id),
+                accounted.get(native_id), searched=searched,
+            )  # fmt: skip
+            if status is None:
+                continue
+            answers[job.id] = status
+            if isinstance(status, JobStatus) and status.phase.is_final:
+                self._forget(native_id)
         return answers
 
+    def _forget(self, native_id: str) -> None:
+        for seen in (self._last_seen, self._ended_seen, self._requeued_seen):
+            seen.pop(native_id, None)
+
     def _decide(
-        self, job: Job, state: NativeState | None, exit_file: JobStatus | None
-    ) -> JobStatus | None:
+        self,
+        job: Job,
+        state: NativeState | None,
+        exit_file: JobStatus | None,
+        accounted: NativeState | None = None,
+        *,
+        searched: bool = True,
+    ) -> JobStatus | Missing | None:
+        """Weigh what the queue, the exit-code file and the accounting say of one job.
+        ``searched``: the accounting (if the scheduler has one) answered, so that a job it
+        does not know is missing rather than without news."""
         native_id = job.native_id or ""
         if state is not None and not self._unclear(state):
-            return self.to_status(state)
-        if state is not None:  # ended, but how is not known yet
+            return self._weighed(job, state, in_queue=True)
+        if state is not None:  # the queue says it ended, but not how
             told = self.to_status(state)
-            if exit_file is not None:
+            if exit_file is not None and state.word not in self.REQUEUEABLE:
                 return _merged(told, exit_file)
+            if accounted is not None:
+                return self._weighed(job, accounted, in_queue=True)
+            if state.word in self.REQUEUEABLE:
+                return self._weighed(job, state, in_queue=True)
             first = self._ended_seen.setdefault(native_id, time.monotonic())
             waited = time.monotonic() - first > self.options.accounting_delay
             return told if waited else None
         if exit_file is not None:
             return exit_file
-        if self._missing_for_long(job):
-            return JobStatus(
-                phase=Phase.ERROR,
-                detail="LOST",
-                message=f"{self.scheduler} no longer knows job {native_id} and it left no exit"
-                " code (killed before it ran, or purged)",
-            )
-        return None
+        if accounted is not None:
+            return self._weighed(job, accounted, in_queue=False)
+        if not searched:
+            return None
+        return Missing(
+            f"{self.scheduler} lists no job {native_id}, its accounting has no record of it"
+            " and it left no exit code"
+        )
+
+    def _weighed(self, job: Job, state: NativeState, *, in_queue: bool) -> JobStatus:
+        """The scheduler's word, except that a requeueable one (preempted, node failure)
+        ends nothing while the scheduler may still run the job again: the job shows
+        SUSPENDED until it runs again, and ends only if the word stands for
+        ``requeue_grace`` seconds (its native job cancelled first) or the queue forgets it."""
+        native_id = job.native_id or ""
+        status = self.to_status(state)
+        if state.word not in self.REQUEUEABLE:
+            self._requeued_seen.pop(native_id, None)
+            return status
+        if not in_queue:
+            return status
+        first = self._requeued_seen.setdefault(native_id, time.monotonic())
+        if time.monotonic() - first > self.options.requeue_grace:
+            return status.model_copy(update={"stop_native": True})
+        return JobStatus(
+            phase=Phase.SUSPENDED,
+            detail=state.word,
+            message=f"{self.scheduler} says {state.word}; it may run the job again",
+        )
 
     def _unclear(self, state: NativeState | None) -> bool:
         """Not seen, or seen ended without the exit code that tells how."""
         if state is None:
+            return True
+        if state.word in self.REQUEUEABLE:
             return True
         phase, _ = self.STATES.get(state.word, (Phase.UNKNOWN, None))
         return phase.is_final and phase is not Phase.ABORTED and state.exit_code is None
@@ -406,20 +529,36 @@ class BatchBackend(Backend):
         """Whether a failing status command only said that it knows none of the jobs."""
         return False
 
-    def _exit_files(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
-        """The exit codes that these jobs' own scripts recorded, by native id."""
+    def _exit_files(self, jobs: Sequence[Job]) -> dict[str, JobStatus] | None:
+        """The exit codes that these jobs' own scripts recorded, by native id; None if the
+        files could not be read at all. A file that cannot be understood is left out."""
         if not jobs:
             return {}
         files = {self.exit_code_path(job): job.native_id or "" for job in jobs}
-        contents = self.transport.read_many(list(files), limit=256)
-        return {files[path]: _exit_file_status(content) for path, content in contents.items()}
+        try:
+            contents = self.transport.read_many(list(files), limit=256)
+        except (JobbridgeError, OSError) as error:
+            log.warning("%s: exit-code files unreadable: %s", self.name, error)
+            return None
+        found = {}
+        for path, content in contents.items():
+            status = _exit_file_status(content)
+            if status is None:
+                self.warn_once(
+                    files[path], f"exit-code file {path} is unreadable: {content[:40]!r}"
+                )
+                continue
+            found[files[path]] = status
+        return found
 
-    def _missing_for_long(self, job: Job) -> bool:
-        seen = self._last_seen.get(job.native_id or "")
-        if seen is None:  # not seen since this process started: count from what the store says
-            since = (job.started or job.queued or job.created).timestamp()
-            return time.time() - since > self.options.accounting_delay
-        return time.monotonic() - seen > self.options.accounting_delay
+    def warn_once(self, key: str, message: str) -> None:
+        """Log a problem with one job's record once, not at every poll."""
+        if (key, message) in self._warned:
+            return
+        if len(self._warned) > 10_000:
+            self._warned.clear()
+        self._warned.add((key, message))
+        log.warning("%s: %s", self.name, message)
 
     def locate(self, jobs: Sequence[Job]) -> Located:
         """One queue listing and, where the scheduler keeps one, one accounting listing of
@@ -428,14 +567,14 @@ class BatchBackend(Backend):
             return Located({}, complete=True)
         tags = sorted({self.tag(job) for job in jobs})
         env = self.status_environment()
-        listing = self._run(self.locate_queue_command(tags), env=env, check=False)
+        listing = self._run(self.locate_queue_command(tags), env=env, check=False, idempotent=True)
         natives = self._located(listing, self.parse_located)
         complete = True
         since = min(job.created for job in jobs) - _LOCATE_SLACK
         command = self.locate_accounting_command(tags, since) if self.options.accounting else None
         if command is not None:
             try:
-                answer = self._run(command, env=env, check=False)
+                answer = self._run(command, env=env, check=False, idempotent=True)
                 accounted = self._located(answer, self.parse_located_accounting)
             except BackendError as error:
                 log.warning("%s: accounting could not be searched: %s", self.name, error)
@@ -469,13 +608,13 @@ class BatchBackend(Backend):
 
     def cancel(self, job: Job) -> None:
         assert job.native_id is not None
-        self._run(self.cancel_command([job.native_id]))
+        self._run(self.cancel_command([job.native_id]), idempotent=True)
 
     def hold(self, job: Job) -> None:
-        self._run(self._required(self.hold_command, job, "hold"))
+        self._run(self._required(self.hold_command, job, "hold"), idempotent=True)
 
     def release(self, job: Job) -> None:
-        self._run(self._required(self.release_command, job, "release"))
+        self._run(self._required(self.release_command, job, "release"), idempotent=True)
 
     def _required(
         self, make: Callable[[Sequence[str]], list[str] | None], job: Job, what: str
@@ -489,10 +628,50 @@ class BatchBackend(Backend):
     def read_output(
         self, job: Job, stream: Stream, offset: int = 0, size: int | None = None
     ) -> bytes:
+        """The program's own output; where the program left none (its script failed before
+        it ran, say), what the scheduler captured of the job script instead."""
+        for path in (self.output_path(job, stream), self.scheduler_output_path(job, stream)):
+            if path is None:
+                continue
+            try:
+                data = self.transport.read_bytes(path, offset, size)
+            except FileNotFoundError:
+                continue
+            if data or offset:
+                return data
+        return b""
+
+    def scheduler_output_path(self, job: Job, stream: Stream) -> str | None:
+        """Where the scheduler writes what the job script printed outside the program."""
+        return None
+
+    def _with_scheduler_words(
+        self, by_native: Mapping[str, Job], answers: dict[str, JobStatus | Missing]
+    ) -> dict[str, JobStatus | Missing]:
+        """Jobs that end in ERROR get the end of what the scheduler captured on stderr in
+        their message (a script that could not even start the program says why there)."""
+        paths = {}
+        for job in by_native.values():
+            status = answers.get(job.id)
+            if isinstance(status, JobStatus) and status.phase is Phase.ERROR:
+                path = self.scheduler_output_path(job, "stderr")
+                if path is not None:
+                    paths[path] = job.id
+        if not paths:
+            return answers
         try:
-            return self.transport.read_bytes(self.output_path(job, stream), offset, size)
-        except FileNotFoundError:
-            return b""
+            contents = self.transport.read_many(list(paths), limit=_WORDS_LIMIT)
+        except (JobbridgeError, OSError):
+            return answers
+        for path, content in contents.items():
+            words = content.decode(errors="replace").strip()
+            status = answers[paths[path]]
+            if words and isinstance(status, JobStatus):
+                said = f"{status.message}; " if status.message else ""
+                answers[paths[path]] = status.model_copy(
+                    update={"message": f"{said}{self.scheduler} captured: {words[-400:]}"}
+                )
+        return answers
 
     def output_path(self, job: Job, stream: Stream) -> str:
         chosen = job.spec.stdout if stream == "stdout" else job.spec.stderr
@@ -516,7 +695,7 @@ class BatchBackend(Backend):
             elif self.options.host is None:
                 self._root = str(self.context.jobs_dir)
             else:
-                home = self._run(["sh", "-c", 'printf %s "$HOME"']).stdout
+                home = self._run(["sh", "-c", 'printf %s "$HOME"'], idempotent=True).stdout
                 self._root = posixpath.join(home, ".jobbridge", "jobs")
         return self._root
 
@@ -540,6 +719,7 @@ class BatchBackend(Backend):
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         check: bool = True,
+        idempotent: bool = False,
     ) -> CommandResult:
         env = {**self.command_environment(), **(env or {})}
         try:
@@ -549,6 +729,7 @@ class BatchBackend(Backend):
                 env=env or None,
                 timeout=self.options.command_timeout,
                 check=check,
+                idempotent=idempotent,
             )
         except JobbridgeError:
             raise
@@ -596,8 +777,10 @@ def _merged(scheduler: JobStatus, exit_file: JobStatus) -> JobStatus:
     )
 
 
-def _exit_file_status(content: bytes) -> JobStatus:
+def _exit_file_status(content: bytes) -> JobStatus | None:
     fields = content.decode(errors="replace").split()
+    if not fields or not fields[0].lstrip("-").isdigit():
+        return None
     code = int(fields[0])
     started = _epoch(fields[1]) if len(fields) > 1 else None
     ended = _epoch(fields[2]) if len(fields) > 2 else None

@@ -4,10 +4,13 @@ off), scancel."""
 from __future__ import annotations
 
 import math
+import posixpath
 import re
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import ClassVar
 
+from jobbridge.backends.base import Stream
 from jobbridge.backends.batch.base import (
     BatchBackend,
     NativeDependency,
@@ -25,6 +28,8 @@ __all__ = ["SlurmBackend"]
 
 _ATTRIBUTE = re.compile(r"^[a-z][a-z0-9-]*$")
 _HELD_REASONS = {"JobHeldUser", "JobHeldAdmin", "held"}
+_NAME_ROOM = 48
+"""Characters of the user's job name kept in front of the tag."""
 
 
 class SlurmBackend(BatchBackend):
@@ -55,8 +60,19 @@ class SlurmBackend(BatchBackend):
         "DEADLINE": (Phase.ERROR, "DEADLINE"),
         "BOOT_FAIL": (Phase.ERROR, "BOOT_FAIL"),
         "REVOKED": (Phase.ABORTED, "REVOKED"),
-        "SPECIAL_EXIT": (Phase.ERROR, "SPECIAL_EXIT"),
+        "SPECIAL_EXIT": (Phase.HELD, "SPECIAL_EXIT"),
     }
+    REQUEUEABLE = frozenset({"PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "REQUEUED"})
+    TRANSIENT_SUBMIT = (
+        "Unable to contact slurm controller",
+        "temporarily unable to accept job",
+        "Transport endpoint is not connected",
+        "Connection refused",
+    )
+    AMBIGUOUS_SUBMIT = (
+        "Socket timed out on send/recv operation",
+        "Zero Bytes were transmitted or received",
+    )
 
     def directives(
         self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency]
@@ -64,7 +80,7 @@ class SlurmBackend(BatchBackend):
         spec, resources = job.spec, job.spec.resources
         array = spec.array is not None
         lines = [
-            f"--job-name={scheduler_name(job.name)}",
+            f"--job-name={self.native_name(job)}",
             f"--output=slurm-{'%A_%a' if array else '%j'}.out",
             f"--error=slurm-{'%A_%a' if array else '%j'}.err",
             f"--nodes={resources.nodes}",
@@ -100,6 +116,51 @@ class SlurmBackend(BatchBackend):
             elif setting is not False:
                 lines.append(f"--{key}={self._value(f'attributes.slurm.{key}', setting)}")
         return [f"#SBATCH {line}" for line in lines]
+
+    def native_name(self, job: Job) -> str:
+        """The job's name as SLURM shows it: readable, and ending with its tag, which
+        squeue and sacct both return and filter on."""
+        return f"{scheduler_name(job.name, _NAME_ROOM)}.{self.tag(job)}"
+
+    def locate_queue_command(self, tags: Sequence[str]) -> list[str]:
+        # The tag ends the name: list this user's jobs; locate() keeps the tags it asked for.
+        return ["squeue", "--me", "--noheader", "--states=all", "--format=%F|%j"]
+
+    def locate_accounting_command(self, tags: Sequence[str], since: datetime) -> list[str]:
+        if not self.options.accounting:
+            return ["scontrol", "--oneliner", "show", "job"]
+        return [
+            "sacct", "--noheader", "--parsable2", "--allocations", "--duplicates",
+            "--format=JobIDRaw,JobName",
+            f"--starttime={since.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S')}",
+        ]  # fmt: skip
+
+    def parse_located(self, output: str) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for line in output.splitlines():
+            native_id, _, name = line.strip().partition("|")
+            tag = name.rpartition(".")[2]
+            if native_id.isdigit() and tag.startswith("jb-"):
+                found.setdefault(tag, []).append(native_id)
+        return {tag: sorted(set(ids), key=int) for tag, ids in found.items()}
+
+    def parse_located_accounting(self, output: str) -> dict[str, list[str]]:
+        if "JobId=" not in output:
+            return self.parse_located(output)
+        lines = []
+        for line in output.splitlines():  # scontrol, where accounting is off
+            fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+            native_id = fields.get("ArrayJobId") or fields.get("JobId", "")
+            lines.append(f"{native_id}|{fields.get('JobName', '')}")
+        return self.parse_located("\n".join(lines))
+
+    def scheduler_output_path(self, job: Job, stream: Stream) -> str | None:
+        if job.native_id is None:
+            return None
+        word = "out" if stream == "stdout" else "err"
+        array, _, index = job.native_id.partition("_")
+        name = f"slurm-{array}_{index}.{word}" if index else f"slurm-{array}.{word}"
+        return posixpath.join(self.job_dir(job), name)
 
     def _value(self, field: str, value: object) -> str:
         return directive_value(self.scheduler, field, value)
@@ -155,14 +216,17 @@ class SlurmBackend(BatchBackend):
         for line in output.splitlines():
             if not line.strip():
                 continue
-            job_id, word, reason, start, end = line.strip().split("|")
-            state = NativeState(
-                word=word,
-                reason=None if reason in ("None", "") else reason,
-                started=epoch_or_none(start),
-                ended=epoch_or_none(end),
-            )
-            states.update(dict.fromkeys(_expand(job_id), state))
+            try:
+                job_id, word, reason, start, end = line.strip().split("|")
+                state = NativeState(
+                    word=word,
+                    reason=None if reason in ("None", "") else reason,
+                    started=epoch_or_none(start),
+                    ended=epoch_or_none(end),
+                )
+                states.update(dict.fromkeys(_expand(job_id), state))
+            except ValueError:
+                self.warn_once(line[:40], f"squeue line unreadable, its job has no news: {line!r}")
         return states
 
     def empty_answer_is_fine(self, result: CommandResult) -> bool:
@@ -187,14 +251,17 @@ class SlurmBackend(BatchBackend):
         for line in output.splitlines():
             if not line.strip():
                 continue
-            job_id, state, exit_code, start, end = line.strip().split("|")
-            native = NativeState(
-                word=state.split()[0],
-                exit_code=_exit_code(exit_code),
-                started=epoch_or_none(start),
-                ended=epoch_or_none(end),
-            )
-            states.update(dict.fromkeys(_expand(job_id), native))
+            try:
+                job_id, state, exit_code, start, end = line.strip().split("|")
+                native = NativeState(
+                    word=state.split()[0],
+                    exit_code=_exit_code(exit_code),
+                    started=epoch_or_none(start),
+                    ended=epoch_or_none(end),
+                )
+                states.update(dict.fromkeys(_expand(job_id), native))
+            except (ValueError, IndexError):
+                self.warn_once(line[:40], f"sacct line unreadable, its job has no news: {line!r}")
         return states
 
     def cancel_command(self, native_ids: Sequence[str]) -> list[str]:
@@ -214,6 +281,7 @@ class SlurmBackend(BatchBackend):
                 phase=Phase.ABORTED,
                 detail="DEPENDENCY_NEVER_SATISFIED",
                 message="a job it depends on ended in a way the dependency excludes",
+                stop_native=True,
             )
         return super().to_status(state)
 
