@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jobbridge import Engine, JobSpec, Phase, ResourcesNotSupportedError
-from jobbridge.backends.base import BackendContext
+from jobbridge import Engine, JobSpec, JobStatus, Phase, ResourcesNotSupportedError
+from jobbridge.backends.base import BackendContext, Missing
 from jobbridge.backends.batch.base import NativeState
 from jobbridge.backends.batch.slurm import SlurmBackend
 from tests.batch_support import (
@@ -181,3 +181,73 @@ def test_parsing_squeue_and_sacct() -> None:
         "JobId=31 ArrayJobId=30 ArrayTaskId=1 JobState=FAILED Reason=NonZeroExitCode ExitCode=2:0\n"
     )
     assert scontrol["30_1"].exit_code == 2
+
+
+@pytest.mark.slurm
+def test_locate_finds_submissions_by_their_tag_in_queue_and_accounting(
+    isolated_data_dir: Path,
+) -> None:
+    cluster_env("slurm")
+    backend = slurm_backend(isolated_data_dir)
+    with make_engine(backend, isolated_data_dir) as engine:
+        quick = engine.submit(JobSpec(executable="true", name="quick one"))
+        waiting = engine.submit(JobSpec(executable="sleep", arguments=["30"]))
+        engine.wait([quick.id], timeout=60)
+        # a second native job carrying the same mark, as a repeated submission would make
+        duplicate = backend.submit(engine.get(waiting.id))
+        try:
+            never = engine.get(quick.id).model_copy(update={"id": "nevergivenx1"})
+            located = backend.locate([engine.get(quick.id), engine.get(waiting.id), never])
+            assert located.complete
+            assert located.found[quick.id] == [quick.native_id]  # from sacct by now
+            assert located.found[waiting.id] == [waiting.native_id, duplicate]
+            assert "nevergivenx1" not in located.found
+        finally:
+            backend.cancel(engine.get(waiting.id).model_copy(update={"native_id": duplicate}))
+            engine.cancel(waiting.id)
+
+
+def test_a_garbled_queue_or_accounting_line_is_news_for_no_job_only(tmp_path: Path) -> None:
+    backend = slurm_backend(tmp_path)
+    queue = backend.parse_status("12|RUNNING|None|1700000000|0\ngarbage line\n13|PENDING\n")
+    assert list(queue) == ["12"]
+    accounting = backend.parse_accounting("14|COMPLETED|0:0|1|2\n15|FAILED|x|y\n")
+    assert list(accounting) == ["14"]
+
+
+def test_requeueable_words_end_nothing_while_the_queue_holds_the_job(tmp_path: Path) -> None:
+    from jobbridge.job import Job
+    from jobbridge.job import utcnow as now
+
+    backend = slurm_backend(tmp_path, requeue_grace=3600)
+    job = Job(id="jbrequeue001", spec=JobSpec(executable="true"), backend="slurm",
+              created=now(), native_id="77", phase=Phase.EXECUTING)  # fmt: skip
+    for word in ("PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "REQUEUED"):
+        status = backend._decide(job, NativeState(word=word), None)
+        assert status is not None and not isinstance(status, Missing)
+        assert (status.phase, status.detail) == (Phase.SUSPENDED, word)
+    held = backend.to_status(NativeState(word="SPECIAL_EXIT"))
+    assert held.phase is Phase.HELD
+    # the accounting still says it runs: an OUT_OF_MEMORY seen once in squeue ends nothing
+    lied = backend._decide(
+        job, NativeState(word="OUT_OF_MEMORY"), None, NativeState(word="RUNNING")
+    )
+    assert isinstance(lied, JobStatus) and lied.phase is Phase.EXECUTING
+    # a requeueable word that stands past the grace ends the job, its native job stopped first
+    patient = slurm_backend(tmp_path, requeue_grace=0)
+    patient._decide(job, NativeState(word="PREEMPTED"), None)
+    time.sleep(0.01)
+    ended = patient._decide(job, NativeState(word="PREEMPTED"), None)
+    assert isinstance(ended, JobStatus)
+    assert (ended.phase, ended.detail, ended.stop_native) == (Phase.ERROR, "PREEMPTED", True)
+
+
+def test_a_vanished_job_is_missing_only_when_accounting_answered(tmp_path: Path) -> None:
+    from jobbridge.job import Job
+    from jobbridge.job import utcnow as now
+
+    backend = slurm_backend(tmp_path)
+    job = Job(id="jbvanished01", spec=JobSpec(executable="true"), backend="slurm",
+              created=now(), native_id="78", phase=Phase.QUEUED)  # fmt: skip
+    assert isinstance(backend._decide(job, None, None, None, searched=True), Missing)
+    assert backend._decide(job, None, None, None, searched=False) is None

@@ -240,3 +240,4 @@ def backends(session: Session, as_json: bool) -> None:
         f"{kind} ({cls.__module__}:{cls.__qualname__})" for kind, cls in sorted(kinds.items())
     )
     session.out.print(f"\nkinds available: {listing or 'none'}")
+    session.out.print("(--backend KIND needs no configuration: that kind with its default options)")

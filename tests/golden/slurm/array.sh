@@ -1,5 +1,5 @@
 #!/bin/bash
-#SBATCH --job-name=work
+#SBATCH --job-name=work.jb-jb0array0000
 #SBATCH --output=slurm-%A_%a.out
 #SBATCH --error=slurm-%A_%a.err
 #SBATCH --nodes=1

@@ -1,5 +1,5 @@
 #!/bin/bash
-#SBATCH --job-name=it_s_a_test_job_second_line
+#SBATCH --job-name=it_s_a_test_job_second_line.jb-jb0case0awkw
 #SBATCH --output=slurm-%j.out
 #SBATCH --error=slurm-%j.err
 #SBATCH --nodes=1

@@ -1,5 +1,5 @@
 #!/bin/bash
-#SBATCH --job-name=echo
+#SBATCH --job-name=echo.jb-jb0case0plai
 #SBATCH --output=slurm-%j.out
 #SBATCH --error=slurm-%j.err
 #SBATCH --nodes=1

@@ -1,5 +1,5 @@
 #!/bin/bash
-#SBATCH --job-name=mpi_run
+#SBATCH --job-name=mpi_run.jb-jb0case0reso
 #SBATCH --output=slurm-%j.out
 #SBATCH --error=slurm-%j.err
 #SBATCH --nodes=2

@@ -36,20 +36,32 @@ would report it.
 ``attributes`` with the ``pbs.`` prefix (both flavours): ``pbs.l.NAME`` adds ``-l NAME=VALUE``,
 ``pbs.W.NAME`` adds ``-W NAME=VALUE``, and ``pbs.a``, ``pbs.c``, ``pbs.h`` (true or false),
 ``pbs.j``, ``pbs.k``, ``pbs.m``, ``pbs.M``, ``pbs.p``, ``pbs.r`` add those qsub options.
+
+Finding submissions: every job's name ends with jobbridge's mark (``name.jb-ID``; a member
+handed over alone as a plain job also with its index, ``name.jb-ID.7``). ``locate`` lists
+every job the server shows, finished ones included (``qstat -f -x``), and keeps those that
+carry the tags asked for. Ended jobs are in that list only while the server keeps them (PBS
+Pro's job history, Torque's ``keep_completed``): a second query of the server's settings
+(``qstat -B -f``) tells whether they reach back far enough, and the search is incomplete if
+not. What a job script prints outside the program goes to ``pbs.out``/``pbs.err`` in the
+job's directory (an array's members: PBS Pro ``pbs.INDEX.out``, Torque its own
+``NAME.oSEQ-INDEX``).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
+import posixpath
 import re
+import time
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
+from jobbridge.backends.base import Stream
 from jobbridge.backends.batch.base import (
     UNTOLD,
     BatchBackend,
@@ -58,14 +70,19 @@ from jobbridge.backends.batch.base import (
     walltime_parts,
 )
 from jobbridge.backends.batch.pbs_records import (
+    Record,
+    UnreadableRecord,
+    exit_status,
     int_or_none,
     pbs_time,
+    pbspro_document,
+    pbspro_jobs,
     shell_exit_code,
 )
 from jobbridge.backends.batch.script import directive_value, scheduler_name
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
-from jobbridge.spec import JobSpec
+from jobbridge.spec import ArraySpec, JobSpec
 from jobbridge.transport.base import CommandResult
 
 __all__ = ["COMMON_STATES", "ArrayLayout", "PbsFamily", "PbsProBackend", "member_indices"]
@@ -77,6 +94,15 @@ _JOB_ID = re.compile(r"^(?P<sequence>\d+)(?P<array>\[\d*\])?(?P<server>\.\S+)?$"
 _PROJECT_FORBIDDEN = re.compile(r'[/\[\]";:|<>+,?*]')
 _MIB = 2**20
 _SUBSTATE_TERMINATED = 91  # PBS Pro's substate of a deleted job (job.h)
+_NAME_LIMIT = 64
+_MARKED = re.compile(r"(?:^|\.)(?P<tag>jb-[A-Za-z0-9_]+)(?:\.(?P<index>\d+))?$")
+_MARK_PART = re.compile(r"^jb-[A-Za-z0-9_]+$")
+_ALONE = "#"
+"""Joins the id of a member's submission of its own and the member's index, in what
+``parse_located`` returns: ``member_ids`` gives that submission to this member only."""
+_TRUE = ("true", "1", "y", "yes")
+_DEFAULT_HISTORY = 14 * 86400.0
+"""PBS Pro keeps finished jobs this long when job_history_duration is not set."""
 
 COMMON_STATES: dict[str, tuple[Phase, str | None]] = {
     "Q": (Phase.QUEUED, None),
@@ -116,6 +142,8 @@ class PbsFamily(BatchBackend):
     """States whose exit status tells how the job ended."""
     exit_words: ClassVar[Mapping[int, str]]
     """The scheduler's own negative exit statuses, by name."""
+    _history_needed: float = 0.0
+    """Seconds back to the start of the latest search (see ``locate_accounting_command``)."""
 
     # -- directives ------------------------------------------------------------------------
 
@@ -125,7 +153,7 @@ class PbsFamily(BatchBackend):
         spec = job.spec
         layout = self.array_layout(spec, members)
         lines = [
-            f"-N {_job_name(job.name)}",
+            f"-N {self.native_name(job, members)}",
             "-S /bin/bash",
             *self.output_lines(layout),
             *self.resource_lines(spec),
@@ -142,6 +170,20 @@ class PbsFamily(BatchBackend):
             lines.append("-V")
         lines += self._attribute_lines(spec)
         return [f"#PBS {line}" for line in lines]
+
+    def native_name(self, job: Job, members: Sequence[Job]) -> str:
+        """The readable name, shortened, then the mark: ``tag``, and the index of a member
+        handed over alone. PBS job names start with a letter or digit (Torque: a letter)."""
+        tag = self.tag(job)
+        if not _MARK_PART.match(tag):
+            raise self.unsupported("id", f"{tag!r} cannot be part of a PBS job name")
+        alone = job.array_index is not None and len(members) == 1
+        mark = f"{tag}.{job.array_index}" if alone else tag
+        room = _NAME_LIMIT - len(mark) - 1
+        readable = scheduler_name(job.name, room)
+        if not readable[0].isalpha():
+            readable = f"j{readable}"[:room]
+        return f"{readable}.{mark}"
 
     def output_lines(self, layout: ArrayLayout | None) -> list[str]:
         return ["-o pbs.out", "-e pbs.err"]
@@ -233,12 +275,19 @@ class PbsFamily(BatchBackend):
         return lines[-1]
 
     def member_ids(self, native_id: str, members: Sequence[Job]) -> list[str]:
-        layout = self.array_layout(members[0].spec, members)
+        native_id, alone = _split_located(native_id)
+        if alone is not None:
+            members = [job for job in members if job.array_index == alone]
+        match = _JOB_ID.match(native_id)
+        if not members or match is None or match["array"] != "[]":
+            return [native_id for _ in members]  # a plain job: a member handed over alone
+        spec = members[0].spec
+        assert spec.array is not None
+        # an array is submitted whole; ``locate`` asks about some of its members
+        whole = members if len(members) == len(spec.array) else _whole(members[0], spec.array)
+        layout = self.array_layout(spec, whole)
         if layout is None or layout.request is None:
             return [native_id for _ in members]
-        match = _JOB_ID.match(native_id)
-        if match is None:
-            raise ValueError(f"not an array job id: {native_id!r}")
         server = match["server"] or ""
         native = [layout.native[index] for index in _indices_in_order(members)]
         return [f"{match['sequence']}[{index}]{server}" for index in native]
@@ -261,6 +310,78 @@ class PbsFamily(BatchBackend):
     def empty_answer_is_fine(self, result: CommandResult) -> bool:
         return "Unknown Job Id" in result.stderr or "has finished" in result.stderr
 
+    # -- finding submissions by their mark ---------------------------------------------------
+
+    def parse_located(self, output: str) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for job_id, attributes in self.job_records(output):
+            if isinstance(attributes, UnreadableRecord):
+                self._unreadable(attributes)
+                continue
+            marked = _MARKED.search(self.submitted_name(attributes))
+            if marked is None:
+                continue
+            native = job_id
+            if marked["index"] is not None:
+                native = f"{job_id}{_ALONE}{marked['index']}"
+            ids = found.setdefault(marked["tag"], [])
+            if native not in ids:
+                ids.append(native)
+        return found
+
+    @abstractmethod
+    def job_records(self, output: str) -> Iterable[Record]:
+        """Each job of a full qstat answer, or why it could not be read."""
+
+    def submitted_name(self, attributes: Mapping[str, Any]) -> str:
+        return str(attributes.get("Job_Name", "")).strip()
+
+    def locate_accounting_command(self, tags: Sequence[str], since: datetime) -> list[str] | None:
+        """The server's settings, which tell how long it shows finished jobs: long enough
+        back to ``since``, or the search cannot be complete."""
+        self._history_needed = time.time() - since.timestamp()
+        return self.server_command()
+
+    @abstractmethod
+    def server_command(self) -> list[str]: ...
+
+    def parse_located_accounting(self, output: str) -> dict[str, list[str]]:
+        kept = self.history_kept(output)
+        needed = self._history_needed
+        if kept < needed:
+            raise ValueError(
+                f"the server shows finished jobs for {kept:.0f} s only: jobs ended since the"
+                f" search's start ({needed:.0f} s ago) may be gone"
+            )
+        return {}
+
+    @abstractmethod
+    def history_kept(self, output: str) -> float:
+        """Seconds for which the server shows finished jobs, from its settings."""
+
+    def scheduler_output_path(self, job: Job, stream: Stream) -> str | None:
+        """Where PBS puts what the job script printed outside the program (``-o``/``-e``)."""
+        if job.native_id is None:
+            return None
+        match = _JOB_ID.match(job.native_id)
+        index = match["array"][1:-1] if match and match["array"] else ""
+        letter = "o" if stream == "stdout" else "e"
+        name = (
+            self.array_output_name(job, match["sequence"], index, letter)
+            if match and index
+            else None
+        )
+        if name is None:
+            name = f"pbs.{'out' if letter == 'o' else 'err'}"
+        return posixpath.join(self.job_dir(job), name)
+
+    def array_output_name(self, job: Job, sequence: str, index: str, letter: str) -> str:
+        return f"pbs.{index}.{'out' if letter == 'o' else 'err'}"
+
+    def _unreadable(self, bad: UnreadableRecord) -> None:
+        """No news for that one job; said once."""
+        self.warn_once(bad.key, f"unreadable record of job {bad.key}, no news for it: {bad}")
+
     # -- reading states --------------------------------------------------------------------
 
     def native_state(
@@ -270,7 +391,10 @@ class PbsFamily(BatchBackend):
         started: datetime | None,
         ended: datetime | None,
     ) -> NativeState:
-        raw_exit = int_or_none(attributes.get(self.exit_attribute))
+        """One job's state; ``ValueError`` if its record cannot be read."""
+        if not letter:
+            raise ValueError("no job_state")
+        raw_exit = exit_status(attributes, self.exit_attribute)
         word = self._story(letter, attributes, raw_exit, started is not None)
         exit_code = raw_exit if word in self.exit_words.values() else shell_exit_code(raw_exit)
         comment = attributes.get("comment")
@@ -446,19 +570,241 @@ class PbsProBackend(PbsFamily):
         return ["qstat", "-f", "-F", "json", "-x", "-t", *native_ids]
 
     def parse_status(self, output: str) -> dict[str, NativeState]:
-        if not output.strip():
-            return {}
-        # strict=False: values copied from the environment may hold control characters
-        document = json.loads(output, strict=False)
         states = {}
-        for job_id, attributes in document.get("Jobs", {}).items():
-            states[job_id] = self.native_state(
-                str(attributes["job_state"]),
-                attributes,
-                pbs_time(attributes.get("stime")),
-                pbs_time(attributes.get("obittime") or attributes.get("mtime")),
-            )
+        for job_id, attributes in pbspro_jobs(output):
+            try:
+                if isinstance(attributes, UnreadableRecord):
+                    raise attributes
+                states[job_id] = self.native_state(
+                    str(attributes.get("job_state") or ""),
+                    attributes,
+                    pbs_time(attributes.get("stime")),
+                    pbs_time(attributes.get("obittime") or attributes.get("mtime")),
+                )
+            except ValueError as error:
+                self._unreadable(UnreadableRecord(job_id, str(error)))
         return states
+
+    def locate_queue_command(self, tags: Sequence[str]) -> list[str]:
+        # -f takes no -u: every job the server shows, finished ones included (-x), arrays
+        # as one job each (no -t); parse_located keeps the tags asked for
+        return ["qstat", "-f", "-F", "json", "-x"]
+
+    def job_records(self, output: str) -> Iterable[Record]:
+        return pbspro_jobs(output)
+
+    def server_command(self) -> list[str]:
+        return ["qstat", "-B", "-f", "-F", "json"]
+
+    def history_kept(self, output: str) -> float:
+        """``job_history_enable`` (off unless set) and ``job_history_duration`` (two weeks
+        unless set) of the server."""
+        servers = pbspro_document(output).get("Server")
+        if not isinstance(servers, dict) or not servers:
+            raise ValueError("no server in the answer")
+        kept = []
+        for attributes in servers.values():
+            if not isinstance(attributes, dict):
+                raise ValueError("server attributes are no JSON object")
+            enabled = str(attributes.get("job_history_enable", "")).lower() in _TRUE
+            duration = attributes.get("job_history_duration")
+            if not enabled:
+                kept.append(0.0)
+            else:
+                kept.append(_seconds(str(duration)) if duration else _DEFAULT_HISTORY)
+        return min(kept)
+
+    def deleted_for_dependency(self, attributes: Mapping[str, Any]) -> bool:
+        return "dependency" in str(attributes.get("comment", "")).lower()
+
+    def was_deleted(self, attributes: Mapping[str, Any]) -> bool:
+        return False
+
+    def to_status(self, state: NativeState) -> JobStatus:
+        status = super().to_status(state)
+        if state.word not in self.ended_letters:
+            return status
+        if state.exit_code is None:
+            return status.model_copy(
+                update={
+                    "phase": Phase.ERROR,
+                    "detail": UNTOLD,
+                    "message": f"{self.scheduler} says the job finished but not how, and it"
+                    " left no exit code",
+                }
+            )
+        if state.exit_code != 0:
+            return status.model_copy(update={"phase": Phase.ERROR})
+        return status
+
+
+class PbsProBackend(PbsFamily):
+    """PBS Professional and OpenPBS (``-J`` arrays, ``select`` chunks, ``qstat -F json``)."""
+
+    kind = "pbspro"
+    scheduler = "pbspro"
+    index_variable = "PBS_ARRAY_INDEX"
+    array_option = "-J"
+    exit_attribute = "Exit_status"
+    ended_letters = frozenset({"F", "X"})
+    exit_words: ClassVar[Mapping[int, str]] = {
+        -1: "JOB_EXEC_FAIL1",
+        -2: "JOB_EXEC_FAIL2",
+        -3: "JOB_EXEC_RETRY",
+        -4: "JOB_EXEC_INITABT",
+        -5: "JOB_EXEC_INITRST",
+        -6: "JOB_EXEC_INITRMG",
+        -7: "JOB_EXEC_BADRESRT",
+        -10: "JOB_EXEC_FAILUID",
+        -11: "JOB_EXEC_RERUN",
+        -12: "JOB_EXEC_CHKP",
+        -13: "JOB_EXEC_FAIL_PASSWORD",
+        -14: "JOB_EXEC_RERUN_SIS_FAIL",
+        -15: "JOB_EXEC_QUERST",
+        -16: "JOB_EXEC_FAILHOOK_RERUN",
+        -17: "JOB_EXEC_FAILHOOK_DELETE",
+        -18: "JOB_EXEC_HOOK_RERUN",
+        -19: "JOB_EXEC_HOOK_DELETE",
+        -20: "JOB_EXEC_RERUN_MS_FAIL",
+        -21: "JOB_EXEC_FAIL_SECURITY",
+        -22: "JOB_EXEC_HOOKERROR",
+        -23: "JOB_EXEC_FAIL_KRB5",
+        -24: "JOB_EXEC_KILL_NCPUS_BURST",
+        -25: "JOB_EXEC_KILL_NCPUS_SUM",
+        -26: "JOB_EXEC_KILL_VMEM",
+        -27: "JOB_EXEC_KILL_MEM",
+        -28: "JOB_EXEC_KILL_CPUT",
+        -29: "JOB_EXEC_KILL_WALLTIME",
+        -30: "JOB_EXEC_JOINJOB",
+    }
+    STATES: ClassVar[Mapping[str, tuple[Phase, str | None]]] = {
+        **COMMON_STATES,
+        "B": (Phase.EXECUTING, None),  # an array some of whose members have started
+        "U": (Phase.SUSPENDED, None),  # cycle harvesting: the workstation's owner is back
+        "M": (Phase.UNKNOWN, "MOVED"),  # moved to another server, which this one cannot see
+        "F": (Phase.COMPLETED, None),  # finished: the exit status tells how
+        "X": (Phase.COMPLETED, None),  # a finished member of an array
+        **{word: (Phase.ERROR, word) for word in exit_words.values()},
+        "JOB_EXEC_KILL_WALLTIME": (Phase.ERROR, "TIMEOUT"),
+        "JOB_EXEC_KILL_MEM": (Phase.ERROR, "OUT_OF_MEMORY"),
+        "JOB_EXEC_KILL_VMEM": (Phase.ERROR, "OUT_OF_MEMORY"),
+        "JOB_EXEC_KILL_CPUT": (Phase.ERROR, "CPU_TIME_LIMIT"),
+        "JOB_EXEC_KILL_NCPUS_SUM": (Phase.ERROR, "CPU_LIMIT"),
+        "JOB_EXEC_KILL_NCPUS_BURST": (Phase.ERROR, "CPU_LIMIT"),
+        "JOB_EXEC_RERUN_MS_FAIL": (Phase.ERROR, "NODE_FAIL"),
+        "JOB_EXEC_RERUN_SIS_FAIL": (Phase.ERROR, "NODE_FAIL"),
+    }
+
+    def resource_lines(self, spec: JobSpec) -> list[str]:
+        resources = spec.resources
+        chunk = [
+            f"{resources.nodes}",
+            f"ncpus={resources.processes_per_node * resources.cores_per_process}",
+            f"mpiprocs={resources.processes_per_node}",
+        ]
+        if resources.gpus_per_process:
+            chunk.append(f"ngpus={resources.gpus_per_process * resources.processes_per_node}")
+        if resources.memory is not None:
+            chunk.append(f"mem={math.ceil(resources.memory / resources.nodes / _MIB)}mb")
+        lines = [f"-l select={':'.join(chunk)}"]
+        if resources.nodes > 1:
+            lines.append("-l place=scatter")
+        return lines
+
+    def output_lines(self, layout: ArrayLayout | None) -> list[str]:
+        if layout is None or layout.request is None:
+            return super().output_lines(layout)
+        # PBS puts each member's index where this tag stands
+        return ["-o pbs.^array_index^.out", "-e pbs.^array_index^.err"]
+
+    def placement_lines(self, spec: JobSpec) -> list[str]:
+        if spec.queue and spec.reservation:
+            raise self.unsupported(
+                "reservation", "on PBS Pro a reservation is a queue; give a queue or a reservation"
+            )
+        lines = []
+        destination = spec.reservation or spec.queue
+        if destination:
+            lines.append(f"-q {self._value('queue', destination)}")
+        if spec.account:
+            lines.append(f"-A {self._value('account', spec.account)}")
+        if spec.project:
+            if _PROJECT_FORBIDDEN.search(spec.project):
+                raise self.unsupported("project", f"{spec.project!r} has characters PBS refuses")
+            lines.append(f"-P {self._value('project', spec.project)}")
+        return lines
+
+    def array_layout(self, spec: JobSpec, members: Sequence[Job]) -> ArrayLayout | None:
+        if spec.array is None:
+            return None
+        indices = member_indices(members)
+        if len(indices) == 1:
+            return ArrayLayout(None, {indices[0]: indices[0]})
+        cap = f"%{spec.array.max_concurrent}" if spec.array.max_concurrent else ""
+        step = indices[1] - indices[0]
+        if all(later - earlier == step for earlier, later in itertools.pairwise(indices)):
+            stride = f":{step}" if step > 1 else ""
+            request = f"{indices[0]}-{indices[-1]}{stride}{cap}"
+            return ArrayLayout(request, {index: index for index in indices})
+        request = f"0-{len(indices) - 1}{cap}"
+        positions = {index: position for position, index in enumerate(indices)}
+        return ArrayLayout(request, positions, tuple(indices))
+
+    def dependency_list(self, dependencies: Sequence[NativeDependency]) -> str:
+        for dependency in dependencies:
+            match = _JOB_ID.match(dependency.native_id)
+            if match and match["array"] not in (None, "[]"):
+                raise self.unsupported(
+                    "depends_on", "PBS Pro cannot make a job wait for one member of an array"
+                )
+        return super().dependency_list(dependencies)
+
+    def status_command(self, native_ids: Sequence[str]) -> list[str]:
+        return ["qstat", "-f", "-F", "json", "-x", "-t", *native_ids]
+
+    def parse_status(self, output: str) -> dict[str, NativeState]:
+        states = {}
+        for job_id, attributes in pbspro_jobs(output):
+            try:
+                if isinstance(attributes, UnreadableRecord):
+                    raise attributes
+                states[job_id] = self.native_state(
+                    str(attributes.get("job_state") or ""),
+                    attributes,
+                    pbs_time(attributes.get("stime")),
+                    pbs_time(attributes.get("obittime") or attributes.get("mtime")),
+                )
+            except ValueError as error:
+                self._unreadable(UnreadableRecord(job_id, str(error)))
+        return states
+
+    def locate_queue_command(self, tags: Sequence[str]) -> list[str]:
+        # -f takes no -u: every job the server shows, finished ones included (-x), arrays
+        # as one job each (no -t); parse_located keeps the tags asked for
+        return ["qstat", "-f", "-F", "json", "-x"]
+
+    def job_records(self, output: str) -> Iterable[Record]:
+        return pbspro_jobs(output)
+
+    def server_command(self) -> list[str]:
+        return ["qstat", "-B", "-f", "-F", "json"]
+
+    def history_kept(self, output: str) -> float:
+        """``job_history_enable`` (off unless set) and ``job_history_duration`` (two weeks
+        unless set) of the server."""
+        servers = pbspro_document(output).get("Server", {})
+        if not isinstance(servers, dict) or not servers:
+            raise ValueError("no server in the answer")
+        kept = []
+        for attributes in servers.values():
+            enabled = str(attributes.get("job_history_enable", "")).lower() in ("true", "1", "y")
+            duration = attributes.get("job_history_duration")
+            kept.append(
+                _seconds(str(duration)) if duration else _DEFAULT_HISTORY if enabled else 0.0
+            )
+            if not enabled:
+                kept[-1] = 0.0
+        return min(kept)
 
     def deleted_for_dependency(self, attributes: Mapping[str, Any]) -> bool:
         # PBS deletes a queued job whose dependency can never be met; one that never ran and
@@ -474,12 +820,6 @@ def _waits_for_dependencies(attributes: Mapping[str, Any]) -> bool:
     return bool(attributes.get("depend")) and holds == "s"
 
 
-def _job_name(name: str) -> str:
-    """PBS job names start with a letter or digit (Torque: a letter)."""
-    cleaned = scheduler_name(name)
-    return cleaned if cleaned[0].isalpha() else f"j{cleaned}"[:64]
-
-
 def _text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -492,6 +832,24 @@ def member_indices(members: Sequence[Job]) -> list[int]:
 
 def _indices_in_order(members: Sequence[Job]) -> list[int]:
     return [job.array_index for job in members if job.array_index is not None]
+
+
+def _whole(member: Job, array: ArraySpec) -> list[Job]:
+    """Stand-ins for all members of ``member``'s array."""
+    return [member.model_copy(update={"array_index": index}) for index in array.indices]
+
+
+def _split_located(native_id: str) -> tuple[str, int | None]:
+    native, _, index = native_id.partition(_ALONE)
+    return native, int(index) if index.isdigit() else None
+
+
+def _seconds(text: str) -> float:
+    """A PBS duration, ``[[HH:]MM:]SS``."""
+    total = 0.0
+    for part in text.strip().split(":"):
+        total = total * 60 + float(part)
+    return total
 
 
 def _array_of(native_id: str) -> str:

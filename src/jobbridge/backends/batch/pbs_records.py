@@ -1,30 +1,170 @@
-"""Reading what PBS Pro's and Torque's qstat print: Torque's XML, times, exit codes."""
+"""Reading what PBS Pro's and Torque's qstat print: PBS Pro's JSON, Torque's XML, times, exit
+codes. One job whose record cannot be read is left out, never the answer as a whole."""
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from xml.etree import ElementTree
 
-__all__ = ["element_value", "int_or_none", "pbs_time", "shell_exit_code", "torque_jobs"]
+__all__ = [
+    "Record",
+    "UnreadableRecord",
+    "element_value",
+    "exit_status",
+    "int_or_none",
+    "pbs_time",
+    "pbspro_document",
+    "pbspro_jobs",
+    "shell_exit_code",
+    "torque_jobs",
+]
 
 _XML_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _PBS_TIME = "%a %b %d %H:%M:%S %Y"
+_DATA = re.compile(r"<Data>.*?</Data>|<Data\s*/>", re.DOTALL)
+_JOB = re.compile(r"<Job>.*?</Job>", re.DOTALL)
+_JOB_ID = re.compile(r"<Job_Id>\s*([^<\s]+)\s*</Job_Id>")
+_DECODER = json.JSONDecoder(strict=False)
 
 
-def torque_jobs(output: str) -> list[dict[str, Any]]:
+class UnreadableRecord(ValueError):
+    """One job's record could not be read; ``key`` names the job as far as it can be told."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
+
+
+Record = tuple[str, Mapping[str, Any] | UnreadableRecord]
+"""A job's id and its attributes, or why they could not be read."""
+
+
+def pbspro_document(output: str) -> dict[str, Any]:
+    """A whole ``qstat -F json`` answer (jobs or server); ``ValueError`` if it is none."""
+    document = json.loads(output, strict=False)
+    if not isinstance(document, dict):
+        raise ValueError("not a qstat -F json answer")
+    return document
+
+
+def pbspro_jobs(output: str) -> Iterator[Record]:
+    """Each job of ``qstat -f -F json``. Values copied from the environment may hold control
+    characters (hence ``strict=False``); a job whose object is broken anyway comes as an
+    ``UnreadableRecord``, and the jobs after it are still read."""
+    if not output.strip():
+        return
+    try:
+        document = pbspro_document(output)
+    except json.JSONDecodeError:
+        yield from _pbspro_job_by_job(output)
+        return
+    jobs = document.get("Jobs", {})
+    if not isinstance(jobs, dict):
+        raise ValueError("Jobs is no JSON object")
+    for job_id, attributes in jobs.items():
+        if isinstance(attributes, dict):
+            yield str(job_id), attributes
+        else:
+            yield str(job_id), UnreadableRecord(str(job_id), "attributes are no JSON object")
+
+
+def _pbspro_job_by_job(output: str) -> Iterator[Record]:
+    """The jobs of an answer that is no valid JSON as a whole. PBS prints one job per key of
+    ``Jobs``, each key on a line of its own at the same indentation: after a broken job,
+    reading resumes at the next line so indented."""
+    opening = re.search(r'"Jobs"\s*:\s*\{', output)
+    if opening is None or not output.rstrip().endswith("}"):
+        raise ValueError("no qstat -F json answer (or one cut short)")
+    position = opening.end()
+    while True:
+        position = _skip_space(output, position)
+        if position >= len(output) or output[position] == "}":
+            return
+        if output[position] == ",":
+            position += 1
+            continue
+        key, after = _DECODER.raw_decode(output, position)
+        if not isinstance(key, str):
+            raise ValueError(f"no job id at {position}")
+        colon = _skip_space(output, after)
+        if output[colon : colon + 1] != ":":
+            raise ValueError(f"no ':' after job {key}")
+        try:
+            attributes, position = _DECODER.raw_decode(output, _skip_space(output, colon + 1))
+        except json.JSONDecodeError as error:
+            yield key, UnreadableRecord(key, f"broken JSON object: {error}")
+            resumed = _next_key(output, position)
+            if resumed is None:
+                return
+            position = resumed
+            continue
+        if isinstance(attributes, dict):
+            yield key, attributes
+        else:
+            yield key, UnreadableRecord(key, "attributes are no JSON object")
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position].isspace():
+        position += 1
+    return position
+
+
+def _next_key(output: str, key_start: int) -> int | None:
+    """The start of the next key indented as the one at ``key_start``."""
+    line_start = output.rfind("\n", 0, key_start) + 1
+    indent = output[line_start:key_start]
+    if indent.strip():
+        raise ValueError("jobs are not one per line: a broken one cannot be skipped")
+    pattern = re.compile("\n" + re.escape(indent) + r'"[^"\n]*"\s*:')
+    found = pattern.search(output, key_start + 1)
+    return None if found is None else found.start() + 1 + len(indent)
+
+
+def torque_jobs(output: str) -> Iterator[Record]:
     """Each ``<Job>`` of ``qstat -x`` (one or more XML documents) as a dict; nested elements
-    such as ``Resource_List`` become dicts of their own."""
-    jobs = []
+    such as ``Resource_List`` become dicts of their own. A ``<Job>`` that is no XML comes as
+    an ``UnreadableRecord``; an answer without a whole ``<Data>`` raises ``ValueError``."""
+    if not output.strip():
+        return  # Torque before 6.1.0 printed nothing at all when there were no jobs
     # -V copies the submitter's environment into Variable_List, control characters included,
     # and qstat writes them as they are; XML 1.0 allows none of them
     cleaned = _XML_FORBIDDEN.sub("", output)
-    for document in re.findall(r"<Data>.*?</Data>|<Data\s*/>", cleaned, flags=re.DOTALL):
-        root = ElementTree.fromstring(document)  # noqa: S314 - the scheduler's own answer
+    documents = _DATA.findall(cleaned)
+    if not documents or len(documents) < cleaned.count("<Data"):
+        raise ValueError("no qstat -x answer (or one cut short)")
+    for document in documents:
+        try:
+            root = ElementTree.fromstring(document)  # noqa: S314 - the scheduler's own answer
+        except ElementTree.ParseError:
+            yield from _torque_job_by_job(document)
+            continue
         for element in root.iter("Job"):
-            jobs.append({child.tag: element_value(child) for child in element})
-    return jobs
+            yield _torque_record(element)
+
+
+def _torque_job_by_job(document: str) -> Iterator[Record]:
+    for chunk in _JOB.findall(document):
+        try:
+            element = ElementTree.fromstring(chunk)  # noqa: S314
+        except ElementTree.ParseError as error:
+            found = _JOB_ID.search(chunk)
+            key = found[1] if found else chunk[:60]
+            yield key, UnreadableRecord(key, f"not XML: {error}")
+            continue
+        yield _torque_record(element)
+
+
+def _torque_record(element: ElementTree.Element) -> Record:
+    attributes = {child.tag: element_value(child) for child in element}
+    job_id = str(attributes.get("Job_Id", "")).strip()
+    if not job_id:
+        return "?", UnreadableRecord("?", "a <Job> without <Job_Id>")
+    return job_id, attributes
 
 
 def element_value(element: ElementTree.Element) -> object:
@@ -38,6 +178,17 @@ def int_or_none(value: object) -> int | None:
         return int(str(value))
     except ValueError:
         return None
+
+
+def exit_status(attributes: Mapping[str, Any], name: str) -> int | None:
+    """The exit status attribute; None where there is none. One that is there but no number
+    makes the record unreadable."""
+    value = attributes.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool) or int_or_none(value) is None:
+        raise ValueError(f"{name} {value!r} is no number")
+    return int(str(value))
 
 
 def shell_exit_code(code: int | None) -> int | None:

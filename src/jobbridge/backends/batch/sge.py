@@ -15,6 +15,12 @@ not yet started when jobbridge learns it are deleted, a started one is only logg
 Slots are ``-pe`` (processes x cores), memory is per slot (``memory_resource``), and an
 attribute ``sge.NAME`` is a resource request ``-l NAME=VALUE``, except the switches
 ``sge.hold`` (``-h``) and ``sge.notify`` (``-notify``).
+
+Every submission carries jobbridge's mark at the end of its job name (``name.jb-ID``; a
+member handed over alone also its index, ``name.jb-ID.7``), where ``qstat -xml`` and
+``qacct -j`` both show it: ``locate`` reads the user's queue, then the accounting of jobs
+started since the search's start. What the job script prints outside the program goes to
+``sge-JOB.err`` (``sge-JOB.TASK.err``) in the job's directory.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import posixpath
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -31,6 +38,7 @@ from xml.etree import ElementTree
 
 from pydantic import Field
 
+from jobbridge.backends.base import Missing, Stream
 from jobbridge.backends.batch.base import (
     BatchBackend,
     BatchOptions,
@@ -40,17 +48,19 @@ from jobbridge.backends.batch.base import (
 )
 from jobbridge.backends.batch.script import directive_value, scheduler_name
 from jobbridge.backends.batch.sge_records import (
+    UnreadableRecord,
+    accounting_records,
     accounting_word,
     int_or_none,
     job_ids,
+    job_list,
     qacct_time,
-    record_fields,
     said,
     state_word,
     xml_time,
 )
 from jobbridge.backends.batch.sge_tasks import TaskNumbers
-from jobbridge.errors import BackendError
+from jobbridge.errors import BackendError, JobbridgeError
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
 from jobbridge.spec import ArraySpec, JobSpec
@@ -74,6 +84,12 @@ _DELETING = ["dr", "dt", "dRr", "dRt", "ds", "dS", "dT", "dRs", "dRS", "dRT"]
 
 _FLAGS = {"hold": "-h", "notify": "-notify"}
 """``sge.*`` attributes that are qsub switches (true or false); all others are ``-l``."""
+_NAME_LIMIT = 64
+_MARKED = re.compile(r"(?:^|\.)(?P<tag>jb-[A-Za-z0-9_]+)(?:\.(?P<index>\d+))?$")
+_MARK_PART = re.compile(r"^jb-[A-Za-z0-9_]+$")
+_ALONE = "#"
+"""Joins the id of a member's submission of its own and the member's index, in what
+``parse_located`` returns: ``member_ids`` gives that submission to this member only."""
 
 
 class SgeOptions(BatchOptions):
@@ -156,7 +172,8 @@ class SgeBackend(BatchBackend):
     ) -> list[str]:
         spec, resources = job.spec, job.spec.resources
         stem = "sge-$JOB_ID.$TASK_ID" if spec.array is not None else "sge-$JOB_ID"
-        lines = [f"-N {_job_name(job.name)}", f"-o {stem}.out", f"-e {stem}.err"]
+        name = _job_name(job.name, self._mark(job, members))
+        lines = [f"-N {name}", f"-o {stem}.out", f"-e {stem}.err"]
         lines += ["-S /bin/bash", "-cwd"]
         if spec.inherit_environment:
             lines.append("-V")
@@ -186,6 +203,14 @@ class SgeBackend(BatchBackend):
             lines.append(f"-hold_jid {self._hold_list(dependencies)}")
         lines += self._attributes(spec, taken)
         return [f"#$ {line}" for line in lines]
+
+    def _mark(self, job: Job, members: Sequence[Job]) -> str:
+        """The submission's mark: ``tag``, and the index of a member handed over alone."""
+        tag = self.tag(job)
+        if not _MARK_PART.match(tag):
+            raise self.unsupported("id", f"{tag!r} cannot be part of a Grid Engine job name")
+        alone = job.array_index is not None and len(members) == 1
+        return f"{tag}.{job.array_index}" if alone else tag
 
     def _slots(self, spec: JobSpec) -> list[str]:
         resources = spec.resources
@@ -286,6 +311,11 @@ class SgeBackend(BatchBackend):
         return job_id
 
     def member_ids(self, native_id: str, members: Sequence[Job]) -> list[str]:
+        native_id, alone = _split_located(native_id)
+        if alone is not None:
+            members = [job for job in members if job.array_index == alone]
+        if not members:
+            return []
         array = members[0].spec.array
         assert array is not None
         task_ids = TaskNumbers.of(array).task_ids()
@@ -296,27 +326,14 @@ class SgeBackend(BatchBackend):
         return ["qstat", "-xml", "-r", "-u", self.options.user]
 
     def parse_status(self, output: str) -> dict[str, NativeState]:
-        if "<job_info" not in output:
-            raise ValueError("no <job_info> in the answer")
-        try:
-            root = ElementTree.fromstring(output)  # noqa: S314 - Grid Engine's own answer
-        except ElementTree.ParseError as error:
-            raise ValueError(f"not XML: {error}") from error
-        states = {}
-        for entry in root.iter("job_list"):
-            number = (entry.findtext("JB_job_number") or "").strip()
-            predecessors = [
-                job.strip()
-                for element in entry.findall("predecessor_jobs")
-                for job in (element.text or "").split(",")
-                if job.strip()
-            ]
-            state = NativeState(
-                word=(entry.findtext("state") or "").strip(),
-                reason=f"{_WAITING} {', '.join(predecessors)}" if predecessors else None,
-                started=xml_time(entry.findtext("JAT_start_time")),
-            )
-            states.update(dict.fromkeys(job_ids(number, entry.findtext("tasks")), state))
+        states: dict[str, NativeState] = {}
+        for entry in job_list(output):
+            try:
+                ids, state = _queued_state(entry)
+            except UnreadableRecord as bad:
+                self._unreadable(bad)
+                continue
+            states.update(dict.fromkeys(ids, state))
         return states
 
     def accounting_query(self, since: datetime) -> list[str]:
@@ -327,23 +344,52 @@ class SgeBackend(BatchBackend):
 
     def parse_accounting(self, output: str) -> dict[str, NativeState]:
         states = {}
-        for record in re.split(r"^=+\s*$", output, flags=re.MULTILINE):
-            fields = record_fields(record)
-            if "jobnumber" not in fields or "failed" not in fields:
+        for fields in accounting_records(output):
+            try:
+                key, state = _accounted_state(fields)
+            except UnreadableRecord as bad:
+                self._unreadable(bad)
                 continue
-            task = fields.get("taskid", "undefined")
-            key = fields["jobnumber"] if task == "undefined" else f"{fields['jobnumber']}.{task}"
-            failed = int(fields["failed"].split()[0])
-            exit_status = int_or_none(fields.get("exit_status", "").split()[0:1])
-            word = accounting_word(failed, exit_status, fields)
-            states[key] = NativeState(  # a rerun job has several records: the last counts
-                word=word,
-                reason=None if failed == 0 else f"failed {fields['failed']}",
-                exit_code=None if word == "FAILED" and failed == 30 else exit_status,
-                started=qacct_time(fields.get("start_time", "")),
-                ended=qacct_time(fields.get("end_time", "")),
-            )
+            states[key] = state  # a rerun job has several records: the last counts
         return states
+
+    def _unreadable(self, bad: UnreadableRecord) -> None:
+        """No news for that one job; said once."""
+        self.warn_once(bad.key, f"unreadable record of job {bad.key}, no news for it: {bad}")
+
+    # -- finding submissions by their mark ------------------------------------------------------
+
+    def locate_queue_command(self, tags: Sequence[str]) -> list[str]:
+        # qstat has no filter on names: the user's jobs, sorted out by parse_located
+        return self.status_command([])
+
+    def parse_located(self, output: str) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for entry in job_list(output):
+            if isinstance(entry, UnreadableRecord):
+                self._unreadable(entry)
+                continue
+            name = entry.findtext("full_job_name") or entry.findtext("JB_name") or ""
+            number = (entry.findtext("JB_job_number") or "").strip()
+            if number.isdigit():
+                _add_located(found, name, number)
+        return found
+
+    def locate_accounting_command(self, tags: Sequence[str], since: datetime) -> list[str] | None:
+        """Jobs that ended since ``since`` (so all submitted since), only the user's if the
+        options name the user (qacct does not know ``$user``)."""
+        command = self.accounting_query(since)
+        if self.options.user not in ("$user", "*"):
+            command[1:1] = ["-o", self.options.user]
+        return command
+
+    def parse_located_accounting(self, output: str) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for fields in accounting_records(output):
+            number = fields["jobnumber"]
+            if number.isdigit():
+                _add_located(found, fields.get("jobname", ""), number)
+        return found
 
     def cancel_command(self, native_ids: Sequence[str]) -> list[str]:
         return ["qdel", *native_ids]
@@ -356,9 +402,16 @@ class SgeBackend(BatchBackend):
 
     def cancel(self, job: Job) -> None:
         assert job.native_id is not None
-        result = self._run(self.cancel_command([job.native_id]), check=False)
+        result = self._run(self.cancel_command([job.native_id]), check=False, idempotent=True)
         if result.returncode != 0 and _GONE not in result.stdout + result.stderr:
             raise BackendError(f"qdel {job.native_id} failed: {said(result)}")
+
+    def scheduler_output_path(self, job: Job, stream: Stream) -> str | None:
+        """Where Grid Engine writes what the job script itself printed (``-o``/``-e``)."""
+        if job.native_id is None:
+            return None
+        suffix = "out" if stream == "stdout" else "err"
+        return posixpath.join(self.job_dir(job), f"sge-{job.native_id}.{suffix}")
 
     def status_environment(self) -> dict[str, str]:
         # qstat and qacct print, and qacct -b reads, times in the local time zone; not for
@@ -379,16 +432,18 @@ class SgeBackend(BatchBackend):
 
     # -- status -------------------------------------------------------------------------------
 
-    def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
+    def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus | Missing]:
         """One ``qstat`` for all jobs. For jobs it no longer lists, and jobs in the error
         state, the exit-code files their scripts wrote; for jobs gone without one (killed,
         out of time), one ``qacct``. Then one ``qdel`` if some jobs must leave the queue:
-        failed jobs in the error state, after the ``afterok`` dependents they rule out."""
+        failed jobs in the error state, after the ``afterok`` dependents they rule out.
+        A record that cannot be read leaves only its own job without news."""
         by_native = {job.native_id: job for job in jobs if job.native_id}
         if not by_native:
             return {}
         env = self.status_environment()
-        answer = self._run(self.status_command(list(by_native)), env=env, check=False)
+        command = self.status_command(list(by_native))
+        answer = self._run(command, env=env, check=False, idempotent=True)
         if answer.returncode != 0:
             raise BackendError(
                 f"qstat failed ({answer.returncode}): {said(answer)}", retryable=True
@@ -401,31 +456,47 @@ class SgeBackend(BatchBackend):
         gone = [native for native in by_native if native not in queue]
         stuck = [native for native in by_native if state_word(queue, native) in _ERROR_STATE]
         exit_files = self._exit_files([by_native[native] for native in gone + stuck])
-        unresolved = [by_native[native] for native in gone if native not in exit_files]
-        accounted = self._accounting(unresolved, env)
-        answers = {}
+        # files that could not be read at all: only what the queue shows is news
+        skip = set(gone + stuck) if exit_files is None else set()
+        exit_files = exit_files or {}
+        unresolved = [by_native[n] for n in gone if n not in exit_files and n not in skip]
+        accounted, searched = self._accounting(unresolved, env)
+        answers: dict[str, JobStatus | Missing] = {}
         for native_id, job in by_native.items():
+            if native_id in skip:
+                continue
             status = self._sge_decision(
-                job, queue.get(native_id), exit_files.get(native_id), accounted.get(native_id)
+                job,
+                queue.get(native_id),
+                exit_files.get(native_id),
+                accounted.get(native_id),
+                searched=searched,
             )
             if status is not None:
                 answers[job.id] = status
         answers.update(self._never_satisfied(jobs, answers, queue))
         self._delete_from_queue(jobs, answers, queue)
         for job in jobs:
-            if job.id in answers and answers[job.id].phase.is_final:
-                self._last_seen.pop(job.native_id or "", None)
-                self._ended_seen.pop(job.native_id or "", None)
-        return answers
+            told = answers.get(job.id)
+            if isinstance(told, JobStatus) and told.phase.is_final:
+                self._forget(job.native_id or "")
+        return self._with_scheduler_words(by_native, answers)
 
-    def _accounting(self, jobs: Sequence[Job], env: Mapping[str, str]) -> dict[str, NativeState]:
+    def _accounting(
+        self, jobs: Sequence[Job], env: Mapping[str, str]
+    ) -> tuple[dict[str, NativeState], bool]:
+        """What qacct says of these jobs, and whether it answered at all."""
         if not jobs or not self.options.accounting:
-            return {}
-        result = self._run(self.accounting_query(self._earliest_end(jobs)), env=env, check=False)
-        if result.returncode != 0:  # no accounting file, say: the exit-code files still count
-            log.warning("%s: qacct failed (%d): %s", self.name, result.returncode, said(result))
-            return {}
-        return self._answer(result, self.parse_accounting)
+            return {}, True
+        command = self.accounting_query(self._earliest_end(jobs))
+        try:
+            result = self._run(command, env=env, check=False, idempotent=True)
+            if result.returncode != 0:  # no accounting file, say: exit-code files still count
+                raise BackendError(f"qacct failed ({result.returncode}): {said(result)}")
+            return self._answer(result, self.parse_accounting), True
+        except JobbridgeError as error:
+            log.warning("%s: accounting unavailable, %d jobs wait: %s", self.name, len(jobs), error)
+            return {}, False
 
     def _earliest_end(self, jobs: Sequence[Job]) -> datetime:
         """A time before which none of these jobs can have ended: when qstat last listed
@@ -446,7 +517,9 @@ class SgeBackend(BatchBackend):
         queued: NativeState | None,
         exit_file: JobStatus | None,
         accounted: NativeState | None,
-    ) -> JobStatus | None:
+        *,
+        searched: bool,
+    ) -> JobStatus | Missing | None:
         if queued is not None and queued.word in _ERROR_STATE:
             if exit_file is not None:  # its script failed and exited 100: see the module doc
                 return exit_file
@@ -459,7 +532,7 @@ class SgeBackend(BatchBackend):
             return exit_file
         if accounted is not None:
             return self.to_status(accounted)
-        return self._decide(job, None, None)
+        return self._decide(job, None, None, None, searched=searched)
 
     def _after_delay(self, job: Job, status: JobStatus) -> JobStatus | None:
         """``status`` once the job has shown it for ``accounting_delay`` seconds: time for
@@ -470,19 +543,21 @@ class SgeBackend(BatchBackend):
     def _never_satisfied(
         self,
         jobs: Sequence[Job],
-        answers: Mapping[str, JobStatus],
+        answers: Mapping[str, JobStatus | Missing],
         queue: Mapping[str, NativeState],
     ) -> dict[str, JobStatus]:
         """Pending jobs that wait for the success of a job that has just failed."""
         failed = {
             job_id
             for job_id, status in answers.items()
-            if status.phase.is_final and status.phase is not Phase.COMPLETED
+            if isinstance(status, JobStatus)
+            and status.phase.is_final
+            and status.phase is not Phase.COMPLETED
         }
         verdicts = {}
         for job in jobs:
             told = answers.get(job.id)
-            if (told is not None and told.phase.is_final) or not any(
+            if (isinstance(told, JobStatus) and told.phase.is_final) or not any(
                 dependency.condition == "afterok" and dependency.job_id in failed
                 for dependency in job.spec.depends_on
             ):
@@ -501,7 +576,7 @@ class SgeBackend(BatchBackend):
     def _delete_from_queue(
         self,
         jobs: Sequence[Job],
-        answers: Mapping[str, JobStatus],
+        answers: Mapping[str, JobStatus | Missing],
         queue: Mapping[str, NativeState],
     ) -> None:
         """One qdel: first the dependents that can never run, then the ended jobs still held
@@ -509,7 +584,9 @@ class SgeBackend(BatchBackend):
         ruled_out, ended = [], []
         for job in jobs:
             status = answers.get(job.id)
-            if status is None or not status.phase.is_final or job.native_id is None:
+            if not isinstance(status, JobStatus) or not status.phase.is_final:
+                continue
+            if job.native_id is None:
                 continue
             if status.detail == "DEPENDENCY_NEVER_SATISFIED":
                 ruled_out.append(job.native_id)
@@ -517,7 +594,7 @@ class SgeBackend(BatchBackend):
                 ended.append(job.native_id)
         if not ruled_out and not ended:
             return
-        result = self._run(self.cancel_command(ruled_out + ended), check=False)
+        result = self._run(self.cancel_command(ruled_out + ended), check=False, idempotent=True)
         if result.returncode != 0:
             log.warning("%s: qdel of ended jobs failed: %s", self.name, said(result))
 
@@ -529,7 +606,76 @@ _NO_AFTERNOTOK = (
 _FIELDS = {"-q": "queue", "-A": "account", "-P": "project", "-ar": "reservation"}
 
 
-def _job_name(name: str) -> str:
-    """Grid Engine refuses job names that start with a digit."""
-    name = scheduler_name(name)
-    return f"job_{name}" if name[0].isdigit() else name
+def _job_name(name: str, mark: str) -> str:
+    """The readable name, shortened, then the mark. Grid Engine refuses job names that
+    start with a digit."""
+    room = _NAME_LIMIT - len(mark) - 1
+    readable = scheduler_name(name, room)
+    if readable[0].isdigit():
+        readable = f"job_{readable}"[:room]
+    return f"{readable}.{mark}"
+
+
+def _queued_state(entry: ElementTree.Element | UnreadableRecord) -> tuple[list[str], NativeState]:
+    if isinstance(entry, UnreadableRecord):
+        raise entry
+    number = (entry.findtext("JB_job_number") or "").strip()
+    word = (entry.findtext("state") or "").strip()
+    if not number.isdigit() or not word:
+        raise UnreadableRecord(number or "?", "no job number or no state")
+    try:
+        ids = job_ids(number, entry.findtext("tasks"))
+    except ValueError as error:
+        raise UnreadableRecord(number, f"tasks: {error}") from error
+    predecessors = [
+        job.strip()
+        for element in entry.findall("predecessor_jobs")
+        for job in (element.text or "").split(",")
+        if job.strip()
+    ]
+    state = NativeState(
+        word=word,
+        reason=f"{_WAITING} {', '.join(predecessors)}" if predecessors else None,
+        started=xml_time(entry.findtext("JAT_start_time")),
+    )
+    return ids, state
+
+
+def _accounted_state(fields: Mapping[str, str]) -> tuple[str, NativeState]:
+    number, task = fields["jobnumber"], fields.get("taskid", "undefined")
+    key = number if task == "undefined" else f"{number}.{task}"
+    try:
+        if not number.isdigit() or not (task == "undefined" or task.isdigit()):
+            raise ValueError("no job or task number")
+        failed = int_or_none(fields.get("failed", "").split()[0:1])
+        exit_status = int_or_none(fields.get("exit_status", "").split()[0:1])
+    except ValueError as error:
+        raise UnreadableRecord(key, str(error)) from error
+    if failed is None:
+        raise UnreadableRecord(key, "no failed field")
+    word = accounting_word(failed, exit_status, fields)
+    return key, NativeState(
+        word=word,
+        reason=None if failed == 0 else f"failed {fields['failed']}",
+        exit_code=None if word == "FAILED" and failed == 30 else exit_status,
+        started=qacct_time(fields.get("start_time", "")),
+        ended=qacct_time(fields.get("end_time", "")),
+    )
+
+
+def _add_located(found: dict[str, list[str]], name: str, native_id: str) -> None:
+    """Note ``native_id`` under the tag ``name`` ends with, if any; a member handed over
+    alone as ``native_id#index``."""
+    marked = _MARKED.search(name.strip())
+    if marked is None:
+        return
+    if marked["index"] is not None:
+        native_id = f"{native_id}{_ALONE}{marked['index']}"
+    ids = found.setdefault(marked["tag"], [])
+    if native_id not in ids:
+        ids.append(native_id)
+
+
+def _split_located(native_id: str) -> tuple[str, int | None]:
+    native, _, index = native_id.partition(_ALONE)
+    return native, int(index) if index.isdigit() else None

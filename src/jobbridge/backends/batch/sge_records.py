@@ -1,18 +1,24 @@
-"""Reading what Grid Engine's qstat -xml and qacct print: times, fields, failure codes."""
+"""Reading what Grid Engine's qstat -xml and qacct print: times, fields, failure codes, and
+the exit-code files of its jobs' scripts. One record that cannot be read is left out, never
+the answer as a whole."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from xml.etree import ElementTree
 
 from jobbridge.backends.batch.base import NativeState
 from jobbridge.transport.base import CommandResult
 
 __all__ = [
+    "UnreadableRecord",
+    "accounting_records",
     "accounting_word",
     "int_or_none",
     "job_ids",
+    "job_list",
     "limit_word",
     "qacct_time",
     "record_fields",
@@ -21,6 +27,47 @@ __all__ = [
     "state_word",
     "xml_time",
 ]
+
+_JOB_LIST = re.compile(r"<job_list\b[^>]*>.*?</job_list>", re.DOTALL)
+_JOB_NUMBER = re.compile(r"<JB_job_number>\s*(\d+)\s*</JB_job_number>")
+
+
+class UnreadableRecord(ValueError):
+    """One job's record could not be read; ``key`` names the job as far as it can be told."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
+
+
+def job_list(output: str) -> Iterator[ElementTree.Element | UnreadableRecord]:
+    """Each ``<job_list>`` of a ``qstat -xml`` answer; one that is no XML comes as an
+    ``UnreadableRecord``. Raises ``ValueError`` if the answer as a whole is none."""
+    if "<job_info" not in output:
+        raise ValueError("no <job_info> in the answer")
+    try:
+        root = ElementTree.fromstring(output)  # noqa: S314 - Grid Engine's own answer
+    except ElementTree.ParseError as error:
+        # a whole answer (not one cut short) in which some job's element is broken
+        chunks = _JOB_LIST.findall(output)
+        if not output.rstrip().endswith("</job_info>") or (not chunks and "<job_list" in output):
+            raise ValueError(f"not XML: {error}") from error
+        for chunk in chunks:
+            try:
+                yield ElementTree.fromstring(chunk)  # noqa: S314
+            except ElementTree.ParseError as bad:
+                number = _JOB_NUMBER.search(chunk)
+                yield UnreadableRecord(number[1] if number else chunk[:80], f"not XML: {bad}")
+        return
+    yield from root.iter("job_list")
+
+
+def accounting_records(output: str) -> Iterator[dict[str, str]]:
+    """The fields of each job record of ``qacct -j`` (the usage summary has none)."""
+    for record in re.split(r"^=+\s*$", output, flags=re.MULTILINE):
+        fields = record_fields(record)
+        if "jobnumber" in fields:
+            yield fields
 
 
 def xml_time(text: str | None) -> datetime | None:
@@ -49,7 +96,13 @@ def record_fields(record: str) -> dict[str, str]:
 
 
 def int_or_none(words: list[str]) -> int | None:
-    return int(words[0]) if words and words[0].isdigit() else None
+    """The first word as a number; None if there is none. A word that is no number is an
+    unreadable record."""
+    if not words:
+        return None
+    if not words[0].lstrip("-").isdigit():
+        raise ValueError(f"not a number: {words[0]!r}")
+    return int(words[0])
 
 
 def accounting_word(failed: int, exit_status: int | None, fields: Mapping[str, str]) -> str:
