@@ -26,6 +26,7 @@ from jobbridge import Store
 from jobbridge.cli import cli
 from jobbridge.cli.jobs import parse_since
 from jobbridge.cli.logs import last_lines
+from jobbridge.cli.submit import build_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBBRIDGE = shutil.which("jobbridge", path=os.path.dirname(sys.executable)) or "jobbridge"
@@ -166,6 +167,16 @@ def test_default_directory_is_the_current_one(tmp_path: Path) -> None:
     assert run("logs", done.stdout.strip()).stdout.strip() == str(tmp_path)
 
 
+def test_a_job_elsewhere_runs_in_its_own_directory_unless_told(tmp_path: Path) -> None:
+    command = ["sh", "-c", "pwd"]
+    assert build_spec({}, command, {}, here=False).directory is None
+    told = build_spec({}, command, {"directory": "runs/1"}, here=False)
+    assert told.directory == "runs/1"  # a path on the resource, not one from here
+    assert build_spec({"directory": "/data"}, command, {}, here=False).directory == "/data"
+    here = build_spec({}, command, {"directory": "runs/1"})
+    assert here.directory == str(Path.cwd() / "runs" / "1")
+
+
 def test_quiet_prints_only_ids_and_an_array_prints_every_member() -> None:
     result = invoke(
         "submit", "-q", "--array", "0-2", "--", "sh", "-c", "echo $JOBBRIDGE_ARRAY_INDEX"
@@ -220,22 +231,14 @@ def test_dependencies_run_in_order_and_a_failed_parent_stops_children(tmp_path: 
     assert invoke("wait", anyway).exit_code == 0
 
 
-def test_submission_failure_without_wait_exits_one(data_dir: Path) -> None:
-    data_dir.mkdir()
-    (data_dir / "jobs").write_text("a file where the job directories should go")
-    result = invoke("submit", "--", "true")
-    assert result.exit_code == 1
-    assert "ended ERROR (SUBMIT_FAILED)" in result.stderr
-
-
 # -- refusing bad requests ------------------------------------------------------------------
 
 
-def test_unknown_backend_names_the_known_ones() -> None:
+def test_unknown_backend_names_the_known_ones_and_the_kinds() -> None:
     done = run("submit", "--backend", "nowhere", "--", "true")
     assert done.returncode == 2
-    assert done.stderr.startswith("error: unknown backend 'nowhere'")
-    assert "local" in done.stderr
+    assert done.stderr.startswith("error: unknown backend 'nowhere'; known backends: local;")
+    assert re.search(r"kinds, usable by name without configuration: .*\bslurm\b", done.stderr)
     assert invoke("list", "--json").stdout.strip() == "[]"
 
 
@@ -359,6 +362,36 @@ def test_list_filters(tmp_path: Path, data_dir: Path) -> None:
     table = invoke(*base, "list", "--limit", "2")
     assert [line.split()[0] for line in table.stdout.splitlines()] == ["ID", gamma_id, alpha]
     assert "--all" in table.stderr
+
+
+def test_looking_at_jobs_destroys_nothing(data_dir: Path) -> None:
+    job_id = submit_id("--wait", "--", "echo", "kept")
+    store = Store(f"sqlite:///{data_dir / 'jobbridge.db'}")
+    store.update(job_id, destruction=datetime.now(UTC) - timedelta(minutes=1))
+    store.close()
+    assert invoke("status", job_id).exit_code == 0
+    assert [job["id"] for job in json.loads(invoke("list", "--json").stdout)] == [job_id]
+    assert invoke("logs", job_id).stdout == "kept\n"
+    assert invoke("logs", "--follow", job_id).stdout == "kept\n"
+    assert job_json(job_id)["phase"] == "COMPLETED"
+    # what acts on jobs enforces the destruction time
+    assert invoke("wait", job_id).stderr == f"error: no job with id {job_id!r}\n"
+
+
+def test_looking_at_jobs_submits_nothing() -> None:
+    parent = submit_id("--", "sleep", "1")
+    child = submit_id("--after", parent, "--", "echo", "child")
+    time.sleep(1.5)  # the parent has ended, and nothing has looked yet
+    assert {job["id"]: job["phase"] for job in json.loads(invoke("list", "--json").stdout)} == {
+        parent: "COMPLETED",
+        child: "QUEUED",
+    }
+    assert invoke("status", child).exit_code == 0
+    assert invoke("logs", child).stdout == ""
+    job = job_json(child)
+    assert (job["phase"], job["native_id"]) == ("QUEUED", None)
+    assert invoke("wait", "-q", child).exit_code == 0
+    assert invoke("logs", child).stdout == "child\n"
 
 
 def test_parse_since() -> None:

@@ -458,9 +458,10 @@ def test_a_live_slow_submission_is_not_taken_from_its_process(
 ) -> None:
     """The claim's heartbeat keeps a second engine from judging it dead, however slow."""
     settings = EngineSettings(claim_timeout=0.2, refresh_interval=0.05)
-    with make_engine(db_url, cluster, settings=settings) as engine, make_engine(
-        db_url, cluster, settings=settings
-    ) as other:
+    with (
+        make_engine(db_url, cluster, settings=settings) as engine,
+        make_engine(db_url, cluster, settings=settings) as other,
+    ):
         backend = engine.backend()
         assert isinstance(backend, FakeBackend)
         backend.on_submit.append(lambda job: time.sleep(1.0))

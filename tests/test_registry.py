@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from jobbridge.backends import registry
 from jobbridge.backends.local import LocalBackend
+from jobbridge.cli import cli
+from jobbridge.config import BackendConfig
 
 
 @pytest.fixture
@@ -58,3 +62,39 @@ def test_creating_one_backend_loads_no_other_plugin(
     with caplog.at_level(logging.WARNING):
         assert registry.backend_kind("fromplugin") is LocalBackend
     assert caplog.text == ""
+
+
+def test_a_kind_named_without_configuration_is_that_kind_with_its_defaults(
+    plugin_dir: Path,
+) -> None:
+    assert registry.kind_defaults("fromplugin") == BackendConfig(kind="fromplugin")
+    assert registry.kind_defaults("nosuchkind") is None
+    runner = CliRunner()
+    done = runner.invoke(
+        cli, ["submit", "--backend", "fromplugin", "--wait", "-q", "--", "echo", "hi"]
+    )
+    assert done.exit_code == 0, done.output
+    job_id = done.stdout.strip()
+    # a later invocation has the backend again for the jobs sent to it
+    assert runner.invoke(cli, ["logs", job_id]).stdout == "hi\n"
+    [job] = json.loads(runner.invoke(cli, ["status", "--json", job_id]).stdout)
+    assert (job["backend"], job["phase"]) == ("fromplugin", "COMPLETED")
+    listed = json.loads(runner.invoke(cli, ["backends", "--json"]).stdout)
+    assert [backend["name"] for backend in listed["backends"]] == ["local"]
+
+
+def test_a_broken_kind_of_recorded_jobs_does_not_stop_other_verbs(
+    plugin_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runner = CliRunner()
+    done = runner.invoke(cli, ["submit", "--backend", "fromplugin", "-q", "--wait", "--", "true"])
+    assert done.exit_code == 0, done.output
+    (plugin_dir / "site" / "jobbridge_testplugins-1.0.dist-info" / "entry_points.txt").write_text(
+        "[jobbridge.backends]\nfromplugin = jobbridge.backends.local:NoSuchClass\n"
+    )
+    registry.backend_kinds.cache_clear()
+    registry.backend_kind.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        listed = runner.invoke(cli, ["list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [job["id"] for job in json.loads(listed.stdout)] == [done.stdout.strip()]

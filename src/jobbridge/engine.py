@@ -98,6 +98,13 @@ class Engine:
             **kwargs,
         )
 
+    def add_backend(self, backend: Backend) -> None:
+        """Serve one more backend (before ``start_background``)."""
+        if self.running:
+            raise JobStateError("backends are added before the engine runs in the background")
+        self.backends[backend.name] = backend
+        self._backend_locks.setdefault(backend.name, threading.Lock())
+
     def backend(self, name: str | None = None) -> Backend:
         name = name or self.default_backend
         try:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
 import click
-import sqlalchemy as sa
 from pydantic import ValidationError
 from rich.console import Console
 
@@ -26,7 +25,6 @@ from jobbridge.engine import Engine
 from jobbridge.errors import JobbridgeError
 from jobbridge.job import Job
 from jobbridge.spec import format_validation_error
-from jobbridge.store.schema import jobs
 
 __all__ = ["EXIT_FAILED", "EXIT_TIMEOUT", "EXIT_USAGE", "CliError", "Session", "cli"]
 
@@ -93,7 +91,7 @@ class Session:
         return engine.backend(name)
 
     def _add_recorded_kinds(self, engine: Engine) -> None:
-        for name in _recorded_backend_names(engine):
+        for name in engine.store.backend_names():
             defaults = None if name in engine.backends else kind_defaults(name)
             if defaults is None:
                 continue
@@ -104,7 +102,7 @@ class Session:
 
     def _add_backend(self, engine: Engine, name: str, config: BackendConfig) -> None:
         context = BackendContext(jobs_dir=self.config.jobs_dir)
-        engine.backends[name] = create_backend(name, config, context)
+        engine.add_backend(create_backend(name, config, context))
 
     @property
     def owner(self) -> str | None:
@@ -117,11 +115,6 @@ class Session:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
-
-
-def _recorded_backend_names(engine: Engine) -> list[str]:
-    with engine.store.reading() as conn:
-        return list(conn.execute(sa.select(jobs.c.backend).distinct()).scalars())
 
 
 def _unknown_backend(name: str, configured: Iterable[str]) -> str:

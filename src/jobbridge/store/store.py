@@ -91,7 +91,12 @@ class Store:
         now = utcnow()
         rows = []
         for job in new_jobs:
-            row = {**_job_row(job), "claim_token": None, "heartbeat": None, "submitting_since": None}
+            row = {
+                **_job_row(job),
+                "claim_token": None,
+                "heartbeat": None,
+                "submitting_since": None,
+            }
             if job.id in claimed:
                 row.update(_claim_values(token, now), attempts=1)
             rows.append(row)
@@ -465,6 +470,11 @@ class Store:
                 )
                 for row in conn.execute(query)
             ]
+
+    def backend_names(self) -> list[str]:
+        """Every backend that some recorded job names."""
+        with self.reading() as conn:
+            return list(conn.execute(sa.select(jobs.c.backend).distinct()).scalars())
 
     def count(self) -> int:
         with self.reading() as conn:
