@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -24,7 +25,7 @@ from jobbridge import (
     Store,
     UnknownBackendError,
 )
-from jobbridge.backends.base import NativeDependency
+from jobbridge.backends.base import Missing, NativeDependency
 from jobbridge.errors import CommandTimeout, ConnectionLost
 from jobbridge.job import Handover, utcnow
 from tests.doubles import FakeBackend, FakeCluster
@@ -676,3 +677,60 @@ def test_a_pending_jobs_spec_can_change_until_it_starts(engine: Engine) -> None:
     engine.start(job.id)
     with pytest.raises(JobStateError, match="no longer PENDING"):
         engine.update_pending(job.id, SPEC)
+
+
+def test_a_stuck_backend_delays_no_other(db_url: str, cluster: FakeCluster) -> None:
+    """In the background every backend has a thread: one whose scheduler hangs leaves the
+    others' jobs moving, and a hook that hangs leaves polling going."""
+    stuck_cluster = FakeCluster()
+    options = BackendOptions(min_refresh_interval=0)
+    fast = FakeBackend(cluster, "fast", options)
+    stuck = FakeBackend(stuck_cluster, "stuck", options)
+    release = threading.Event()
+    blocked_status = stuck.status
+
+    def hang(jobs: list[Job]) -> dict[str, JobStatus | Missing]:
+        release.wait(30)
+        return blocked_status(jobs)
+
+    stuck.status = hang  # type: ignore[method-assign,assignment]
+    settings = EngineSettings(refresh_interval=0.05)
+    backends = {"fast": fast, "stuck": stuck}
+    with Engine(Store(db_url), backends, settings=settings, default_backend="fast") as engine:  # type: ignore[arg-type]
+        slow_job = engine.submit(SPEC, backend="stuck")
+        fast_job = engine.submit(SPEC, backend="fast")
+        hooked = threading.Event()
+
+        def hanging_hook(job: Job, old: Phase) -> None:
+            if job.id == fast_job.id:
+                hooked.set()
+                release.wait(30)
+
+        engine.hooks.on_phase_change(hanging_hook)
+        engine.start_background()
+        try:
+            cluster.set(engine.get(fast_job.id), Phase.EXECUTING)
+            assert hooked.wait(10), "the fast backend's job was never polled"
+            cluster.set(engine.get(fast_job.id), Phase.COMPLETED)
+            deadline = time.monotonic() + 10
+            while engine.get(fast_job.id).phase is not Phase.COMPLETED:
+                assert time.monotonic() < deadline, "polling waited for a stuck backend or hook"
+                time.sleep(0.05)
+            assert engine.get(slow_job.id).phase is Phase.QUEUED
+        finally:
+            release.set()
+            engine.stop_background()
+
+
+def test_cancel_of_a_job_jobbridge_gave_up_on_stops_its_native_job(
+    db_url: str, cluster: FakeCluster
+) -> None:
+    with make_engine(db_url, cluster, lost_after=0, lost_after_misses=1) as engine:
+        job = engine.submit(SPEC)
+        cluster.vanished.add(job.native_id or "")
+        engine.refresh(force=True)
+        assert engine.get(job.id).detail == "LOST"
+        cluster.cancelled.clear()
+        with pytest.raises(JobStateError, match="already ended"):
+            engine.cancel(job.id)
+        assert cluster.cancelled == [job.native_id]

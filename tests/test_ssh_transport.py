@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from jobbridge import CommandFailed, CommandTimeout, TransportError
+from jobbridge.errors import ConnectionLost
 from jobbridge.transport.ssh import SshTransport
 from tests.batch_support import HOSTILE_ARGUMENTS, HOSTILE_VALUE
 from tests.conftest import cluster_env
@@ -136,6 +138,56 @@ def test_a_killed_master_is_replaced(ssh: dict[str, str], control_dir: str) -> N
         time.sleep(0.2)
         assert remote.run(["echo", "back"]).stdout == "back\n"
     finally:
+        remote.disconnect()
+
+
+def master_pid(remote: SshTransport) -> int:
+    check = subprocess.run(
+        [*remote.ssh_command()[:-1], "-O", "check", remote.host],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return int(check.stderr.split("pid=")[1].split(")")[0])
+
+
+def kill_master_while(remote: SshTransport, seconds: float) -> threading.Thread:
+    """Kill the master connection ``seconds`` from now, in the background."""
+
+    def kill() -> None:
+        time.sleep(seconds)
+        os.kill(master_pid(remote), signal.SIGKILL)
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    return killer
+
+
+def test_a_command_cut_off_midway_is_not_run_again(
+    ssh: dict[str, str], control_dir: str, tmp_path: Path
+) -> None:
+    """Only idempotent commands are repeated after a broken connection: a submission that
+    lost its answer may have taken effect, and must be looked for instead."""
+    remote = transport(ssh, control_dir)
+    marks = f"/tmp/jb-marks-{os.getpid()}"
+    try:
+        remote.run(["rm", "-f", marks])
+        killer = kill_master_while(remote, 0.5)
+        with pytest.raises(ConnectionLost) as lost:
+            remote.run(["sh", "-c", 'echo run >> "$1"; sleep 3', "sh", marks])
+        killer.join()
+        assert lost.value.may_have_run and lost.value.retryable
+        time.sleep(0.2)
+        assert remote.run(["cat", marks]).stdout == "run\n"  # once, not twice
+        killer = kill_master_while(remote, 0.5)
+        repeated = remote.run(
+            ["sh", "-c", 'echo again >> "$1"; sleep 1', "sh", marks], idempotent=True
+        )
+        killer.join()
+        assert repeated.returncode == 0
+        assert remote.run(["cat", marks]).stdout == "run\nagain\nagain\n"
+    finally:
+        remote.run(["rm", "-f", marks], idempotent=True)
         remote.disconnect()
 
 

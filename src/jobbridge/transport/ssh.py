@@ -243,7 +243,8 @@ class SshTransport(Transport):
                 if idempotent and attempt == 1:
                     continue
                 raise ConnectionLost(lost)
-            if code != _SSH_FAILED or not _connection_trouble(err):
+            # a mux client whose master died exits 255 without a word
+            if code != _SSH_FAILED or not (_connection_trouble(err) or not err.strip()):
                 return code, out, err
             refused = any(reason in err for reason in _NOT_RETRYABLE)
             never_started = refused or _never_connected(err)
@@ -256,7 +257,7 @@ class SshTransport(Transport):
                 )
             raise ConnectionLost(
                 f"the connection to {self.host} broke while the command may have been running:"
-                f" {err.strip()}"
+                f" {err.strip() or 'ssh exited 255 without a word'}"
             )
         raise AssertionError("unreachable")
 

@@ -5,18 +5,28 @@ executable is the job script, condor_q -json answers for jobs in the queue, cond
 The submit description carries the requests (HTCondor reads none from the script) and
 almost no user text: the job's environment, directory and redirections live in the script,
 where they are quoted for bash. HTCondor has no job dependencies outside DAGMan, so the
-engine holds dependent jobs back until their parents end."""
+engine holds dependent jobs back until their parents end.
+
+Every submission carries jobbridge's mark as job attributes, which the queue and the history
+both keep: ``JobbridgeId`` (the tag), and ``JobbridgeArray`` on an array submitted whole or
+``JobbridgeMember`` (its index) on a member handed over alone. ``locate`` asks ``condor_q``
+and then ``condor_history`` for the jobs whose ``JobbridgeId`` is one of the tags, the
+history only back to the search's start. What the job script prints outside the program goes
+to the job's ``output``/``error`` files, ``htcondor-CLUSTER.PROC.out``/``.err`` in the job's
+directory (the job event log is ``htcondor.log`` there)."""
 
 from __future__ import annotations
 
 import json
 import math
+import posixpath
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
+from jobbridge.backends.base import Stream
 from jobbridge.backends.batch.base import (
     BatchBackend,
     NativeDependency,
@@ -105,6 +115,23 @@ _RESERVED = frozenset(
 )
 _WALLTIME_REMOVAL = "The job attribute PeriodicRemove expression"
 _POLICY_REMOVAL = "SYSTEM_PERIODIC_REMOVE"
+_MARKS = ("JobbridgeId", "JobbridgeArray", "JobbridgeMember")
+"""Job attributes that carry jobbridge's mark (see ``submit_commands``)."""
+_LOCATE_ATTRIBUTES = ("ClusterId", "ProcId", *_MARKS)
+_MARK_PART = re.compile(r"^jb-[A-Za-z0-9_]+$")
+_ALONE = "#"
+"""Joins a cluster's id and what it holds, in what ``parse_located`` returns: the index of a
+member handed over alone, or ``_WHOLE`` for an array submitted whole."""
+_WHOLE = "*"
+_DECODER = json.JSONDecoder()
+
+
+class UnreadableRecord(ValueError):
+    """One job's ClassAd could not be read; ``key`` names the job as far as it can be told."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -154,6 +181,7 @@ class HTCondorBackend(BatchBackend):
             ("error", "htcondor-$(ClusterId).$(ProcId).err"),
             ("log", "htcondor.log"),
             ("batch_name", scheduler_name(job.name)),
+            *self._mark(job, members),
             ("getenv", "True" if spec.inherit_environment else "False"),
             ("environment", _environment_command(spec.array is not None)),
             *_requests(spec.resources),
@@ -165,6 +193,18 @@ class HTCondorBackend(BatchBackend):
         if cap is not None and cap < len(members):
             commands.append(("max_materialize", str(cap)))
         commands.extend(self._attribute_commands(spec.attributes_for("htcondor")))
+        return commands
+
+    def _mark(self, job: Job, members: Sequence[Job]) -> list[tuple[str, str]]:
+        """``+JobbridgeId``, and what part of an array the submission is."""
+        tag = self.tag(job)
+        if not _MARK_PART.match(tag):
+            raise self.unsupported("id", f"{tag!r} cannot be an HTCondor job attribute")
+        commands = [("+JobbridgeId", f'"{tag}"')]
+        if job.array_index is not None and len(members) == 1:
+            commands.append(("+JobbridgeMember", str(job.array_index)))
+        elif job.spec.array is not None:
+            commands.append(("+JobbridgeArray", "True"))
         return commands
 
     def _refuse_what_htcondor_lacks(self, spec: JobSpec) -> None:
@@ -186,7 +226,7 @@ class HTCondorBackend(BatchBackend):
             job_id=job.array_id or job.id,
             commands=self.submit_commands(job, members),
             index_variable=_INDEX_VARIABLE,
-            indices=[member.array_index for member in members] if array else None,
+            indices=sorted(member.array_index or 0 for member in members) if array else None,
         )
 
     def submission_files(
@@ -214,6 +254,8 @@ class HTCondorBackend(BatchBackend):
                 raise self.unsupported(field, "not a submit command or MY.<attribute> name")
             if key.lower() in _RESERVED:
                 raise self.unsupported(field, "jobbridge writes this command from the spec")
+            if key.lower().removeprefix("my.") in {mark.lower() for mark in _MARKS}:
+                raise self.unsupported(field, "jobbridge marks its submissions with it")
             if isinstance(setting, bool):
                 commands.append((key, "True" if setting else "False"))
             else:
@@ -265,8 +307,19 @@ class HTCondorBackend(BatchBackend):
         return f"{match[1]}.{match[2]}"
 
     def member_ids(self, native_id: str, members: Sequence[Job]) -> list[str]:
+        """Procs follow the submitted members' indices in order; ``native_id`` may say what
+        the cluster holds (see ``parse_located``)."""
+        native_id, _, holds = native_id.partition(_ALONE)
+        if holds.isdigit():  # a member handed over alone
+            return [native_id for job in members if job.array_index == int(holds)]
         cluster, first = native_id.split(".")
-        return [f"{cluster}.{int(first) + position}" for position in range(len(members))]
+        array = members[0].spec.array if members else None
+        if holds == _WHOLE and array is not None:
+            submitted = list(array.indices)
+        else:
+            submitted = sorted(job.array_index or 0 for job in members)
+        procs = {index: int(first) + position for position, index in enumerate(submitted)}
+        return [f"{cluster}.{procs[job.array_index or 0]}" for job in members]
 
     # -- asking about jobs --------------------------------------------------------------------
 
@@ -278,15 +331,28 @@ class HTCondorBackend(BatchBackend):
         return ["condor_q", "-json", "-attributes", ",".join(_ATTRIBUTES), *native_ids]
 
     def parse_status(self, output: str) -> dict[str, NativeState]:
-        ads = _json_ads(output)
-        clusters: dict[int, list[dict[str, Any]]] = {}
-        for ad in ads:
-            clusters.setdefault(int(ad["ClusterId"]), []).append(ad)
+        read = self._read_ads(output)
+        clusters: dict[int, list[Mapping[str, Any]]] = {}
+        for job_id, (ad, _) in read.items():
+            clusters.setdefault(int(job_id.split(".")[0]), []).append(ad)
         states: dict[str, NativeState] = {}
         for cluster, cluster_ads in clusters.items():
             states.update(_unmaterialized(cluster, cluster_ads))
-        states.update((_job_id(ad), _state(ad)) for ad in ads)
+        states.update((job_id, state) for job_id, (_, state) in read.items())
         return states
+
+    def _read_ads(self, output: str) -> dict[str, tuple[Mapping[str, Any], HTCondorState]]:
+        """Each job's ad and state; one that cannot be read is no news for that job alone."""
+        read = {}
+        for ad in _json_ads(output):
+            try:
+                if isinstance(ad, UnreadableRecord):
+                    raise ad
+                job_id = _job_id(ad)
+                read[job_id] = (ad, _state(ad, job_id))
+            except UnreadableRecord as bad:
+                self.warn_once(bad.key, f"unreadable ClassAd of job {bad.key}, no news: {bad}")
+        return read
 
     def accounting_command(self, native_ids: Sequence[str]) -> list[str] | None:
         if not self.options.accounting:
@@ -294,7 +360,53 @@ class HTCondorBackend(BatchBackend):
         return ["condor_history", "-json", "-attributes", ",".join(_ATTRIBUTES), *native_ids]
 
     def parse_accounting(self, output: str) -> dict[str, NativeState]:
-        return {_job_id(ad): _state(ad) for ad in _json_ads(output)}
+        return {job_id: state for job_id, (_, state) in self._read_ads(output).items()}
+
+    # -- finding submissions by their mark ---------------------------------------------------
+
+    def locate_queue_command(self, tags: Sequence[str]) -> list[str]:
+        # the current user's jobs (condor_q's default) that carry one of the tags
+        return [
+            "condor_q", "-json", "-attributes", ",".join(_LOCATE_ATTRIBUTES),
+            "-constraint", _carrying(tags),
+        ]  # fmt: skip
+
+    def locate_accounting_command(self, tags: Sequence[str], since: datetime) -> list[str]:
+        """The history, read from the newest job back to the first that left the queue
+        before ``since`` (none submitted since can have)."""
+        return [
+            "condor_history", "-json", "-attributes", ",".join(_LOCATE_ATTRIBUTES),
+            "-constraint", _carrying(tags),
+            "-since", f"EnteredCurrentStatus < {int(since.timestamp())}",
+        ]  # fmt: skip
+
+    def parse_located(self, output: str) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for ad in _json_ads(output):
+            if isinstance(ad, UnreadableRecord):
+                self.warn_once(ad.key, f"unreadable ClassAd of job {ad.key}, no news: {ad}")
+                continue
+            tag, cluster, proc = ad.get("JobbridgeId"), ad.get("ClusterId"), ad.get("ProcId")
+            if not isinstance(tag, str) or not _is_int(cluster) or not _is_int(proc):
+                continue
+            member = ad.get("JobbridgeMember")
+            if _is_int(member):
+                native = f"{cluster}.{proc}{_ALONE}{member}"
+            elif ad.get("JobbridgeArray") is True:
+                native = f"{cluster}.0{_ALONE}{_WHOLE}"
+            else:
+                native = f"{cluster}.{proc}"
+            ids = found.setdefault(tag, [])
+            if native not in ids:
+                ids.append(native)
+        return found
+
+    def scheduler_output_path(self, job: Job, stream: Stream) -> str | None:
+        """The job's ``output``/``error`` files: what its script printed outside the program."""
+        if job.native_id is None:
+            return None
+        suffix = "out" if stream == "stdout" else "err"
+        return posixpath.join(self.job_dir(job), f"htcondor-{job.native_id}.{suffix}")
 
     def to_status(self, state: NativeState) -> JobStatus:
         status = super().to_status(state)
@@ -361,23 +473,67 @@ def _environment_command(array: bool) -> str:
     return '"' + " ".join(entries) + '"'
 
 
-def _json_ads(output: str) -> list[dict[str, Any]]:
-    """``-json`` prints a JSON array of job ClassAds, or nothing when no job matches."""
+def _carrying(tags: Sequence[str]) -> str:
+    """A ClassAd constraint: the job's ``JobbridgeId`` is one of ``tags`` (case matters)."""
+    quoted = (tag.replace("\\", "\\\\").replace('"', '\\"') for tag in tags)
+    return " || ".join(f'JobbridgeId =?= "{tag}"' for tag in quoted)
+
+
+def _json_ads(output: str) -> Iterator[Mapping[str, Any] | UnreadableRecord]:
+    """``-json`` prints a JSON array of job ClassAds, or nothing when no job matches. An ad
+    whose JSON is broken comes as an ``UnreadableRecord`` and the ads after it are still
+    read; ``ValueError`` if the answer as a whole is none."""
     if not output.strip():
-        return []
-    ads = json.loads(output)
-    if not isinstance(ads, list) or not all(isinstance(ad, dict) for ad in ads):
+        return
+    try:
+        ads = json.loads(output)
+    except json.JSONDecodeError:
+        yield from _ad_by_ad(output)
+        return
+    if not isinstance(ads, list):
         raise ValueError("expected a JSON array of job ClassAds")
-    return ads
+    for ad in ads:
+        yield ad if isinstance(ad, dict) else UnreadableRecord("?", "an ad that is no object")
+
+
+def _ad_by_ad(output: str) -> Iterator[Mapping[str, Any] | UnreadableRecord]:
+    """The ads of an answer that is no valid JSON as a whole: each begins with a ``{`` at the
+    start of a line; after a broken one, reading resumes at the next."""
+    text = output.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        raise ValueError("no JSON array of job ClassAds (or one cut short)")
+    starts = [match.start() for match in re.finditer(r"^\{", output, re.MULTILINE)]
+    if not starts:
+        raise ValueError("no job ClassAd in the answer")
+    for start in starts:
+        try:
+            ad, _ = _DECODER.raw_decode(output, start)
+        except json.JSONDecodeError as error:
+            found = re.compile(r'"ClusterId"\s*:\s*(\d+)').search(output, start)
+            yield UnreadableRecord(found[1] if found else "?", f"broken JSON object: {error}")
+            continue
+        yield ad if isinstance(ad, dict) else UnreadableRecord("?", "an ad that is no object")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _job_id(ad: Mapping[str, Any]) -> str:
-    return f"{int(ad['ClusterId'])}.{int(ad['ProcId'])}"
+    cluster, proc = ad.get("ClusterId"), ad.get("ProcId")
+    if not _is_int(cluster) or not _is_int(proc):
+        raise UnreadableRecord(f"{cluster}.{proc}", "no ClusterId or ProcId")
+    return f"{cluster}.{proc}"
 
 
-def _state(ad: Mapping[str, Any]) -> HTCondorState:
+def _state(ad: Mapping[str, Any], job_id: str) -> HTCondorState:
     status = ad.get("JobStatus")
-    word = _JOB_STATUS.get(status, f"JobStatus={status}") if isinstance(status, int) else "?"
+    if not isinstance(status, int) or isinstance(status, bool):
+        raise UnreadableRecord(job_id, f"JobStatus {status!r} is no number")
+    word = _JOB_STATUS.get(status, f"JobStatus={status}")
+    code = ad.get("ExitCode")
+    if word == "Completed" and code is not None and not _is_int(code):
+        raise UnreadableRecord(job_id, f"ExitCode {code!r} is no number")
     ended = None
     if word in ("Completed", "Removed"):
         ended = _time(ad.get("CompletionDate")) or _time(ad.get("EnteredCurrentStatus"))

@@ -8,17 +8,27 @@ array elements from 1: element ``i + 1`` runs jobbridge's index ``i``, and the s
 back. ``bjobs`` prints time stamps to the minute, without a year and in the cluster's local
 time, so no times are read from it: a job starts when it is first seen running, and an ended
 job's times (and exit code) come from the exit-code file its script writes.
+
+Every submission's job name ends with jobbridge's mark (``name.jb-ID``; a member handed over
+alone also with its index, ``name.jb-ID.7``; an array's index list follows). ``locate``
+lists the user's jobs that ``bjobs -a`` still shows, then those that ``bhist`` finds in the
+event logs since the search's start; both show the job name, not the description (``-Jd``).
+What the job script prints outside the program goes to ``lsf-JOB.out``/``.err`` (an array's
+elements: ``lsf-JOB_INDEX``) in the job's directory.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import posixpath
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Final
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Final
 
+from jobbridge.backends.base import Stream
 from jobbridge.backends.batch.base import BatchBackend, NativeDependency, NativeState
 from jobbridge.backends.batch.script import directive_value, scheduler_name
 from jobbridge.errors import BackendError
@@ -30,6 +40,7 @@ from jobbridge.transport.base import CommandResult
 __all__ = ["LsfBackend", "LsfState"]
 
 STATUS_FIELDS: Final = "jobid jobindex stat exit_code exit_reason pend_reason"
+LOCATE_FIELDS: Final = "jobid jobindex job_name"
 _SUBMITTED = re.compile(r"Job <(\d+)> is submitted")
 _NATIVE_ID = re.compile(r"^(\d+)(?:\[(\d+)\])?$")
 _TERM_WORD = re.compile(r"\bTERM_[A-Z_]+")
@@ -42,6 +53,24 @@ _OPTIONS_FROM_THE_SPEC = frozenset(
 _CONDITIONS = {"afterok": "done", "afterany": "ended", "afternotok": "exit"}
 _NEVER_SATISFIED = "never satisfied"
 _GONE = ("already finished", "No matching job found", "is not found")
+_NAME_LIMIT = 64
+_MARKED = re.compile(r"(?:^|\.)(?P<tag>jb-[A-Za-z0-9_]+)(?:\.(?P<index>\d+))?$")
+_MARK_PART = re.compile(r"^jb-[A-Za-z0-9_]+$")
+_ELEMENT = re.compile(r"\[\d+\]$")
+_ALONE = "#"
+"""Joins the id of a member's submission of its own and the member's index, in what
+``parse_located`` returns: ``member_ids`` gives that submission to this member only."""
+_BHIST_STATES = 7
+"""Columns of seconds after JOB_NAME in ``bhist``: PEND PSUSP RUN USUSP SSUSP UNKWN TOTAL."""
+_DECODER = json.JSONDecoder(strict=False)
+
+
+class UnreadableRecord(ValueError):
+    """One job's record could not be read; ``key`` names the job as far as it can be told."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -124,8 +153,13 @@ class LsfBackend(BatchBackend):
         return [f"#BSUB {line}" for line in lines]
 
     def _job_name(self, job: Job, members: Sequence[Job]) -> str:
-        """``name``, or for an array ``"name[2,4,6-8]%2"`` in LSF's numbering."""
-        name = scheduler_name(job.name)
+        """``name.MARK``, or for an array ``"name.MARK[2,4,6-8]%2"`` in LSF's numbering."""
+        tag = self.tag(job)
+        if not _MARK_PART.match(tag):
+            raise self.unsupported("id", f"{tag!r} cannot be part of an LSF job name")
+        alone = job.array_index is not None and len(members) == 1
+        mark = f"{tag}.{job.array_index}" if alone else tag
+        name = f"{scheduler_name(job.name, _NAME_LIMIT - len(mark) - 1)}.{mark}"
         array = job.spec.array
         if array is None:
             return name
@@ -216,6 +250,9 @@ class LsfBackend(BatchBackend):
         return match[1]
 
     def member_ids(self, native_id: str, members: Sequence[Job]) -> list[str]:
+        native_id, _, alone = native_id.partition(_ALONE)
+        if alone.isdigit():
+            members = [job for job in members if job.array_index == int(alone)]
         return [f"{native_id}[{(job.array_index or 0) + 1}]" for job in members]
 
     # -- asking about jobs ---------------------------------------------------------------------
@@ -228,17 +265,82 @@ class LsfBackend(BatchBackend):
         return ["bjobs", "-a", "-o", STATUS_FIELDS, "-json", *native_ids]
 
     def parse_status(self, output: str) -> dict[str, NativeState]:
-        answer = _json_object(output)
         states: dict[str, NativeState] = {}
-        for record in answer.get("RECORDS", []):
-            if "ERROR" in record or not record.get("STAT"):
-                continue  # a job bjobs does not know (any more)
-            states[_record_id(record)] = _record_state(record)
+        for record in _records(output):
+            try:
+                if isinstance(record, UnreadableRecord):
+                    raise record
+                if "ERROR" in record:
+                    continue  # a job bjobs does not know (any more)
+                states[_record_id(record)] = _record_state(record)
+            except UnreadableRecord as bad:
+                self._unreadable(bad)
         return states
 
     def empty_answer_is_fine(self, result: CommandResult) -> bool:
         said = result.stdout + result.stderr
-        return "is not found" in said or "No matching job" in said or "No job found" in said
+        return any(
+            words in said
+            for words in ("is not found", "No matching job", "No job found", "No unfinished job")
+        )
+
+    def status_environment(self) -> dict[str, str]:
+        # bhist -S reads times in the local time zone (bjobs's times are not read)
+        return {"TZ": "UTC"}
+
+    def _unreadable(self, bad: UnreadableRecord) -> None:
+        """No news for that one job; said once."""
+        self.warn_once(bad.key, f"unreadable record of job {bad.key}, no news for it: {bad}")
+
+    # -- finding submissions by their mark ---------------------------------------------------
+
+    def locate_queue_command(self, tags: Sequence[str]) -> list[str]:
+        # the user's jobs, finished ones while mbatchd keeps them (-a); bjobs filters on one
+        # name only, so parse_located keeps the tags asked for
+        return ["bjobs", "-a", "-o", LOCATE_FIELDS, "-json"]
+
+    def parse_located(self, output: str) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for record in _records(output):
+            if isinstance(record, UnreadableRecord):
+                self._unreadable(record)
+                continue
+            if "ERROR" in record:
+                continue
+            job_id = str(record.get("JOBID", "")).split("[")[0].strip()
+            if job_id.isdigit():
+                _add_located(found, str(record.get("JOB_NAME", "")), job_id)
+        return found
+
+    def locate_accounting_command(self, tags: Sequence[str], since: datetime) -> list[str]:
+        """The user's jobs submitted since ``since`` in all event logs (``-n 0``), finished
+        or not, with whole job names (``-w``)."""
+        start = since.astimezone(UTC).strftime("%Y/%m/%d/%H:%M")
+        return ["bhist", "-a", "-w", "-n", "0", "-S", f"{start},"]
+
+    def parse_located_accounting(self, output: str) -> dict[str, list[str]]:
+        """``bhist``'s summary table: JOBID USER JOB_NAME and seven columns of seconds."""
+        found: dict[str, list[str]] = {}
+        for line in output.splitlines():
+            words = line.split()
+            if len(words) < 3 + _BHIST_STATES:
+                continue
+            if not all(word.isdigit() for word in words[-_BHIST_STATES:]):
+                continue  # a heading
+            job_id = words[0].split("[")[0]
+            if job_id.isdigit():
+                _add_located(found, " ".join(words[2:-_BHIST_STATES]), job_id)
+        return found
+
+    def scheduler_output_path(self, job: Job, stream: Stream) -> str | None:
+        """Where LSF puts what the job script printed outside the program (``-o``/``-e``)."""
+        if job.native_id is None:
+            return None
+        match = _NATIVE_ID.match(job.native_id)
+        if match is None:
+            return None
+        stem = f"lsf-{match[1]}_{match[2]}" if match[2] else f"lsf-{match[1]}"
+        return posixpath.join(self.job_dir(job), f"{stem}.{'out' if stream == 'stdout' else 'err'}")
 
     def to_status(self, state: NativeState) -> JobStatus:
         if state.word == "PEND" and _NEVER_SATISFIED in (state.reason or "").lower():
@@ -321,29 +423,85 @@ def run_limit(seconds: float) -> str:
     return f"{hours}:{minutes:02d}" if hours else str(minutes)
 
 
-def _json_object(output: str) -> dict[str, list[dict[str, str]]]:
+def _records(output: str) -> Iterator[Mapping[str, Any] | UnreadableRecord]:
+    """Each entry of ``RECORDS`` in a ``bjobs -json`` answer; one whose JSON is broken comes
+    as an ``UnreadableRecord`` and the entries after it are still read. ``ValueError`` if the
+    answer as a whole is none."""
     start = output.find("{")  # some sites print notices before the JSON
     if start < 0:
         if not output.strip():
-            return {}
+            return
         raise ValueError(f"no JSON object in {output[:200]!r}")
-    answer = json.loads(output[start:])
+    try:
+        answer = json.loads(output[start:])
+    except json.JSONDecodeError:
+        yield from _record_by_record(output, start)
+        return
     if not isinstance(answer, dict) or not isinstance(answer.get("RECORDS", []), list):
         raise ValueError("not a bjobs -json answer")
-    return answer
+    for record in answer.get("RECORDS", []):
+        if isinstance(record, dict):
+            yield record
+        else:
+            yield UnreadableRecord(str(record)[:40], "a record that is no JSON object")
 
 
-def _record_id(record: Mapping[str, str]) -> str:
-    job_id = str(record["JOBID"])
+def _record_by_record(output: str, start: int) -> Iterator[Mapping[str, Any] | UnreadableRecord]:
+    """The records of an answer that is no valid JSON as a whole. bjobs prints each record's
+    ``{`` on a line of its own, at the same indentation: after a broken record, reading
+    resumes at the next such line."""
+    opening = re.compile(r'"RECORDS"\s*:\s*\[').search(output, start)
+    if opening is None or not output.rstrip().endswith("}"):
+        raise ValueError("no bjobs -json answer (or one cut short)")
+    position = opening.end()
+    while True:
+        while position < len(output) and (output[position].isspace() or output[position] == ","):
+            position += 1
+        if position >= len(output) or output[position] != "{":
+            return
+        try:
+            record, position = _DECODER.raw_decode(output, position)
+        except json.JSONDecodeError as error:
+            job = re.compile(r'"JOBID"\s*:\s*"([^"]*)"').search(output, position)
+            key = job[1] if job else output[position : position + 40]
+            yield UnreadableRecord(key, f"broken JSON object: {error}")
+            line_start = output.rfind("\n", 0, position) + 1
+            indent = output[line_start:position]
+            if indent.strip():
+                raise ValueError(
+                    "records are not one per line: a broken one cannot be skipped"
+                ) from error
+            following = re.compile("\n" + re.escape(indent) + r"\{").search(output, position + 1)
+            if following is None:
+                return
+            position = following.end() - 1
+            continue
+        if isinstance(record, dict):
+            yield record
+        else:
+            yield UnreadableRecord(str(record)[:40], "a record that is no JSON object")
+
+
+def _record_id(record: Mapping[str, Any]) -> str:
+    job_id = str(record.get("JOBID", "")).strip()
+    if not _NATIVE_ID.match(job_id):
+        raise UnreadableRecord(job_id or "?", "no job id")
     index = str(record.get("JOBINDEX", "") or "0")
     if "[" in job_id or index == "0":
         return job_id
+    if not index.isdigit():
+        raise UnreadableRecord(job_id, f"JOBINDEX {index!r} is no number")
     return f"{job_id}[{index}]"
 
 
-def _record_state(record: Mapping[str, str]) -> LsfState:
-    stat = str(record["STAT"])
-    reported = _integer(record.get("EXIT_CODE", ""))
+def _record_state(record: Mapping[str, Any]) -> LsfState:
+    stat = str(record.get("STAT") or "")
+    if not stat:
+        raise UnreadableRecord(str(record.get("JOBID", "?")), "no STAT")
+    code = str(record.get("EXIT_CODE", "") or "").strip()
+    if code and not code.lstrip("-").isdigit():
+        raise UnreadableRecord(str(record.get("JOBID", "?")), f"EXIT_CODE {code!r} is no number")
+    reported = _integer(code)
     if stat == "DONE" and reported is None:
         reported = 0  # DONE means exit value zero; bjobs leaves the field empty
     if stat == "PEND" or stat == "PSUSP":
@@ -372,3 +530,16 @@ def _reason(text: object) -> str | None:
 def _integer(text: object) -> int | None:
     cleaned = str(text or "").strip()
     return int(cleaned) if cleaned.lstrip("-").isdigit() else None
+
+
+def _add_located(found: dict[str, list[str]], name: str, native_id: str) -> None:
+    """Note ``native_id`` under the tag that ``name`` (an element's: ``name[3]``) ends with;
+    a member handed over alone as ``native_id#index``."""
+    marked = _MARKED.search(_ELEMENT.sub("", name.strip()))
+    if marked is None:
+        return
+    if marked["index"] is not None:
+        native_id = f"{native_id}{_ALONE}{marked['index']}"
+    ids = found.setdefault(marked["tag"], [])
+    if native_id not in ids:
+        ids.append(native_id)

@@ -101,6 +101,7 @@ _ALONE = "#"
 """Joins the id of a member's submission of its own and the member's index, in what
 ``parse_located`` returns: ``member_ids`` gives that submission to this member only."""
 _TRUE = ("true", "1", "y", "yes")
+_SUFFIX = {"stdout": "out", "stderr": "err"}
 _DEFAULT_HISTORY = 14 * 86400.0
 """PBS Pro keeps finished jobs this long when job_history_duration is not set."""
 
@@ -178,12 +179,7 @@ class PbsFamily(BatchBackend):
         if not _MARK_PART.match(tag):
             raise self.unsupported("id", f"{tag!r} cannot be part of a PBS job name")
         alone = job.array_index is not None and len(members) == 1
-        mark = f"{tag}.{job.array_index}" if alone else tag
-        room = _NAME_LIMIT - len(mark) - 1
-        readable = scheduler_name(job.name, room)
-        if not readable[0].isalpha():
-            readable = f"j{readable}"[:room]
-        return f"{readable}.{mark}"
+        return _named(job.name, f"{tag}.{job.array_index}" if alone else tag)
 
     def output_lines(self, layout: ArrayLayout | None) -> list[str]:
         return ["-o pbs.out", "-e pbs.err"]
@@ -364,19 +360,19 @@ class PbsFamily(BatchBackend):
         if job.native_id is None:
             return None
         match = _JOB_ID.match(job.native_id)
-        index = match["array"][1:-1] if match and match["array"] else ""
-        letter = "o" if stream == "stdout" else "e"
-        name = (
-            self.array_output_name(job, match["sequence"], index, letter)
-            if match and index
-            else None
-        )
-        if name is None:
-            name = f"pbs.{'out' if letter == 'o' else 'err'}"
+        index = (match["array"] or "")[1:-1] if match else ""
+        if match is None or not index:
+            return posixpath.join(self.job_dir(job), f"pbs.{_SUFFIX[stream]}")
+        name = self.member_output_name(job, match["sequence"], index, stream)
         return posixpath.join(self.job_dir(job), name)
 
-    def array_output_name(self, job: Job, sequence: str, index: str, letter: str) -> str:
-        return f"pbs.{index}.{'out' if letter == 'o' else 'err'}"
+    def member_output_name(self, job: Job, sequence: str, index: str, stream: Stream) -> str:
+        """The file of one member of an array submitted whole (see ``output_lines``)."""
+        return f"pbs.{index}.{_SUFFIX[stream]}"
+
+    def whole_array_name(self, job: Job) -> str:
+        """The name an array submitted whole carries."""
+        return _named(job.name, self.tag(job))
 
     def _unreadable(self, bad: UnreadableRecord) -> None:
         """No news for that one job; said once."""
@@ -615,198 +611,6 @@ class PbsProBackend(PbsFamily):
         return min(kept)
 
     def deleted_for_dependency(self, attributes: Mapping[str, Any]) -> bool:
-        return "dependency" in str(attributes.get("comment", "")).lower()
-
-    def was_deleted(self, attributes: Mapping[str, Any]) -> bool:
-        return False
-
-    def to_status(self, state: NativeState) -> JobStatus:
-        status = super().to_status(state)
-        if state.word not in self.ended_letters:
-            return status
-        if state.exit_code is None:
-            return status.model_copy(
-                update={
-                    "phase": Phase.ERROR,
-                    "detail": UNTOLD,
-                    "message": f"{self.scheduler} says the job finished but not how, and it"
-                    " left no exit code",
-                }
-            )
-        if state.exit_code != 0:
-            return status.model_copy(update={"phase": Phase.ERROR})
-        return status
-
-
-class PbsProBackend(PbsFamily):
-    """PBS Professional and OpenPBS (``-J`` arrays, ``select`` chunks, ``qstat -F json``)."""
-
-    kind = "pbspro"
-    scheduler = "pbspro"
-    index_variable = "PBS_ARRAY_INDEX"
-    array_option = "-J"
-    exit_attribute = "Exit_status"
-    ended_letters = frozenset({"F", "X"})
-    exit_words: ClassVar[Mapping[int, str]] = {
-        -1: "JOB_EXEC_FAIL1",
-        -2: "JOB_EXEC_FAIL2",
-        -3: "JOB_EXEC_RETRY",
-        -4: "JOB_EXEC_INITABT",
-        -5: "JOB_EXEC_INITRST",
-        -6: "JOB_EXEC_INITRMG",
-        -7: "JOB_EXEC_BADRESRT",
-        -10: "JOB_EXEC_FAILUID",
-        -11: "JOB_EXEC_RERUN",
-        -12: "JOB_EXEC_CHKP",
-        -13: "JOB_EXEC_FAIL_PASSWORD",
-        -14: "JOB_EXEC_RERUN_SIS_FAIL",
-        -15: "JOB_EXEC_QUERST",
-        -16: "JOB_EXEC_FAILHOOK_RERUN",
-        -17: "JOB_EXEC_FAILHOOK_DELETE",
-        -18: "JOB_EXEC_HOOK_RERUN",
-        -19: "JOB_EXEC_HOOK_DELETE",
-        -20: "JOB_EXEC_RERUN_MS_FAIL",
-        -21: "JOB_EXEC_FAIL_SECURITY",
-        -22: "JOB_EXEC_HOOKERROR",
-        -23: "JOB_EXEC_FAIL_KRB5",
-        -24: "JOB_EXEC_KILL_NCPUS_BURST",
-        -25: "JOB_EXEC_KILL_NCPUS_SUM",
-        -26: "JOB_EXEC_KILL_VMEM",
-        -27: "JOB_EXEC_KILL_MEM",
-        -28: "JOB_EXEC_KILL_CPUT",
-        -29: "JOB_EXEC_KILL_WALLTIME",
-        -30: "JOB_EXEC_JOINJOB",
-    }
-    STATES: ClassVar[Mapping[str, tuple[Phase, str | None]]] = {
-        **COMMON_STATES,
-        "B": (Phase.EXECUTING, None),  # an array some of whose members have started
-        "U": (Phase.SUSPENDED, None),  # cycle harvesting: the workstation's owner is back
-        "M": (Phase.UNKNOWN, "MOVED"),  # moved to another server, which this one cannot see
-        "F": (Phase.COMPLETED, None),  # finished: the exit status tells how
-        "X": (Phase.COMPLETED, None),  # a finished member of an array
-        **{word: (Phase.ERROR, word) for word in exit_words.values()},
-        "JOB_EXEC_KILL_WALLTIME": (Phase.ERROR, "TIMEOUT"),
-        "JOB_EXEC_KILL_MEM": (Phase.ERROR, "OUT_OF_MEMORY"),
-        "JOB_EXEC_KILL_VMEM": (Phase.ERROR, "OUT_OF_MEMORY"),
-        "JOB_EXEC_KILL_CPUT": (Phase.ERROR, "CPU_TIME_LIMIT"),
-        "JOB_EXEC_KILL_NCPUS_SUM": (Phase.ERROR, "CPU_LIMIT"),
-        "JOB_EXEC_KILL_NCPUS_BURST": (Phase.ERROR, "CPU_LIMIT"),
-        "JOB_EXEC_RERUN_MS_FAIL": (Phase.ERROR, "NODE_FAIL"),
-        "JOB_EXEC_RERUN_SIS_FAIL": (Phase.ERROR, "NODE_FAIL"),
-    }
-
-    def resource_lines(self, spec: JobSpec) -> list[str]:
-        resources = spec.resources
-        chunk = [
-            f"{resources.nodes}",
-            f"ncpus={resources.processes_per_node * resources.cores_per_process}",
-            f"mpiprocs={resources.processes_per_node}",
-        ]
-        if resources.gpus_per_process:
-            chunk.append(f"ngpus={resources.gpus_per_process * resources.processes_per_node}")
-        if resources.memory is not None:
-            chunk.append(f"mem={math.ceil(resources.memory / resources.nodes / _MIB)}mb")
-        lines = [f"-l select={':'.join(chunk)}"]
-        if resources.nodes > 1:
-            lines.append("-l place=scatter")
-        return lines
-
-    def output_lines(self, layout: ArrayLayout | None) -> list[str]:
-        if layout is None or layout.request is None:
-            return super().output_lines(layout)
-        # PBS puts each member's index where this tag stands
-        return ["-o pbs.^array_index^.out", "-e pbs.^array_index^.err"]
-
-    def placement_lines(self, spec: JobSpec) -> list[str]:
-        if spec.queue and spec.reservation:
-            raise self.unsupported(
-                "reservation", "on PBS Pro a reservation is a queue; give a queue or a reservation"
-            )
-        lines = []
-        destination = spec.reservation or spec.queue
-        if destination:
-            lines.append(f"-q {self._value('queue', destination)}")
-        if spec.account:
-            lines.append(f"-A {self._value('account', spec.account)}")
-        if spec.project:
-            if _PROJECT_FORBIDDEN.search(spec.project):
-                raise self.unsupported("project", f"{spec.project!r} has characters PBS refuses")
-            lines.append(f"-P {self._value('project', spec.project)}")
-        return lines
-
-    def array_layout(self, spec: JobSpec, members: Sequence[Job]) -> ArrayLayout | None:
-        if spec.array is None:
-            return None
-        indices = member_indices(members)
-        if len(indices) == 1:
-            return ArrayLayout(None, {indices[0]: indices[0]})
-        cap = f"%{spec.array.max_concurrent}" if spec.array.max_concurrent else ""
-        step = indices[1] - indices[0]
-        if all(later - earlier == step for earlier, later in itertools.pairwise(indices)):
-            stride = f":{step}" if step > 1 else ""
-            request = f"{indices[0]}-{indices[-1]}{stride}{cap}"
-            return ArrayLayout(request, {index: index for index in indices})
-        request = f"0-{len(indices) - 1}{cap}"
-        positions = {index: position for position, index in enumerate(indices)}
-        return ArrayLayout(request, positions, tuple(indices))
-
-    def dependency_list(self, dependencies: Sequence[NativeDependency]) -> str:
-        for dependency in dependencies:
-            match = _JOB_ID.match(dependency.native_id)
-            if match and match["array"] not in (None, "[]"):
-                raise self.unsupported(
-                    "depends_on", "PBS Pro cannot make a job wait for one member of an array"
-                )
-        return super().dependency_list(dependencies)
-
-    def status_command(self, native_ids: Sequence[str]) -> list[str]:
-        return ["qstat", "-f", "-F", "json", "-x", "-t", *native_ids]
-
-    def parse_status(self, output: str) -> dict[str, NativeState]:
-        states = {}
-        for job_id, attributes in pbspro_jobs(output):
-            try:
-                if isinstance(attributes, UnreadableRecord):
-                    raise attributes
-                states[job_id] = self.native_state(
-                    str(attributes.get("job_state") or ""),
-                    attributes,
-                    pbs_time(attributes.get("stime")),
-                    pbs_time(attributes.get("obittime") or attributes.get("mtime")),
-                )
-            except ValueError as error:
-                self._unreadable(UnreadableRecord(job_id, str(error)))
-        return states
-
-    def locate_queue_command(self, tags: Sequence[str]) -> list[str]:
-        # -f takes no -u: every job the server shows, finished ones included (-x), arrays
-        # as one job each (no -t); parse_located keeps the tags asked for
-        return ["qstat", "-f", "-F", "json", "-x"]
-
-    def job_records(self, output: str) -> Iterable[Record]:
-        return pbspro_jobs(output)
-
-    def server_command(self) -> list[str]:
-        return ["qstat", "-B", "-f", "-F", "json"]
-
-    def history_kept(self, output: str) -> float:
-        """``job_history_enable`` (off unless set) and ``job_history_duration`` (two weeks
-        unless set) of the server."""
-        servers = pbspro_document(output).get("Server", {})
-        if not isinstance(servers, dict) or not servers:
-            raise ValueError("no server in the answer")
-        kept = []
-        for attributes in servers.values():
-            enabled = str(attributes.get("job_history_enable", "")).lower() in ("true", "1", "y")
-            duration = attributes.get("job_history_duration")
-            kept.append(
-                _seconds(str(duration)) if duration else _DEFAULT_HISTORY if enabled else 0.0
-            )
-            if not enabled:
-                kept[-1] = 0.0
-        return min(kept)
-
-    def deleted_for_dependency(self, attributes: Mapping[str, Any]) -> bool:
         # PBS deletes a queued job whose dependency can never be met; one that never ran and
         # still names its dependencies went that way (a qdel'ed one is already ABORTED)
         return bool(attributes.get("depend")) or super().deleted_for_dependency(attributes)
@@ -832,6 +636,14 @@ def member_indices(members: Sequence[Job]) -> list[int]:
 
 def _indices_in_order(members: Sequence[Job]) -> list[int]:
     return [job.array_index for job in members if job.array_index is not None]
+
+
+def _named(name: str, mark: str) -> str:
+    room = _NAME_LIMIT - len(mark) - 1
+    readable = scheduler_name(name, room)
+    if not readable[0].isalpha():
+        readable = f"j{readable}"[:room]
+    return f"{readable}.{mark}"
 
 
 def _whole(member: Job, array: ArraySpec) -> list[Job]:

@@ -1,23 +1,24 @@
 """PBS/Torque: ``-t`` arrays with ``%N``, ``nodes=N:ppn=P``, one ``qstat -f -x -t`` (XML)
-for all jobs per refresh; ended jobs stay visible as ``C`` for ``keep_completed``."""
+for all jobs per refresh; ended jobs stay visible as ``C`` for ``keep_completed``, which
+``qstat -B -f`` shows. A member handed over alone goes as a plain job, as on PBS Pro."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import ClassVar
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 from pydantic import Field
 
+from jobbridge.backends.base import Stream
 from jobbridge.backends.batch.base import (
     BatchOptions,
     NativeState,
     epoch_or_none,
 )
 from jobbridge.backends.batch.pbs import COMMON_STATES, ArrayLayout, PbsFamily, member_indices
-from jobbridge.backends.batch.pbs_records import (
-    torque_jobs,
-)
+from jobbridge.backends.batch.pbs_records import Record, UnreadableRecord, torque_jobs
 from jobbridge.job import Job
 from jobbridge.phase import Phase
 from jobbridge.spec import ArraySpec, JobSpec
@@ -25,6 +26,7 @@ from jobbridge.spec import ArraySpec, JobSpec
 __all__ = ["TorqueBackend", "TorqueOptions"]
 
 _MIB = 2**20
+_KEEP_COMPLETED = re.compile(r"^\s*keep_completed\s*=\s*(\d+)\s*$", re.MULTILINE)
 
 
 class TorqueOptions(BatchOptions):
@@ -83,7 +85,13 @@ class TorqueBackend(PbsFamily):
     def output_lines(self, layout: ArrayLayout | None) -> list[str]:
         # Torque names each array member's files itself (NAME.oSEQ-INDEX in the job
         # directory, where qsub runs); one given path would be shared by all members
-        return [] if layout is not None else super().output_lines(layout)
+        if layout is not None and layout.request is not None:
+            return []
+        return super().output_lines(layout)
+
+    def member_output_name(self, job: Job, sequence: str, index: str, stream: Stream) -> str:
+        letter = "o" if stream == "stdout" else "e"
+        return f"{self.whole_array_name(job)}.{letter}{sequence}-{index}"
 
     def placement_lines(self, spec: JobSpec) -> list[str]:
         lines = []
@@ -103,8 +111,9 @@ class TorqueBackend(PbsFamily):
         if spec.array is None:
             return None
         indices = member_indices(members)
-        cap = spec.array.max_concurrent if len(indices) > 1 else None
-        request = str(ArraySpec(tuple(indices), cap))
+        if len(indices) == 1:  # a plain job, whose script knows its index
+            return ArrayLayout(None, {indices[0]: indices[0]})
+        request = str(ArraySpec(tuple(indices), spec.array.max_concurrent))
         return ArrayLayout(request, {index: index for index in indices})
 
     def status_command(self, native_ids: Sequence[str]) -> list[str]:
@@ -113,11 +122,40 @@ class TorqueBackend(PbsFamily):
 
     def parse_status(self, output: str) -> dict[str, NativeState]:
         states = {}
-        for job in torque_jobs(output):
-            states[job["Job_Id"]] = self.native_state(
-                str(job.get("job_state", "")),
-                job,
-                epoch_or_none(str(job.get("start_time", ""))),
-                epoch_or_none(str(job.get("comp_time", ""))),
-            )
+        for job_id, job in torque_jobs(output):
+            try:
+                if isinstance(job, UnreadableRecord):
+                    raise job
+                states[job_id] = self.native_state(
+                    str(job.get("job_state", "")).strip(),
+                    job,
+                    epoch_or_none(str(job.get("start_time", ""))),
+                    epoch_or_none(str(job.get("comp_time", ""))),
+                )
+            except ValueError as error:
+                self._unreadable(UnreadableRecord(job_id, str(error)))
         return states
+
+    def locate_queue_command(self, tags: Sequence[str]) -> list[str]:
+        # every job the server shows, completed ones for keep_completed; arrays as one job
+        # each (no -t); parse_located keeps the tags asked for
+        return ["qstat", "-f", "-x"]
+
+    def job_records(self, output: str) -> Iterable[Record]:
+        return torque_jobs(output)
+
+    def submitted_name(self, attributes: Mapping[str, Any]) -> str:
+        # an array's member is named NAME-INDEX after its array
+        name = super().submitted_name(attributes)
+        index = str(attributes.get("job_array_id", "")).strip()
+        return name.removesuffix(f"-{index}") if index else name
+
+    def server_command(self) -> list[str]:
+        return ["qstat", "-B", "-f"]
+
+    def history_kept(self, output: str) -> float:
+        """``keep_completed`` (none unless set); Torque prints ``-B -f`` as text only."""
+        if "Server:" not in output:
+            raise ValueError("no server in the answer")
+        kept = _KEEP_COMPLETED.findall(output)
+        return float(min(int(seconds) for seconds in kept)) if kept else 0.0
