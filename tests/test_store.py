@@ -9,11 +9,10 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
-from jobbridge.claims import new_token
 import sqlalchemy as sa
 
 from jobbridge import Job, JobNotFoundError, JobSpec, Phase, Store
+from jobbridge.claims import new_token
 from jobbridge.errors import InvalidTransitionError
 from jobbridge.job import new_job_id, utcnow
 
