@@ -29,7 +29,15 @@ from jobbridge.errors import (
 from jobbridge.hooks import Hooks
 from jobbridge.job import Event, Job, JobStatus
 from jobbridge.phase import Phase
-from jobbridge.spec import ArraySpec, Dependency, FileTransfer, JobSpec, Launcher, Resources
+from jobbridge.spec import (
+    ArraySpec,
+    Dependency,
+    FileTransfer,
+    JobSpec,
+    Launcher,
+    PullPolicy,
+    Resources,
+)
 from jobbridge.store import Store
 
 __version__ = "0.1.0"
@@ -61,6 +69,7 @@ __all__ = [
     "Launcher",
     "LimitExceededError",
     "Phase",
+    "PullPolicy",
     "Resources",
     "ResourcesNotSupportedError",
     "SpecError",

@@ -197,6 +197,14 @@ class Launcher(StrEnum):
     MPIRUN = "mpirun"
 
 
+class PullPolicy(StrEnum):
+    """When a container runtime fetches the job's image (Kubernetes' words)."""
+
+    ALWAYS = "Always"
+    IF_NOT_PRESENT = "IfNotPresent"
+    NEVER = "Never"
+
+
 class Dependency(BaseModel):
     """Start only after ``job_id`` ended: ``afterok`` completed, ``afterany`` any ending."""
 
@@ -293,6 +301,10 @@ class JobSpec(BaseModel):
     stage_in: list[FileTransfer] = Field(default_factory=list)
     stage_out: list[FileTransfer] = Field(default_factory=list)
     launcher: Launcher = Launcher.SINGLE
+    image: str | None = Field(
+        None, min_length=1, description="a container image to run the program in"
+    )
+    pull_policy: PullPolicy | None = None
     attributes: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     @field_validator("executable")

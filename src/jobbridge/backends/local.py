@@ -68,6 +68,7 @@ class LocalBackend(Backend):
             "project": spec.project is not None,
             "reservation": spec.reservation is not None,
             "launcher": spec.launcher is Launcher.SRUN,
+            "image": spec.image is not None,
         }
         unsupported.update(
             {f"attributes.local.{key}": True for key in spec.attributes_for("local")}

@@ -233,6 +233,8 @@ class BatchBackend(Backend):
             raise ResourcesNotSupportedError(self.name, "stage_in", "; ".join(problems))
         if spec.launcher is Launcher.SRUN and self.scheduler != "slurm":
             raise ResourcesNotSupportedError(self.name, "launcher", "srun needs SLURM")
+        if spec.image is not None:
+            raise ResourcesNotSupportedError(self.name, "image", "no container runtime configured")
         probe = Job(id="check", spec=spec, backend=self.name, created=datetime.now(UTC))
         members = (
             [probe]
