@@ -4,21 +4,23 @@ the real tools' documented options and output, plus the backend's pure parts."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from jobbridge import Engine, Job, JobSpec, Phase, ResourcesNotSupportedError
+from jobbridge import Engine, Job, JobSpec, JobStatus, Phase, ResourcesNotSupportedError
 from jobbridge.backends.base import BackendContext
 from jobbridge.backends.batch.base import NativeState
 from jobbridge.backends.batch.htcondor import HTCondorBackend, HTCondorState
 from jobbridge.errors import BackendError
+from jobbridge.job import new_job_id
 from tests.batch_support import (
     CASES,
     FIXED_TIME,
@@ -166,7 +168,9 @@ def test_without_history_ended_jobs_are_resolved_from_their_exit_files(
 def test_a_vanished_job_without_an_exit_file_is_lost_not_completed(
     isolated_data_dir: Path, condor: Path
 ) -> None:
-    backend = condor_backend(isolated_data_dir, accounting=False, accounting_delay=1)
+    backend = condor_backend(
+        isolated_data_dir, accounting=False, accounting_delay=1, lost_after=1, lost_after_misses=2
+    )
     with make_engine(backend, isolated_data_dir) as engine:
         job = engine.submit(JobSpec(executable="true"))
         exit_file = Path(backend.exit_code_path(engine.get(job.id)))
@@ -509,3 +513,244 @@ def test_the_fake_reads_the_environment_command_as_documented(tmp_path: Path) ->
     value = "\"one=1 two=\"\"2\"\" three='spacey ''quoted'' value'\""
     done = subprocess.run(["python3", "-c", code, value], capture_output=True, text=True)
     assert json.loads(done.stdout) == {"one": "1", "two": '"2"', "three": "spacey 'quoted' value"}
+
+
+# -- finding submissions by their mark (locate), through the fake tools ----------------------
+
+
+def new_job(spec: JobSpec, created: datetime | None = None) -> Job:
+    when = created or datetime.now(UTC)
+    return Job(id=new_job_id(), spec=spec, backend="htcondor", created=when)
+
+
+def new_members(spec: JobSpec) -> list[Job]:
+    array_id = new_job_id()
+    assert spec.array is not None
+    return [
+        new_job(spec).model_copy(update={"array_id": array_id, "array_index": index})
+        for index in spec.array.indices
+    ]
+
+
+def wait_until_ended(backend: HTCondorBackend, job: Job) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        status = backend.status([job]).get(job.id)
+        if isinstance(status, JobStatus) and status.phase.is_final:
+            return
+        assert time.monotonic() < deadline, f"{job.native_id} never ended: {status}"
+        time.sleep(0.2)
+
+
+def shadow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tool: str) -> None:
+    """Put a ``tool`` first on PATH that fails as HTCondor's do when the schedd is away."""
+    directory = tmp_path / f"shadow-{tool}"
+    directory.mkdir()
+    script = directory / tool
+    script.write_text(
+        "#!/bin/sh\necho '-- Failed to fetch ads from: <127.0.0.1:9618> : schedd' >&2\nexit 1\n"
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ['PATH']}")
+
+
+HELD = {"htcondor.hold": True}
+
+
+def test_locate_finds_submissions_whose_native_ids_were_forgotten(
+    isolated_data_dir: Path, condor: Path
+) -> None:
+    backend = condor_backend(isolated_data_dir)
+    held = new_job(JobSpec(executable="true", name="held one", attributes=HELD))
+    ended = new_job(JobSpec(executable="true"))
+    never = new_job(JobSpec(executable="true"))
+    natives = {held.id: backend.submit(held), ended.id: backend.submit(ended)}
+    wait_until_ended(backend, ended.model_copy(update={"native_id": natives[ended.id]}))
+    located = backend.locate([held, ended, never])
+    assert located.found == {held.id: [natives[held.id]], ended.id: [natives[ended.id]]}
+    assert located.complete
+    # the history is read back to the search's start only
+    later = ended.model_copy(update={"created": datetime.now(UTC) + timedelta(hours=1)})
+    assert backend.locate([later]).found == {}
+
+
+def test_locate_finds_array_members_by_their_member_ids(
+    isolated_data_dir: Path, condor: Path
+) -> None:
+    backend = condor_backend(isolated_data_dir)
+    # two at a time: the last members are not in the queue yet, their cluster is
+    whole = new_members(JobSpec(executable="true", array="1,3,4,8%2", attributes=HELD))
+    whole_ids = backend.submit_array(whole)
+    alone = new_members(JobSpec(executable="true", array="5,7,9", attributes=HELD))
+    alone_ids = {alone[0].id: backend.submit(alone[0]), alone[2].id: backend.submit(alone[2])}
+    located = backend.locate([whole[3], whole[0], *alone])
+    assert located.found == {
+        whole[3].id: [whole_ids[3]],
+        whole[0].id: [whole_ids[0]],
+        alone[0].id: [alone_ids[alone[0].id]],
+        alone[2].id: [alone_ids[alone[2].id]],
+    }
+    assert whole_ids[3].endswith(".3")
+
+
+def test_locate_returns_every_duplicate(isolated_data_dir: Path, condor: Path) -> None:
+    backend = condor_backend(isolated_data_dir)
+    job = new_job(JobSpec(executable="true", attributes=HELD))
+    twice = [backend.submit(job), backend.submit(job)]
+    assert sorted(backend.locate([job]).found[job.id]) == sorted(twice)
+    assert len(set(twice)) == 2
+
+
+def test_locate_is_incomplete_when_the_history_cannot_be_read(
+    isolated_data_dir: Path, condor: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    backend = condor_backend(isolated_data_dir)
+    job = new_job(JobSpec(executable="true", attributes=HELD))
+    native = backend.submit(job)
+    shadow(monkeypatch, tmp_path, "condor_history")
+    located = backend.locate([job])
+    assert (located.found, located.complete) == ({job.id: [native]}, False)
+
+
+def test_locate_fails_when_the_queue_cannot_be_listed(
+    isolated_data_dir: Path, condor: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    backend = condor_backend(isolated_data_dir)
+    job = new_job(JobSpec(executable="true", attributes=HELD))
+    backend.submit(job)
+    shadow(monkeypatch, tmp_path, "condor_q")
+    with pytest.raises(BackendError, match="Failed to fetch ads"):
+        backend.locate([job])
+
+
+def test_what_the_job_script_printed_is_in_the_jobs_error_file(
+    isolated_data_dir: Path, condor: Path
+) -> None:
+    backend = condor_backend(isolated_data_dir)
+    spec = JobSpec(executable="true", prologue="echo 'said by the script' >&2")
+    jobs = [new_job(spec), *new_members(spec.replace(array="2-3"))]
+    natives = [backend.submit(jobs[0]), *backend.submit_array(jobs[1:])]
+    for job, native in zip(jobs, natives, strict=True):
+        job = job.model_copy(update={"native_id": native})
+        wait_until_ended(backend, job)
+        path = backend.scheduler_output_path(job, "stderr")
+        assert path is not None and Path(path).read_text() == "said by the script\n", path
+        assert path.endswith(f"htcondor-{native}.err")
+
+
+def test_the_fake_tools_filter_as_documented(condor: Path, tmp_path: Path) -> None:
+    (tmp_path / "job.sh").write_text("#!/bin/sh\ntrue\n")
+    (tmp_path / "job.sub").write_text(
+        'executable = job.sh\n+JobbridgeId = "jb-one"\nhold = True\nqueue 2\n'
+    )
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
+
+    cluster = run("condor_submit", "-terse", "job.sub").stdout.split(".")[0]
+    asked = ["-json", "-attributes", "ClusterId,ProcId,JobbridgeId"]
+    found = json.loads(run("condor_q", *asked, "-constraint", 'JobbridgeId =?= "jb-one"').stdout)
+    assert [(ad["ClusterId"], ad["ProcId"]) for ad in found] == [
+        (int(cluster), 0),
+        (int(cluster), 1),
+    ]
+    assert run("condor_q", *asked, "-constraint", 'JobbridgeId =?= "JB-ONE"').stdout == ""
+    assert run("condor_q", "-constraint", "JobbridgeId === 1").returncode == 1
+    run("condor_rm", cluster)
+    history = ["condor_history", *asked, "-constraint", 'JobbridgeId == "JB-ONE"']
+    assert len(json.loads(run(*history).stdout)) == 2  # == ignores case
+    assert run(*history, "-since", f"EnteredCurrentStatus < {int(time.time()) + 60}").stdout == ""
+    assert len(json.loads(run(*history, "-since", "EnteredCurrentStatus < 1000").stdout)) == 2
+
+
+# -- one unreadable record is no news for its job only -----------------------------------------
+
+# condor_q -json prints "[", then each ad from a "{" at the start of a line, separated by ","
+CONDOR_Q_GARBLED = """[
+{
+  "ClusterId": 50,
+  "ProcId": 0,
+  "JobStatus": 2
+}
+,
+{
+  "ClusterId": 51,
+  "ProcId": 0,
+  "HoldReason": "the file "x" is missing",
+  "JobStatus": 5
+}
+,
+{
+  "ClusterId": 52,
+  "ProcId": 0,
+  "JobStatus": 4,
+  "ExitCode": 0
+}
+,
+{
+  "ClusterId": 53,
+  "ProcId": 0,
+  "JobStatus": "Running"
+}
+,
+{
+  "ProcId": 0,
+  "JobStatus": 1
+}
+,
+{
+  "ClusterId": 54,
+  "ProcId": 0,
+  "JobStatus": 4,
+  "ExitCode": "zero"
+}
+]
+"""
+
+
+def test_an_unreadable_ad_leaves_out_that_job_only(caplog: pytest.LogCaptureFixture) -> None:
+    backend = condor_backend(Path("/x"))
+    with caplog.at_level(logging.WARNING):
+        states = backend.parse_status(CONDOR_Q_GARBLED)
+        backend.parse_accounting(CONDOR_Q_GARBLED)
+    assert summary(backend, states) == {
+        "50.0": (Phase.EXECUTING, None, None),
+        "52.0": (Phase.COMPLETED, None, 0),
+    }
+    warned = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warned) == 4, warned  # once per job, though read twice
+    with pytest.raises(ValueError):
+        backend.parse_status(CONDOR_Q_GARBLED[:200])  # cut short
+    with pytest.raises(ValueError):
+        backend.parse_status("-- Failed to fetch ads from: <127.0.0.1:9618>\n")
+
+
+def test_located_marks_are_read_from_the_ads() -> None:
+    backend = condor_backend(Path("/x"))
+    ads = [
+        {"ClusterId": 5, "ProcId": 0, "JobbridgeId": "jb-aaaa"},
+        {"ClusterId": 6, "ProcId": 0, "JobbridgeId": "jb-bbbb", "JobbridgeArray": True},
+        {"ClusterId": 6, "ProcId": 1, "JobbridgeId": "jb-bbbb", "JobbridgeArray": True},
+        {"ClusterId": 7, "ProcId": 0, "JobbridgeId": "jb-bbbb", "JobbridgeMember": 3},
+        {"ClusterId": 8, "ProcId": 0},
+    ]
+    assert backend.parse_located(json.dumps(ads)) == {
+        "jb-aaaa": ["5.0"],
+        "jb-bbbb": ["6.0#*", "7.0#3"],
+    }
+    members = new_members(JobSpec(executable="x", array="1,3,8"))
+    assert backend.member_ids("6.0#*", [members[2]]) == ["6.2"]
+    assert backend.member_ids("7.0#3", members) == ["7.0"]
+    assert backend.member_ids("7.0#3", [members[0]]) == []
+    command = backend.locate_queue_command(["jb-a", "jb-b"])
+    assert command[-2:] == ["-constraint", 'JobbridgeId =?= "jb-a" || JobbridgeId =?= "jb-b"']
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    history = backend.locate_accounting_command(["jb-a"], since)
+    assert history[-2:] == ["-since", "EnteredCurrentStatus < 1767225600"]
+
+
+def test_jobbridges_marks_cannot_be_set_by_attributes(tmp_path: Path) -> None:
+    backend = condor_backend(tmp_path)
+    for key in ("htcondor.MY.JobbridgeId", "htcondor.jobbridgemember"):
+        with pytest.raises(ResourcesNotSupportedError, match="marks its submissions"):
+            backend.check(JobSpec(executable="x", attributes={key: '"x"'}))

@@ -6,21 +6,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobbridge import Engine, JobSpec, Phase, ResourcesNotSupportedError
+from jobbridge import Engine, JobSpec, JobStatus, Phase, ResourcesNotSupportedError
 from jobbridge.backends.base import BackendContext, NativeDependency
 from jobbridge.backends.batch.base import NativeState
 from jobbridge.backends.batch.lsf import LsfBackend, lsf_index_list, run_limit
-from jobbridge.job import Job
+from jobbridge.errors import BackendError
+from jobbridge.job import Job, new_job_id
 from jobbridge.spec import ArraySpec
 from tests.batch_support import (
     CASES,
@@ -95,7 +99,7 @@ def test_a_forgotten_job_without_an_exit_code_file_is_lost_not_completed(
     fake_lsf: Path, isolated_data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAKESCHED_LSF_CLEAN_PERIOD", "0")
-    backend = lsf_backend(isolated_data_dir, accounting_delay=1)
+    backend = lsf_backend(isolated_data_dir, accounting_delay=1, lost_after=1, lost_after_misses=2)
     with make_engine(backend, isolated_data_dir) as engine:
         job = engine.submit(JobSpec(executable="true", attributes={"lsf.H": True}))
         backend._run(["bkill", job.native_id or ""])  # killed behind jobbridge's back
@@ -374,3 +378,249 @@ def test_the_fake_refuses_what_lsf_refuses_and_caps_arrays(fake_lsf: Path, tmp_p
     ]
     assert "job slot limit" in records[1]["PEND_REASON"]
     assert subprocess.run(["bkill", "100"], capture_output=True, text=True).returncode == 0
+
+
+# -- finding submissions by their mark (locate), through the fake tools ----------------------
+
+
+def new_job(spec: JobSpec) -> Job:
+    return Job(id=new_job_id(), spec=spec, backend="lsf", created=datetime.now(UTC))
+
+
+def new_members(spec: JobSpec) -> list[Job]:
+    array_id = new_job_id()
+    assert spec.array is not None
+    return [
+        new_job(spec).model_copy(update={"array_id": array_id, "array_index": index})
+        for index in spec.array.indices
+    ]
+
+
+def wait_until_ended(backend: LsfBackend, job: Job) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        status = backend.status([job]).get(job.id)
+        if isinstance(status, JobStatus) and status.phase.is_final:
+            return
+        assert time.monotonic() < deadline, f"{job.native_id} never ended: {status}"
+        time.sleep(0.2)
+
+
+def shadow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tool: str) -> None:
+    """Put a ``tool`` first on PATH that fails as LSF's do when mbatchd cannot be reached."""
+    directory = tmp_path / f"shadow-{tool}"
+    directory.mkdir()
+    script = directory / tool
+    script.write_text("#!/bin/sh\necho 'LSF is down. Please wait ...' >&2\nexit 255\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ['PATH']}")
+
+
+HELD = {"lsf.H": True}
+
+
+def test_locate_finds_submissions_whose_native_ids_were_forgotten(
+    fake_lsf: Path, isolated_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = lsf_backend(isolated_data_dir)
+    held = new_job(JobSpec(executable="true", name="held one", attributes=HELD))
+    ended = new_job(JobSpec(executable="true"))
+    never = new_job(JobSpec(executable="true"))
+    natives = {held.id: backend.submit(held), ended.id: backend.submit(ended)}
+    wait_until_ended(backend, ended.model_copy(update={"native_id": natives[ended.id]}))
+    located = backend.locate([held, ended, never])
+    assert located.found == {held.id: [natives[held.id]], ended.id: [natives[ended.id]]}
+    assert located.complete
+    # once bjobs has forgotten the ended job, the event log still has it
+    monkeypatch.setenv("FAKESCHED_LSF_CLEAN_PERIOD", "0")
+    listing = backend._run(backend.locate_queue_command(["x"]))
+    assert natives[ended.id] not in listing.stdout
+    assert backend.locate([ended]).found == {ended.id: [natives[ended.id]]}
+
+
+def test_locate_finds_array_members_by_their_member_ids(
+    fake_lsf: Path, isolated_data_dir: Path
+) -> None:
+    backend = lsf_backend(isolated_data_dir)
+    whole = new_members(JobSpec(executable="true", array="0-3", attributes=HELD))
+    whole_ids = backend.submit_array(whole)
+    alone = new_members(JobSpec(executable="true", array="5,7,9", attributes=HELD))
+    alone_ids = {alone[0].id: backend.submit(alone[0]), alone[2].id: backend.submit(alone[2])}
+    located = backend.locate([whole[2], whole[0], *alone])
+    assert located.found == {
+        whole[2].id: [whole_ids[2]],
+        whole[0].id: [whole_ids[0]],
+        alone[0].id: [alone_ids[alone[0].id]],
+        alone[2].id: [alone_ids[alone[2].id]],
+    }
+    assert whole_ids[2].endswith("[3]")
+
+
+def test_locate_returns_every_duplicate(fake_lsf: Path, isolated_data_dir: Path) -> None:
+    backend = lsf_backend(isolated_data_dir)
+    job = new_job(JobSpec(executable="true", attributes=HELD))
+    twice = [backend.submit(job), backend.submit(job)]
+    assert sorted(backend.locate([job]).found[job.id]) == sorted(twice)
+    assert len(set(twice)) == 2
+
+
+def test_locate_is_incomplete_when_the_event_log_cannot_be_read(
+    fake_lsf: Path, isolated_data_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    backend = lsf_backend(isolated_data_dir)
+    job = new_job(JobSpec(executable="true", attributes=HELD))
+    native = backend.submit(job)
+    shadow(monkeypatch, tmp_path, "bhist")
+    located = backend.locate([job])
+    assert (located.found, located.complete) == ({job.id: [native]}, False)
+
+
+def test_locate_fails_when_the_queue_cannot_be_listed(
+    fake_lsf: Path, isolated_data_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    backend = lsf_backend(isolated_data_dir)
+    job = new_job(JobSpec(executable="true", attributes=HELD))
+    backend.submit(job)
+    shadow(monkeypatch, tmp_path, "bjobs")
+    with pytest.raises(BackendError, match="LSF is down"):
+        backend.locate([job])
+
+
+def test_what_the_job_script_printed_is_where_lsf_put_it(
+    fake_lsf: Path, isolated_data_dir: Path
+) -> None:
+    backend = lsf_backend(isolated_data_dir)
+    spec = JobSpec(executable="true", prologue="echo 'said by the script' >&2")
+    jobs = [new_job(spec), *new_members(spec.replace(array="2-3"))]
+    natives = [backend.submit(jobs[0]), *backend.submit_array(jobs[1:])]
+    for job, native in zip(jobs, natives, strict=True):
+        job = job.model_copy(update={"native_id": native})
+        wait_until_ended(backend, job)
+        path = backend.scheduler_output_path(job, "stderr")
+        assert path is not None and Path(path).read_text() == "said by the script\n", path
+    member = jobs[2].model_copy(update={"native_id": "7[4]"})
+    expected = os.path.join(backend.job_dir(member), "lsf-7_4.out")
+    assert backend.scheduler_output_path(member, "stdout") == expected
+
+
+def test_the_fake_bhist_answers_as_documented(fake_lsf: Path, tmp_path: Path) -> None:
+    def run(*argv: str, script: str = "true\n") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, input=script, capture_output=True, text=True, cwd=tmp_path)
+
+    assert run("bhist", "-a").stderr == "No matching job found\n"
+    run("bsub", "-J", "a_rather_long_name.jb-abc", "-H")
+    run("bsub", "-J", "arr[1-2]", "-H")
+    wide = run("bhist", "-a", "-w").stdout.splitlines()
+    assert wide[0] == "Summary of time in seconds spent in various states:"
+    assert wide[1].split() == ["JOBID", "USER", "JOB_NAME", "PEND", "PSUSP", "RUN", "USUSP",
+                               "SSUSP", "UNKWN", "TOTAL"]  # fmt: skip
+    assert [line.split()[:3:2] for line in wide[2:]] == [
+        ["100", "a_rather_long_name.jb-abc"], ["101[1]", "arr[1]"], ["101[2]", "arr[2]"]
+    ]  # fmt: skip
+    narrow = run("bhist", "-a").stdout.splitlines()
+    assert narrow[2].split()[2] == "*me.jb-abc"  # cut to ten characters
+    assert run("bhist", "-d").returncode == 255  # nothing has finished
+    assert run("bhist", "-a", "-S", "2000/1/1/00:00,2000/1/2/00:00").returncode == 255
+    assert run("bhist", "-a", "-S", "2000/1/1/00:00,").returncode == 0
+
+
+# -- one unreadable record is no news for its job only -----------------------------------------
+
+# bjobs -json prints one record per job, each "{" on a line of its own; an exit reason it did
+# not escape breaks one of them
+BJOBS_GARBLED = """{
+  "COMMAND":"bjobs",
+  "JOBS":5,
+  "RECORDS":[
+    {
+      "JOBID":"40",
+      "JOBINDEX":"0",
+      "STAT":"RUN",
+      "EXIT_CODE":"",
+      "EXIT_REASON":"",
+      "PEND_REASON":""
+    },
+    {
+      "JOBID":"41",
+      "JOBINDEX":"0",
+      "STAT":"EXIT",
+      "EXIT_CODE":"1",
+      "EXIT_REASON":"said "no"",
+      "PEND_REASON":""
+    },
+    {
+      "JOBID":"42",
+      "JOBINDEX":"0",
+      "STAT":"EXIT",
+      "EXIT_CODE":"7",
+      "EXIT_REASON":"",
+      "PEND_REASON":""
+    },
+    {
+      "JOBID":"43",
+      "JOBINDEX":"0",
+      "STAT":"EXIT",
+      "EXIT_CODE":"x",
+      "EXIT_REASON":"",
+      "PEND_REASON":""
+    },
+    {
+      "JOBID":"44",
+      "JOBINDEX":"0",
+      "EXIT_CODE":""
+    }
+  ]
+}
+"""
+
+
+def test_an_unreadable_job_record_leaves_out_that_job_only(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    backend = lsf_backend(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        states = backend.parse_status(BJOBS_GARBLED)
+        backend.parse_status(BJOBS_GARBLED)
+    assert {native: backend.to_status(s).phase for native, s in states.items()} == {
+        "40": Phase.EXECUTING,
+        "42": Phase.ERROR,
+    }
+    warned = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warned) == 3, warned
+    with pytest.raises(ValueError):
+        backend.parse_status(BJOBS_GARBLED[:300])  # cut short
+    with pytest.raises(ValueError):
+        backend.parse_status("LSF is down. Please wait ...\n")
+
+
+def test_located_names_are_read_from_bjobs_and_bhist(tmp_path: Path) -> None:
+    backend = lsf_backend(tmp_path)
+    records = [
+        {"JOBID": "5", "JOBINDEX": "0", "JOB_NAME": "run.jb-aaaa"},
+        {"JOBID": "6", "JOBINDEX": "1", "JOB_NAME": "work.jb-bbbb[1]"},
+        {"JOBID": "6", "JOBINDEX": "2", "JOB_NAME": "work.jb-bbbb[2]"},
+        {"JOBID": "7", "JOBINDEX": "4", "JOB_NAME": "work.jb-bbbb.3[4]"},
+        {"JOBID": "8", "JOBINDEX": "0", "JOB_NAME": "someone else's"},
+    ]
+    assert backend.parse_located(json.dumps({"COMMAND": "bjobs", "RECORDS": records})) == {
+        "jb-aaaa": ["5"],
+        "jb-bbbb": ["6", "7#3"],
+    }
+    history = (
+        "Summary of time in seconds spent in various states:\n"
+        "JOBID  USER   JOB_NAME        PEND   PSUSP  RUN    USUSP  SSUSP  UNKWN  TOTAL\n"
+        "9      alice  my job.jb-cccc  1      0      5      0      0      0      6\n"
+        "10[2]  alice  arr.jb-dddd[2]  0      0      1      0      0      0      1\n"
+    )
+    assert backend.parse_located_accounting(history) == {"jb-cccc": ["9"], "jb-dddd": ["10"]}
+    members = [
+        Job(id=f"m{i}", spec=JobSpec(executable="x", array="0-4"), backend="lsf",
+            created=FIXED_TIME, array_id="a", array_index=i)
+        for i in range(5)
+    ]  # fmt: skip
+    assert backend.member_ids("6", [members[1]]) == ["6[2]"]
+    assert backend.member_ids("7#3", members) == ["7[4]"]
+    assert backend.member_ids("7#3", [members[0]]) == []
+    since = datetime(2026, 11, 29, 18, 16, 59, tzinfo=UTC)
+    assert backend.locate_accounting_command(["jb-x"], since)[-2:] == ["-S", "2026/11/29/18:16,"]
+    assert backend.status_environment() == {"TZ": "UTC"}

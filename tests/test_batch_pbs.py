@@ -5,21 +5,27 @@ the pure parts: generated scripts, directive refusals and the status parsers."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from jobbridge import Engine, Job, JobSpec, Phase, ResourcesNotSupportedError
+from jobbridge import Engine, Job, JobSpec, JobStatus, Phase, ResourcesNotSupportedError
 from jobbridge.backends.base import BackendContext, NativeDependency
 from jobbridge.backends.batch.base import NativeState
 from jobbridge.backends.batch.pbs import PbsProBackend
 from jobbridge.backends.batch.torque import TorqueBackend
+from jobbridge.errors import BackendError
+from jobbridge.job import new_job_id
 from tests.batch_support import (
     CASES,
     DEPENDENCIES,
@@ -206,7 +212,9 @@ def test_a_forgotten_job_without_an_exit_file_ends_lost(
 ) -> None:
     monkeypatch.setenv("FAKESCHED_PBS_HISTORY", "0")
     monkeypatch.setenv("FAKESCHED_TORQUE_KEEP_COMPLETED", "0")
-    backend = pbs_backend(flavour, isolated_data_dir, accounting_delay=1)
+    backend = pbs_backend(
+        flavour, isolated_data_dir, accounting_delay=1, lost_after=1, lost_after_misses=2
+    )
     with make_engine(backend, isolated_data_dir) as engine:
         # the job script itself dies, before it can write its exit code
         lost = engine.submit(JobSpec(executable="sh", arguments=["-c", "kill -9 $PPID"]))
@@ -526,3 +534,268 @@ def test_the_per_refresh_commands(tmp_path: Path) -> None:
         ["qdel", "8.s"],
         ["qhold", "8.s"],
     )
+
+
+# -- finding submissions by their mark (locate), through the fake tools ----------------------
+
+
+def new_job(spec: JobSpec) -> Job:
+    return Job(id=new_job_id(), spec=spec, backend="cluster", created=datetime.now(UTC))
+
+
+def new_members(spec: JobSpec) -> list[Job]:
+    array_id = new_job_id()
+    assert spec.array is not None
+    return [
+        new_job(spec).model_copy(update={"array_id": array_id, "array_index": index})
+        for index in spec.array.indices
+    ]
+
+
+def wait_until_ended(backend: PbsProBackend | TorqueBackend, job: Job) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        status = backend.status([job]).get(job.id)
+        if isinstance(status, JobStatus) and status.phase.is_final:
+            return
+        assert time.monotonic() < deadline, f"{job.native_id} never ended: {status}"
+        time.sleep(0.2)
+
+
+def shadow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tool: str, when: str = "") -> None:
+    """Put a ``tool`` first on PATH that fails as one whose server cannot be reached, for
+    every call or only for calls with the argument ``when``; other calls reach the fake."""
+    real = shutil.which(tool)
+    assert real is not None
+    directory = tmp_path / f"shadow-{tool}"
+    directory.mkdir()
+    script = directory / tool
+    condition = f'for word do [ "$word" = {shlex.quote(when)} ] && fail=yes; done' if when else ""
+    script.write_text(
+        "#!/bin/sh\n"
+        f"fail={'no' if when else 'yes'}\n"
+        f"{condition}\n"
+        'if [ "$fail" = yes ]; then echo "$0: cannot connect to server" >&2; exit 2; fi\n'
+        f'exec {shlex.quote(real)} "$@"\n'
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ['PATH']}")
+
+
+HELD = {"pbs.h": True}
+
+
+def test_locate_finds_submissions_whose_native_ids_were_forgotten(
+    flavour: Backends, isolated_data_dir: Path
+) -> None:
+    backend = pbs_backend(flavour, isolated_data_dir)
+    held = new_job(JobSpec(executable="true", name="held one", attributes=HELD))
+    ended = new_job(JobSpec(executable="true", name="7 quick"))
+    never = new_job(JobSpec(executable="true"))
+    natives = {held.id: backend.submit(held), ended.id: backend.submit(ended)}
+    wait_until_ended(backend, ended.model_copy(update={"native_id": natives[ended.id]}))
+    located = backend.locate([held, ended, never])
+    assert located.found == {held.id: [natives[held.id]], ended.id: [natives[ended.id]]}
+    assert located.complete, "the server keeps finished jobs long enough"
+
+
+def test_locate_finds_array_members_by_their_member_ids(
+    flavour: Backends, isolated_data_dir: Path
+) -> None:
+    backend = pbs_backend(flavour, isolated_data_dir)
+    whole = new_members(JobSpec(executable="true", array="1,3,4", attributes=HELD))
+    whole_ids = backend.submit_array(whole)
+    # members handed over one by one carry their array's tag too, each only its own
+    alone = new_members(JobSpec(executable="true", array="5,7,9", attributes=HELD))
+    alone_ids = {alone[0].id: backend.submit(alone[0]), alone[2].id: backend.submit(alone[2])}
+    located = backend.locate([whole[2], whole[0], *alone])
+    assert located.found == {
+        whole[2].id: [whole_ids[2]],
+        whole[0].id: [whole_ids[0]],
+        alone[0].id: [alone_ids[alone[0].id]],
+        alone[2].id: [alone_ids[alone[2].id]],
+    }
+    assert "[" in whole_ids[2] and whole_ids[2] != whole_ids[0]
+
+
+def test_locate_returns_every_duplicate(flavour: Backends, isolated_data_dir: Path) -> None:
+    backend = pbs_backend(flavour, isolated_data_dir)
+    job = new_job(JobSpec(executable="true", attributes=HELD))
+    twice = [backend.submit(job), backend.submit(job)]
+    located = backend.locate([job])
+    assert sorted(located.found[job.id]) == sorted(twice) and len(set(twice)) == 2
+
+
+def test_locate_is_incomplete_when_the_server_keeps_no_finished_jobs(
+    flavour: Backends, monkeypatch: pytest.MonkeyPatch, isolated_data_dir: Path
+) -> None:
+    backend = pbs_backend(flavour, isolated_data_dir)
+    job = new_job(JobSpec(executable="true", attributes=HELD))
+    native = backend.submit(job)
+    monkeypatch.setenv("FAKESCHED_PBS_HISTORY", "0")
+    monkeypatch.setenv("FAKESCHED_TORQUE_KEEP_COMPLETED", "0")
+    located = backend.locate([job])
+    assert (located.found, located.complete) == ({job.id: [native]}, False)
+
+
+def test_locate_is_incomplete_when_the_server_settings_cannot_be_read(
+    flavour: Backends, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated_data_dir: Path
+) -> None:
+    backend = pbs_backend(flavour, isolated_data_dir)
+    job = new_job(JobSpec(executable="true", attributes=HELD))
+    native = backend.submit(job)
+    shadow(monkeypatch, tmp_path, "qstat", when="-B")
+    located = backend.locate([job])
+    assert (located.found, located.complete) == ({job.id: [native]}, False)
+
+
+def test_locate_fails_when_the_queue_cannot_be_listed(
+    flavour: Backends, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated_data_dir: Path
+) -> None:
+    backend = pbs_backend(flavour, isolated_data_dir)
+    job = new_job(JobSpec(executable="true", attributes=HELD))
+    backend.submit(job)
+    shadow(monkeypatch, tmp_path, "qstat")
+    with pytest.raises(BackendError, match="cannot connect"):
+        backend.locate([job])
+
+
+def test_what_the_job_script_printed_is_where_the_scheduler_put_it(
+    flavour: Backends, isolated_data_dir: Path
+) -> None:
+    backend = pbs_backend(flavour, isolated_data_dir)
+    spec = JobSpec(executable="true", prologue="echo 'said by the script' >&2")
+    jobs = [new_job(spec), *new_members(spec.replace(array="2-3"))]
+    natives = [backend.submit(jobs[0]), *backend.submit_array(jobs[1:])]
+    for job, native in zip(jobs, natives, strict=True):
+        job = job.model_copy(update={"native_id": native})
+        wait_until_ended(backend, job)
+        path = backend.scheduler_output_path(job, "stderr")
+        assert path is not None and Path(path).read_text() == "said by the script\n", path
+        assert Path(backend.scheduler_output_path(job, "stdout") or "").exists()
+
+
+# -- one unreadable record is no news for its job only -----------------------------------------
+
+# PBS Pro prints JSON with cJSON (tab-indented, one key per line); a value it failed to escape
+# breaks one job's object
+PBSPRO_GARBLED = (
+    '{\n\t"timestamp":\t1767225600,\n\t"pbs_version":\t"23.06.06",\n\t"pbs_server":\t"srv",\n'
+    '\t"Jobs":\t{\n'
+    '\t\t"10.srv":\t{\n\t\t\t"Job_Name":\t"a",\n\t\t\t"job_state":\t"R"\n\t\t},\n'
+    '\t\t"11.srv":\t{\n\t\t\t"Job_Name":\t"say "hi"",\n\t\t\t"job_state":\t"Q"\n\t\t},\n'
+    '\t\t"12.srv":\t{\n\t\t\t"Job_Name":\t"c",\n\t\t\t"job_state":\t"F",\n'
+    '\t\t\t"Exit_status":\t0,\n\t\t\t"stime":\t"Thu Jan  1 00:00:00 2026",\n'
+    '\t\t\t"Resource_List":\t{\n\t\t\t\t"ncpus":\t1\n\t\t\t}\n\t\t},\n'
+    '\t\t"13.srv":\t{\n\t\t\t"job_state":\t"F",\n\t\t\t"Exit_status":\t"x"\n\t\t},\n'
+    '\t\t"14.srv":\t{\n\t\t\t"Job_Name":\t"no state"\n\t\t}\n'
+    "\t}\n}\n"
+)
+TORQUE_GARBLED = (
+    '<?xml version="1.0"?>\n<Data><Job><Job_Id>30.srv</Job_Id><job_state>R</job_state></Job>'
+    "<Job><Job_Id>31.srv</Job_Id><comment>a < b</comment><job_state>Q</job_state></Job>"
+    "<Job><Job_Id>32.srv</Job_Id><job_state>C</job_state><exit_status>0</exit_status>"
+    "<start_time>1767225600</start_time></Job>"
+    "<Job><Job_Id>33.srv</Job_Id><job_state>C</job_state><exit_status>x</exit_status></Job>"
+    "<Job><Job_Id>34.srv</Job_Id></Job></Data>\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("cls", "answer", "good"),
+    [
+        (PbsProBackend, PBSPRO_GARBLED, {"10.srv": Phase.EXECUTING, "12.srv": Phase.COMPLETED}),
+        (TorqueBackend, TORQUE_GARBLED, {"30.srv": Phase.EXECUTING, "32.srv": Phase.COMPLETED}),
+    ],
+    ids=["pbspro", "torque"],
+)
+def test_an_unreadable_job_record_leaves_out_that_job_only(
+    cls: Backends,
+    answer: str,
+    good: dict[str, Phase],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = pbs_backend(cls, tmp_path)
+    with caplog.at_level(logging.WARNING):
+        states = backend.parse_status(answer)
+        backend.parse_status(answer)
+    assert {native: backend.to_status(s).phase for native, s in states.items()} == good
+    warned = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warned) == 3, warned  # once per unreadable job, not at every query
+    assert backend.parse_located(answer) == {}  # no marks in these names, and no exception
+
+
+@pytest.mark.parametrize(
+    ("cls", "answer"),
+    [
+        (PbsProBackend, "qstat: cannot connect to server srv (errno=111)\n"),
+        (PbsProBackend, PBSPRO_GARBLED[: len(PBSPRO_GARBLED) // 2]),  # cut short
+        (TorqueBackend, "qstat: cannot connect to server srv\n"),
+        (TorqueBackend, TORQUE_GARBLED.replace("</Data>", "")),
+    ],
+    ids=["pbspro-no-json", "pbspro-cut", "torque-no-xml", "torque-cut"],
+)
+def test_an_answer_unreadable_as_a_whole_is_an_error(
+    cls: Backends, answer: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError):
+        pbs_backend(cls, tmp_path).parse_status(answer)
+
+
+def test_located_names_are_read_from_the_listing(tmp_path: Path) -> None:
+    backend = pbs_backend(PbsProBackend, tmp_path)
+    listing = {
+        "Jobs": {
+            "5.srv": {"Job_Name": "run.jb-aaaa", "job_state": "R"},
+            "6[].srv": {"Job_Name": "work.jb-bbbb", "job_state": "B"},
+            "7.srv": {"Job_Name": "work.jb-bbbb.3", "job_state": "Q"},
+            "8.srv": {"Job_Name": "someone_else", "job_state": "Q"},
+            "9.srv": {"Job_Name": "run.jb-aaaa", "job_state": "F"},
+        }
+    }
+    assert backend.parse_located(json.dumps(listing)) == {
+        "jb-aaaa": ["5.srv", "9.srv"],
+        "jb-bbbb": ["6[].srv", "7.srv#3"],
+    }
+    members = new_members(JobSpec(executable="x", array="1-4"))
+    assert backend.member_ids("6[].srv", [members[1]]) == ["6[2].srv"]
+    assert backend.member_ids("7.srv#3", members) == ["7.srv"]  # member index 3 only
+    assert backend.member_ids("7.srv#3", [members[0]]) == []
+
+
+def test_the_scheduler_output_paths(tmp_path: Path) -> None:
+    pbspro = pbs_backend(PbsProBackend, tmp_path, work_dir="/w")
+    torque = pbs_backend(TorqueBackend, tmp_path, work_dir="/w")
+    [job] = case_jobs("plain")
+    members = case_jobs("array")
+    plain = job.model_copy(update={"native_id": "8.srv"})
+    member = members[3].model_copy(update={"native_id": "9[3].srv"})
+    assert pbspro.scheduler_output_path(plain, "stderr") == "/w/jb0case0plai/pbs.err"
+    assert pbspro.scheduler_output_path(member, "stdout") == "/w/jb0array0000/pbs.3.out"
+    assert torque.scheduler_output_path(plain, "stdout") == "/w/jb0case0plai/pbs.out"
+    assert (
+        torque.scheduler_output_path(member, "stderr")
+        == "/w/jb0array0000/work.jb-jb0array0000.e9-3"
+    )
+    assert pbspro.scheduler_output_path(job, "stdout") is None  # not submitted
+
+
+def test_the_fake_servers_show_how_long_they_keep_finished_jobs(
+    cluster: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def run(*argv: str) -> str:
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+    cluster("pbspro")
+    document = json.loads(run("qstat", "-B", "-f", "-F", "json"))
+    assert set(document) == {"timestamp", "pbs_version", "pbs_server", "Server"}
+    [server] = document["Server"].values()
+    assert (server["job_history_enable"], server["job_history_duration"]) == ("True", "336:00:00")
+    monkeypatch.setenv("FAKESCHED_PBS_HISTORY", "0")
+    [server] = json.loads(run("qstat", "-B", "-f", "-F", "json"))["Server"].values()
+    assert "job_history_enable" not in server  # unset attributes are not shown
+    cluster("torque")
+    text = run("qstat", "-B", "-f")
+    assert text.startswith("Server: ") and "\n    keep_completed = 300\n" in text
+    assert pbs_backend(TorqueBackend, Path("/x")).history_kept(text) == 300

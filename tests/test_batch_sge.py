@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
 from collections.abc import Iterator
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from jobbridge import Engine, Job, JobSpec, Phase, ResourcesNotSupportedError
+from jobbridge import Engine, Job, JobSpec, JobStatus, Phase, ResourcesNotSupportedError
 from jobbridge.backends.base import BackendContext, NativeDependency
 from jobbridge.backends.batch.base import NativeState
 from jobbridge.backends.batch.sge import SgeBackend
+from jobbridge.errors import BackendError
+from jobbridge.job import new_job_id
 from jobbridge.transport.base import CommandResult
 from tests.batch_support import (
     CASES,
@@ -245,7 +248,7 @@ def test_resources_and_attributes_become_directives(tmp_path: Path) -> None:
     job = Job(id="jb0x", spec=spec, backend="sge", created=FIXED_TIME)
     lines = backend.directives(job, [job], [NativeDependency("12.3", "afterok")])
     assert lines == [
-        "#$ -N job_9_lives",
+        "#$ -N job_9_lives.jb-jb0x",
         "#$ -o sge-$JOB_ID.out",
         "#$ -e sge-$JOB_ID.err",
         "#$ -S /bin/bash",
@@ -472,3 +475,269 @@ def test_an_error_state_without_an_exit_code_file_waits_then_is_an_error(
     time.sleep(0.3)
     assert (backend.status([job])["stuck"].detail) == "ERROR_STATE"
     assert cluster.commands[-1] == ["qdel", "40"]
+
+
+# -- one unreadable record is no news for its job only -----------------------------------------
+
+
+def _running(number: str, name: str = "j", state: str = "r", extra: str = "") -> str:
+    return (
+        f"<job_list state='running'><JB_job_number>{number}</JB_job_number>"
+        f"<JB_name>{name}</JB_name><state>{state}</state>{extra}</job_list>"
+    )
+
+
+QSTAT_GARBLED = (
+    "<?xml version='1.0'?>\n<job_info><queue_info>"
+    + _running("50")
+    + _running("51", name="a & b")  # not XML
+    + _running("52", state="")  # no state
+    + _running("53", extra="<tasks>x-y</tasks>")  # no task range
+    + "</queue_info><job_info>"
+    + _pending("54", "qw")
+    + "</job_info></job_info>\n"
+)
+QACCT_GARBLED = "".join(
+    f"==============================================================\n"
+    f"jobname      j\njobnumber    {number}\ntaskid       undefined\n"
+    f"failed       {failed}\nexit_status  {status}\n"
+    for number, failed, status in [("60", "0", "0"), ("61", "x", "0"), ("62", "0", "lots"),
+                                   ("63", "0", "2")]
+)  # fmt: skip
+
+
+def test_an_unreadable_qstat_or_qacct_record_leaves_out_that_job_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = sge_backend(Path("/x"))
+    with caplog.at_level(logging.WARNING):
+        queue = backend.parse_status(QSTAT_GARBLED)
+        accounted = backend.parse_accounting(QACCT_GARBLED)
+        backend.parse_status(QSTAT_GARBLED)
+        backend.parse_accounting(QACCT_GARBLED)
+    assert {native: backend.to_status(s).phase for native, s in queue.items()} == {
+        "50": Phase.EXECUTING,
+        "54": Phase.QUEUED,
+    }
+    assert {native: s.exit_code for native, s in accounted.items()} == {"60": 0, "63": 2}
+    warned = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warned) == 5, warned  # once per job, though read twice
+    for whole in ("error: commlib error: got select error\n", QSTAT_GARBLED[:200]):
+        with pytest.raises(ValueError):
+            backend.parse_status(whole)
+
+
+def test_an_unreadable_exit_code_file_leaves_out_that_job_only(tmp_path: Path) -> None:
+    backend = sge_backend(tmp_path)
+    good, garbled = _job("good", "70", Phase.EXECUTING), _job("garbled", "71", Phase.EXECUTING)
+    files = {
+        backend.exit_code_path(good): b"0 100 101\n",
+        backend.exit_code_path(garbled): b"x\n",
+    }
+    # the garbled file is no news; what the accounting says of that job still counts
+    qacct = "==\njobnumber 71\ntaskid undefined\nfailed 0\nexit_status 0\n"
+    cluster = ScriptedCluster("<job_info></job_info>", qacct, files=files)
+    backend.transport = cluster  # type: ignore[assignment]
+    answers = backend.status([good, garbled])
+    summary = {
+        job_id: (status.phase, status.exit_code, status.ended is not None)
+        for job_id, status in answers.items()
+        if isinstance(status, JobStatus)
+    }
+    assert summary == {"good": (Phase.COMPLETED, 0, True), "garbled": (Phase.COMPLETED, 0, False)}
+
+
+# -- finding submissions by their mark ----------------------------------------------------------
+
+
+def test_located_names_are_read_from_qstat_and_qacct() -> None:
+    backend = sge_backend(Path("/x"))
+    listing = (
+        "<job_info><queue_info>"
+        + _running("5", name="run.jb-aaaa")
+        + _running("6", name="work.jb-bbbb", extra="<tasks>1</tasks>")
+        + _running("6", name="work.jb-bbbb", extra="<tasks>2</tasks>")
+        + _running("8", name="someone_else")
+        + "</queue_info><job_info>"
+        + _pending("7", "qw").replace("<state>", "<JB_name>work.jb-bbbb.3</JB_name><state>")
+        + "</job_info></job_info>"
+    )
+    assert backend.parse_located(listing) == {"jb-aaaa": ["5"], "jb-bbbb": ["6", "7#3"]}
+    assert backend.parse_located_accounting(
+        "==\njobname      run.jb-aaaa\njobnumber    9\ntaskid       undefined\nfailed 0\n"
+        "==\njobname      work.jb-bbbb.3\njobnumber    7\ntaskid       4\nfailed 0\n"
+    ) == {"jb-aaaa": ["9"], "jb-bbbb": ["7#3"]}
+    spec = JobSpec(executable="x", array="0-4")
+    members = [
+        Job(id=f"m{i}", spec=spec, backend="sge", created=FIXED_TIME, array_id="a", array_index=i)
+        for i in range(5)
+    ]
+    assert backend.member_ids("6", [members[1]]) == ["6.2"]
+    assert backend.member_ids("7#3", members) == ["7.4"]
+    assert backend.member_ids("7#3", [members[0]]) == []
+    named = sge_backend(Path("/x"), user="alice")
+    since = datetime(2026, 11, 21, 19, 58, 5, tzinfo=UTC)
+    assert named.locate_accounting_command(["jb-a"], since) == [
+        "qacct", "-o", "alice", "-E", "-b", "202611211958.05", "-j"
+    ]  # fmt: skip
+    assert backend.locate_accounting_command(["jb-a"], since) == backend.accounting_query(since)
+
+
+def test_names_carry_the_mark_and_never_start_with_a_digit(tmp_path: Path) -> None:
+    backend = sge_backend(tmp_path)
+    job = Job(id="abc", spec=JobSpec(executable="x", name="9" * 80), backend="sge",
+              created=FIXED_TIME)  # fmt: skip
+    [name] = [line for line in backend.directives(job, [job], []) if line.startswith("#$ -N")]
+    assert name == "#$ -N job_" + "9" * 53 + ".jb-abc" and len(name) - len("#$ -N ") == 64
+    member = job.model_copy(
+        update={"array_id": "arr", "array_index": 7, "spec": job.spec.replace(array="0-9")}
+    )
+    [alone] = [line for line in backend.directives(member, [member], []) if "-N" in line]
+    assert alone.endswith(".jb-arr.7")
+    with pytest.raises(ResourcesNotSupportedError, match="id"):
+        backend.directives(job.model_copy(update={"id": "a/b"}), [job], [])
+
+
+def test_the_scheduler_output_paths(tmp_path: Path) -> None:
+    backend = sge_backend(tmp_path, work_dir="/w")
+    job = _job("plain", "80")
+    member = _job("m", "81.4").model_copy(update={"array_id": "arr", "array_index": 3})
+    assert backend.scheduler_output_path(job, "stderr") == "/w/plain/sge-80.err"
+    assert backend.scheduler_output_path(member, "stdout") == "/w/arr/sge-81.4.out"
+    assert (
+        backend.scheduler_output_path(job.model_copy(update={"native_id": None}), "stdout") is None
+    )
+
+
+def new_job(spec: JobSpec) -> Job:
+    return Job(id=new_job_id(), spec=spec, backend="sge", created=datetime.now(UTC))
+
+
+def new_members(spec: JobSpec) -> list[Job]:
+    array_id = new_job_id()
+    assert spec.array is not None
+    return [
+        new_job(spec).model_copy(update={"array_id": array_id, "array_index": index})
+        for index in spec.array.indices
+    ]
+
+
+class FailingTool:
+    """A transport on the real cluster, except that one tool answers as when it fails."""
+
+    def __init__(self, inner: object, tool: str, said: str) -> None:
+        self.inner, self.tool, self.said = inner, tool, said
+
+    def run(self, argv: list[str], **kwargs: object) -> CommandResult:
+        if argv[0] == self.tool:
+            return CommandResult(tuple(argv), 1, "", self.said)
+        return self.inner.run(argv, **kwargs)  # type: ignore[attr-defined, no-any-return]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list[tuple[SgeBackend, str]]]:
+    submitted: list[tuple[SgeBackend, str]] = []
+    yield submitted
+    for backend, native in submitted:
+        backend._run(["qdel", native], check=False)
+
+
+HELD = {"sge.hold": True}
+
+
+@pytest.mark.sge
+def test_locate_finds_submissions_whose_native_ids_were_forgotten(
+    isolated_data_dir: Path, cleanup: list[tuple[SgeBackend, str]]
+) -> None:
+    backend = live_backend(isolated_data_dir)
+    held = new_job(JobSpec(executable="true", name="9 held", attributes=HELD))
+    ended = new_job(JobSpec(executable="true"))
+    never = new_job(JobSpec(executable="true"))
+    natives = {held.id: backend.submit(held), ended.id: backend.submit(ended)}
+    cleanup.append((backend, natives[held.id]))
+    # wait until the ended job has left the queue for the accounting
+    deadline = time.monotonic() + 60
+    while backend._run(["qacct", "-j", natives[ended.id]], check=False).returncode != 0:
+        assert time.monotonic() < deadline, "the job never reached the accounting"
+        time.sleep(0.5)
+    located = backend.locate([held, ended, never])
+    assert located.found == {held.id: [natives[held.id]], ended.id: [natives[ended.id]]}
+    assert located.complete
+
+
+@pytest.mark.sge
+def test_locate_finds_array_members_by_their_member_ids(
+    isolated_data_dir: Path, cleanup: list[tuple[SgeBackend, str]]
+) -> None:
+    backend = live_backend(isolated_data_dir)
+    whole = new_members(JobSpec(executable="true", array="2,5,6", attributes=HELD))
+    whole_ids = backend.submit_array(whole)
+    alone = new_members(JobSpec(executable="true", array="0-2", attributes=HELD))
+    alone_ids = {alone[0].id: backend.submit(alone[0]), alone[2].id: backend.submit(alone[2])}
+    cleanup.extend((backend, native.split(".")[0]) for native in [*whole_ids, *alone_ids.values()])
+    located = backend.locate([whole[2], whole[0], *alone])
+    assert located.found == {
+        whole[2].id: [whole_ids[2]],
+        whole[0].id: [whole_ids[0]],
+        alone[0].id: [alone_ids[alone[0].id]],
+        alone[2].id: [alone_ids[alone[2].id]],
+    }
+    assert whole_ids[2].endswith(".3")
+
+
+@pytest.mark.sge
+def test_locate_returns_every_duplicate(
+    isolated_data_dir: Path, cleanup: list[tuple[SgeBackend, str]]
+) -> None:
+    backend = live_backend(isolated_data_dir)
+    job = new_job(JobSpec(executable="true", attributes=HELD))
+    twice = [backend.submit(job), backend.submit(job)]
+    cleanup.extend((backend, native) for native in twice)
+    assert sorted(backend.locate([job]).found[job.id]) == sorted(twice)
+    assert len(set(twice)) == 2
+
+
+@pytest.mark.sge
+def test_locate_is_incomplete_when_the_accounting_fails(
+    isolated_data_dir: Path, cleanup: list[tuple[SgeBackend, str]]
+) -> None:
+    backend = live_backend(isolated_data_dir)
+    job = new_job(JobSpec(executable="true", attributes=HELD))
+    native = backend.submit(job)
+    cleanup.append((backend, native))
+    said = "error: can't open accounting file"
+    backend.transport = FailingTool(backend.transport, "qacct", said)  # type: ignore[assignment]
+    located = backend.locate([job])
+    assert (located.found, located.complete) == ({job.id: [native]}, False)
+
+
+@pytest.mark.sge
+def test_locate_fails_when_the_queue_cannot_be_listed(
+    isolated_data_dir: Path, cleanup: list[tuple[SgeBackend, str]]
+) -> None:
+    backend = live_backend(isolated_data_dir)
+    job = new_job(JobSpec(executable="true", attributes=HELD))
+    cleanup.append((backend, backend.submit(job)))
+    said = "error: commlib error: got select error (Connection refused)"
+    backend.transport = FailingTool(backend.transport, "qstat", said)  # type: ignore[assignment]
+    with pytest.raises(BackendError, match="commlib error"):
+        backend.locate([job])
+
+
+@pytest.mark.sge
+def test_what_the_job_script_printed_is_where_grid_engine_put_it(isolated_data_dir: Path) -> None:
+    backend = live_backend(isolated_data_dir)
+    spec = JobSpec(executable="true", prologue="echo 'said by the script' >&2")
+    jobs = [new_job(spec), *new_members(spec.replace(array="2-3"))]
+    natives = [backend.submit(jobs[0]), *backend.submit_array(jobs[1:])]
+    for job, native in zip(jobs, natives, strict=True):
+        job = job.model_copy(update={"native_id": native})
+        path = Path(backend.scheduler_output_path(job, "stderr") or "")
+        deadline = time.monotonic() + 60
+        while not Path(backend.exit_code_path(job)).exists():
+            assert time.monotonic() < deadline, f"{native} never ended"
+            time.sleep(0.3)
+        assert path.read_text() == "said by the script\n", path

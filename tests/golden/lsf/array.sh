@@ -1,5 +1,5 @@
 #!/bin/bash
-#BSUB -J "work[1-10]%3"
+#BSUB -J "work.jb-jb0array0000[1-10]%3"
 #BSUB -o lsf-%J_%I.out
 #BSUB -e lsf-%J_%I.err
 #BSUB -n 1

@@ -1,5 +1,5 @@
 #!/bin/bash
-#BSUB -J it_s_a_test_job_second_line
+#BSUB -J it_s_a_test_job_second_line.jb-jb0case0awkw
 #BSUB -o lsf-%J.out
 #BSUB -e lsf-%J.err
 #BSUB -n 1

@@ -1,5 +1,5 @@
 #!/bin/bash
-#BSUB -J echo
+#BSUB -J echo.jb-jb0case0plai
 #BSUB -o lsf-%J.out
 #BSUB -e lsf-%J.err
 #BSUB -n 1

@@ -1,5 +1,5 @@
 #!/bin/bash
-#BSUB -J mpi_run
+#BSUB -J mpi_run.jb-jb0case0reso
 #BSUB -o lsf-%J.out
 #BSUB -e lsf-%J.err
 #BSUB -n 16

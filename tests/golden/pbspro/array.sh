@@ -1,5 +1,5 @@
 #!/bin/bash
-#PBS -N work
+#PBS -N work.jb-jb0array0000
 #PBS -S /bin/bash
 #PBS -o pbs.^array_index^.out
 #PBS -e pbs.^array_index^.err

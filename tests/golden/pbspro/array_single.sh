@@ -1,5 +1,5 @@
 #!/bin/bash
-#PBS -N work
+#PBS -N work.jb-jb0array0000.4
 #PBS -S /bin/bash
 #PBS -o pbs.out
 #PBS -e pbs.err

@@ -1,5 +1,5 @@
 #!/bin/bash
-#PBS -N it_s_a_test_job_second_line
+#PBS -N it_s_a_test_job_second_line.jb-jb0case0awkw
 #PBS -S /bin/bash
 #PBS -o pbs.out
 #PBS -e pbs.err

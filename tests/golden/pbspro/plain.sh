@@ -1,5 +1,5 @@
 #!/bin/bash
-#PBS -N echo
+#PBS -N echo.jb-jb0case0plai
 #PBS -S /bin/bash
 #PBS -o pbs.out
 #PBS -e pbs.err

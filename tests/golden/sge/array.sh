@@ -1,5 +1,5 @@
 #!/bin/bash
-#$ -N work
+#$ -N work.jb-jb0array0000
 #$ -o sge-$JOB_ID.$TASK_ID.out
 #$ -e sge-$JOB_ID.$TASK_ID.err
 #$ -S /bin/bash

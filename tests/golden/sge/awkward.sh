@@ -1,5 +1,5 @@
 #!/bin/bash
-#$ -N it_s_a_test_job_second_line
+#$ -N it_s_a_test_job_second_line.jb-jb0case0awkw
 #$ -o sge-$JOB_ID.out
 #$ -e sge-$JOB_ID.err
 #$ -S /bin/bash

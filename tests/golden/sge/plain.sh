@@ -1,5 +1,5 @@
 #!/bin/bash
-#$ -N echo
+#$ -N echo.jb-jb0case0plai
 #$ -o sge-$JOB_ID.out
 #$ -e sge-$JOB_ID.err
 #$ -S /bin/bash

@@ -1,5 +1,5 @@
 #!/bin/bash
-#$ -N mpi_run
+#$ -N mpi_run.jb-jb0case0reso
 #$ -o sge-$JOB_ID.out
 #$ -e sge-$JOB_ID.err
 #$ -S /bin/bash

@@ -1,5 +1,5 @@
 #!/bin/bash
-#PBS -N work
+#PBS -N work.jb-jb0array0000
 #PBS -S /bin/bash
 #PBS -l nodes=1:ppn=1
 #PBS -t 0-9%3

@@ -1,5 +1,5 @@
 #!/bin/bash
-#PBS -N mpi_run
+#PBS -N mpi_run.jb-jb0case0reso
 #PBS -S /bin/bash
 #PBS -o pbs.out
 #PBS -e pbs.err

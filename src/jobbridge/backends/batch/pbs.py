@@ -63,6 +63,7 @@ from typing import Any, ClassVar
 
 from jobbridge.backends.base import Stream
 from jobbridge.backends.batch.base import (
+    _LOCATE_SLACK,
     UNTOLD,
     BatchBackend,
     NativeDependency,
@@ -334,8 +335,11 @@ class PbsFamily(BatchBackend):
 
     def locate_accounting_command(self, tags: Sequence[str], since: datetime) -> list[str] | None:
         """The server's settings, which tell how long it shows finished jobs: long enough
-        back to ``since``, or the search cannot be complete."""
-        self._history_needed = time.time() - since.timestamp()
+        back to the jobs' submission, or the search cannot be complete. (``since`` is that
+        time less what the clocks of two hosts may differ by, which the server's own clock
+        does not need.)"""
+        submitted = since + _LOCATE_SLACK
+        self._history_needed = max(0.0, time.time() - submitted.timestamp())
         return self.server_command()
 
     @abstractmethod

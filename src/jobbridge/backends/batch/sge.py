@@ -19,7 +19,7 @@ attribute ``sge.NAME`` is a resource request ``-l NAME=VALUE``, except the switc
 Every submission carries jobbridge's mark at the end of its job name (``name.jb-ID``; a
 member handed over alone also its index, ``name.jb-ID.7``), where ``qstat -xml`` and
 ``qacct -j`` both show it: ``locate`` reads the user's queue, then the accounting of jobs
-started since the search's start. What the job script prints outside the program goes to
+ended since the search's start. What the job script prints outside the program goes to
 ``sge-JOB.err`` (``sge-JOB.TASK.err``) in the job's directory.
 """
 

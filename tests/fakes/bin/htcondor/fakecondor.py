@@ -6,6 +6,14 @@ meets it: job ids ``cluster.proc``, the job ClassAd attributes of ``condor_q -js
 completed and removed jobs leaving the queue for the history at once, late materialization
 (``max_materialize``), and the messages and exit codes of condor_rm / condor_hold /
 condor_release. One fakesched task is one HTCondor job (its ``index`` is the ProcId).
+
+``-constraint`` expressions (condor_q, condor_history) and condor_history's ``-since`` are
+evaluated as the ClassAd language defines, for the part of it that jobbridge writes:
+literals, attribute references (names match whatever their case), ``==`` and ``!=``
+(strings compared ignoring case, UNDEFINED if a side is), ``=?=`` and ``=!=`` (identity:
+type and value, case counts), ``<``, ``<=``, ``>``, ``>=``, ``&&``, ``||``, ``!`` and
+parentheses, with UNDEFINED's three-valued logic. A job matches if the expression is TRUE.
+Anything else is refused as a syntax error, as the real tools refuse what they cannot parse.
 """
 
 from __future__ import annotations
@@ -249,6 +257,155 @@ def parse_classad_value(text: str) -> Any:
     if len(text) >= 2 and text[0] == text[-1] == '"':
         return text[1:-1].replace('\\"', '"').replace("\\\\", "\\")
     return Expr(text)
+
+
+# -- ClassAd expressions ---------------------------------------------------------------------
+
+
+class Undefined:
+    """The ClassAd value UNDEFINED."""
+
+    def __repr__(self) -> str:
+        return "UNDEFINED"
+
+
+UNDEFINED = Undefined()
+_TOKEN = re.compile(
+    r'\s*(?:(?P<number>\d+(?:\.\d+)?)|(?P<string>"(?:[^"\\]|\\.)*")'
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_.]*)|(?P<op>=\?=|=!=|==|!=|<=|>=|&&|\|\||[<>!()-]))"
+)
+
+
+def matches_expression(expression: str, ad: dict[str, Any]) -> bool:
+    """Whether ``expression`` is TRUE for ``ad``."""
+    return _Parser(expression, ad).evaluate() is True
+
+
+class _Parser:
+    def __init__(self, text: str, ad: dict[str, Any]) -> None:
+        self.tokens = _tokens(text)
+        self.position = 0
+        self.ad = {name.lower(): value for name, value in ad.items()}
+
+    def evaluate(self) -> Any:
+        value = self._or()
+        if self.position != len(self.tokens):
+            raise SyntaxError(f"unexpected {self.tokens[self.position][1]!r}")
+        return value
+
+    def _peek(self) -> str | None:
+        if self.position < len(self.tokens) and self.tokens[self.position][0] == "op":
+            return self.tokens[self.position][1]
+        return None
+
+    def _or(self) -> Any:
+        value = self._and()
+        while self._peek() == "||":
+            self.position += 1
+            right = self._and()
+            value = (
+                True
+                if True in (value, right)
+                else (UNDEFINED if UNDEFINED in (value, right) else False)
+            )
+        return value
+
+    def _and(self) -> Any:
+        value = self._not()
+        while self._peek() == "&&":
+            self.position += 1
+            right = self._not()
+            value = (
+                False
+                if False in (value, right)
+                else (UNDEFINED if UNDEFINED in (value, right) else True)
+            )
+        return value
+
+    def _not(self) -> Any:
+        if self._peek() == "!":
+            self.position += 1
+            value = self._not()
+            return UNDEFINED if value is UNDEFINED else not value
+        return self._comparison()
+
+    def _comparison(self) -> Any:
+        left = self._primary()
+        operator = self._peek()
+        if operator not in ("==", "!=", "=?=", "=!=", "<", "<=", ">", ">="):
+            return left
+        self.position += 1
+        return _compare(operator, left, self._primary())
+
+    def _primary(self) -> Any:
+        if self.position >= len(self.tokens):
+            raise SyntaxError("unexpected end of expression")
+        kind, text = self.tokens[self.position]
+        self.position += 1
+        if kind == "number":
+            return float(text) if "." in text else int(text)
+        if kind == "string":
+            return re.sub(r"\\(.)", r"\1", text[1:-1])
+        if kind == "name":
+            keyword = text.lower()
+            if keyword in ("true", "false"):
+                return keyword == "true"
+            if keyword == "undefined":
+                return UNDEFINED
+            value = self.ad.get(keyword, UNDEFINED)
+            return UNDEFINED if isinstance(value, Expr) else value
+        if text == "(":
+            value = self._or()
+            if self._peek() != ")":
+                raise SyntaxError("missing )")
+            self.position += 1
+            return value
+        if text == "-":
+            value = self._primary()
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return -value
+            return UNDEFINED
+        raise SyntaxError(f"unexpected {text!r}")
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    tokens = []
+    position = 0
+    while text[position:].strip():
+        match = _TOKEN.match(text, position)
+        if match is None:
+            raise SyntaxError(f"cannot read {text[position:].strip()[:20]!r}")
+        kind = match.lastgroup or "op"
+        tokens.append((kind, match[kind]))
+        position = match.end()
+    return tokens
+
+
+def _compare(operator: str, left: Any, right: Any) -> Any:
+    if operator in ("=?=", "=!="):
+        same = type(left) is type(right) and left == right
+        return same if operator == "=?=" else not same
+    if left is UNDEFINED or right is UNDEFINED:
+        return UNDEFINED
+    if isinstance(left, str) and isinstance(right, str):
+        left, right = left.lower(), right.lower()
+    elif isinstance(left, str) or isinstance(right, str):
+        return UNDEFINED  # ERROR in the ClassAd language; never TRUE either way
+    comparisons = {
+        "==": left == right, "!=": left != right, "<": left < right,
+        "<=": left <= right, ">": left > right, ">=": left >= right,
+    }  # fmt: skip
+    return comparisons[operator]
+
+
+def constraint_value(args: list[str], position: int, option: str) -> str:
+    """The expression after ``option``, refused as the tools refuse one they cannot parse."""
+    expression = option_value(args, position, option)
+    try:
+        _Parser(expression, {}).evaluate()
+    except SyntaxError as error:
+        fail(f"Error: Parse error of constraint expression: {expression} ({error})")
+    return expression
 
 
 def option_value(args: list[str], position: int, option: str) -> str:

@@ -1,6 +1,15 @@
-"""Fake IBM Spectrum LSF commands (bsub, bjobs, bkill, bstop, bresume) over the small real
-batch system in ``tests/fakes/fakesched.py``: the options and output formats of the real
+"""Fake IBM Spectrum LSF commands (bsub, bjobs, bhist, bkill, bstop, bresume) over the small
+real batch system in ``tests/fakes/fakesched.py``: the options and output formats of the real
 tools as IBM documents them, with jobs that really run as local processes.
+
+``bhist`` reads the event log, which here is every job fakesched ever took: without ``-l``
+it prints "Summary of time in seconds spent in various states:" and one line per job (an
+array's elements as ``JOBID[INDEX]``, named ``NAME[INDEX]``) under the heading ``JOBID USER
+JOB_NAME PEND PSUSP RUN USUSP SSUSP UNKWN TOTAL``, job names cut to their last characters
+behind a ``*`` unless ``-w``; by default only unfinished jobs, ``-d`` finished ones, ``-a``
+both; ``-S start,end`` keeps jobs submitted in that interval (times ``[year/][month/][day]
+[/hour:minute]`` in local time, either end may be left out); "No matching job found" when
+none is left.
 
 What the fake does differently from LSF, on purpose:
 - ``FAKESCHED_LSF_SECONDS_PER_MINUTE`` (TEST-ONLY knob, default 60) is how many seconds one
@@ -466,6 +475,99 @@ def _format(text: str) -> tuple[list[str], str | None]:
         else:
             fields.append(word.split(":")[0].lower())
     return fields, delimiter
+
+
+# -- bhist ------------------------------------------------------------------------------------
+
+BHIST_HEADING = ("JOBID", "USER", "JOB_NAME", "PEND", "PSUSP", "RUN", "USUSP", "SSUSP", "UNKWN",
+                 "TOTAL")  # fmt: skip
+
+
+def bhist(argv: list[str]) -> int:
+    which, wide, submitted, ids = "unfinished", False, None, []
+    position = 0
+    while position < len(argv):
+        word = argv[position]
+        if word == "-a":
+            which = "all"  # overrides -d
+        elif word == "-d":
+            which = "all" if which == "all" else "finished"
+        elif word == "-w":
+            wide = True
+        elif word in ("-n", "-u", "-J", "-q", "-P", "-C", "-S"):
+            if position + 1 >= len(argv):
+                print(f"{word}: option requires an argument.", file=sys.stderr)
+                return 255
+            position += 1
+            if word == "-S":
+                try:
+                    submitted = _interval(argv[position])
+                except Refused as refusal:
+                    print(refusal, file=sys.stderr)
+                    return 255
+        elif word.startswith("-"):
+            print(f"{word}: Illegal option.", file=sys.stderr)
+            return 255
+        else:
+            ids.append(word)
+        position += 1
+    with session() as tasks:
+        chosen = [t for t in tasks if _in_history(t, which, submitted)]
+        if ids:
+            chosen = [t for t in chosen if any(t in (_select(tasks, i) or []) for i in ids)]
+        rows = [_history_row(task, wide) for task in chosen]
+    if not rows:
+        print("No matching job found", file=sys.stderr)
+        return 255
+    print("Summary of time in seconds spent in various states:")
+    widths = [max(len(row[i]) for row in [BHIST_HEADING, *rows]) for i in range(10)]
+    for row in [BHIST_HEADING, *rows]:
+        print("  ".join(f"{cell:<{width}}" for cell, width in zip(row, widths, strict=True)))
+    return 0
+
+
+def _in_history(task: Task, which: str, submitted: tuple[float, float] | None) -> bool:
+    finished = task.state in FINISHED
+    if (which == "unfinished" and finished) or (which == "finished" and not finished):
+        return False
+    return submitted is None or submitted[0] <= task.submitted <= submitted[1]
+
+
+def _history_row(task: Task, wide: bool) -> tuple[str, ...]:
+    now = time.time()
+    started = task.started or (task.ended if task.state in FINISHED else None)
+    pending = (started or now) - task.submitted
+    running = ((task.ended or now) - task.started) if task.started else 0.0
+    name = task.name if task.index is None else f"{task.name}[{task.index}]"
+    if not wide and len(name) > 10:
+        name = "*" + name[-9:]
+    job_id = str(task.number) if task.index is None else f"{task.number}[{task.index}]"
+    seconds = [int(pending), 0, int(running), 0, 0, 0]
+    return (job_id, task.owner, name, *(str(s) for s in seconds), str(sum(seconds)))
+
+
+def _interval(text: str) -> tuple[float, float]:
+    """``start,end``: either may be left out (from the beginning, up to now)."""
+    start, comma, end = text.partition(",")
+    if not comma:
+        raise Refused(f"{text}: Bad time specification.")
+    return (_moment(start, 0.0) if start else 0.0, _moment(end, 59.999) if end else time.time())
+
+
+def _moment(text: str, seconds: float) -> float:
+    """``[year/][month/][day][/hour:minute]`` in local time; what is left out is today's."""
+    parts = [part for part in text.split("/") if part]
+    clock = parts.pop() if parts and ":" in parts[-1] else "0:0"
+    try:
+        date = [int(part) for part in parts]
+        hour, minute = (int(part or 0) for part in clock.split(":"))
+    except ValueError:
+        raise Refused(f"{text}: Bad time specification.") from None
+    if len(date) > 3:
+        raise Refused(f"{text}: Bad time specification.")
+    today = time.localtime()
+    year, month, day = [today.tm_year, today.tm_mon, today.tm_mday][: 3 - len(date)] + date
+    return time.mktime((year, month, day, hour, minute, 0, 0, 0, -1)) + seconds
 
 
 # -- bkill, bstop, bresume ---------------------------------------------------------------------

@@ -13,6 +13,9 @@ PBS Pro, as documented (qsub.1B, qstat.1B, pbs_job_attributes.7B of OpenPBS):
   having run. Walltime kills end with ``Exit_status`` -29 (JOB_EXEC_KILL_WALLTIME); a job
   killed by ``qdel`` while running with 271 (256 + SIGTERM).
 - ``qdel`` of a finished job: ``qdel: Job <id> has finished`` (exit status 35 = 15139 % 256).
+- ``qstat -B -f -F json`` prints the same prologue and ``"Server": {name: {attributes}}``
+  (qstat.1B, qstat.c ``display_statserver``); only attributes that are set are shown, so
+  ``job_history_enable`` and ``job_history_duration`` appear where the site set them.
 
 Torque, as documented (qsub.1, qstat.1 of Torque and Adaptive Computing's guides):
 - ``-t`` takes any list of indices and ``%N``; ``PBS_ARRAYID``; ``-l nodes=N:ppn=P``.
@@ -21,6 +24,8 @@ Torque, as documented (qsub.1, qstat.1 of Torque and Adaptive Computing's guides
 - Walltime kills end with ``exit_status`` -11 (JOB_EXEC_OVERLIMIT_WT); a job deleted because
   of a dependency gets ``exit_status`` 271 and the comment "Job deleted as result of
   dependency on job ...".
+- ``qstat -B -f`` prints ``Server: name`` and indented ``attribute = value`` lines (no XML
+  for servers), ``keep_completed`` among them when it is set.
 
 What the fake does differently, on purpose:
 - ``FAKESCHED_PBS_HISTORY`` (PBS Pro's job_history_enable, default ``1`` here although the
@@ -812,9 +817,11 @@ def _torque_summary(members: list[Task], tasks: list[Task]) -> dict[str, object]
 
 
 def qstat(flavour: str, argv: list[str]) -> int:
-    spec = "fF:D:xtJwEpHainrsu:GMT1" if flavour == PBSPRO else "fxtacCeGinMRrsu:1lW:"
+    spec = "fF:D:xtJwEpHainrsu:GMT1BQ" if flavour == PBSPRO else "fxtacCeGinMRrsu:1lW:BQ"
     options, operands = _getopt(argv, spec)
     flags = {option for option, _ in options}
+    if "-B" in flags:
+        return _server_status(flavour, options, flags)
     now = time.time()
     errors: list[tuple[str, int]] = []
     with streams_detached(), FakeScheduler().session() as tasks:
@@ -830,6 +837,58 @@ def qstat(flavour: str, argv: list[str]) -> int:
     for message, _status in errors:
         print(f"qstat: {message}", file=sys.stderr)
     return max((status % 256 for _, status in errors), default=0)
+
+
+def _server_status(flavour: str, options: list[tuple[str, str]], flags: set[str]) -> int:
+    """``qstat -B``: the server's attributes (-f), or its one-line summary."""
+    with streams_detached(), FakeScheduler().session() as tasks:
+        counts = {
+            "Queued": sum(t.state == "queued" for t in tasks),
+            "Held": sum(t.state == "held" for t in tasks),
+            "Running": sum(t.state == "running" for t in tasks),
+        }
+    total = sum(counts.values())
+    server = server_name()
+    if "-f" not in flags:
+        print("Server             Max   Tot   Que   Run   Hld   Wat   Trn   Ext Status")
+        print("---------------- ----- ----- ----- ----- ----- ----- ----- ----- -----------")
+        print(
+            f"{server[:16]:<16} {0:>5} {total:>5} {counts['Queued']:>5} {counts['Running']:>5}"
+            f" {counts['Held']:>5} {0:>5} {0:>5} {0:>5} Active"
+        )
+        return 0
+    attributes: dict[str, object] = {
+        "server_state": "Active",
+        "server_host": host_name(),
+        "scheduling": "True",
+        "total_jobs": total,
+        "state_count": " ".join(f"{name}:{count}" for name, count in counts.items()),
+        "default_queue": "workq" if flavour == PBSPRO else "batch",
+        "query_other_jobs": "True",
+    }
+    if flavour == PBSPRO:
+        if HISTORY:
+            hours, rest = divmod(int(HISTORY_DURATION), 3600)
+            attributes["job_history_enable"] = "True"
+            attributes["job_history_duration"] = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+        attributes["pbs_version"] = "23.06.06"
+    else:
+        attributes["keep_completed"] = int(KEEP_COMPLETED)
+        attributes["pbs_version"] = "6.1.3"
+    if flavour == PBSPRO and _option(options, "-F") == "json":
+        document = {
+            "timestamp": int(time.time()),
+            "pbs_version": "23.06.06",
+            "pbs_server": server,
+            "Server": {server: attributes},
+        }
+        print(json.dumps(document, indent=4))
+        return 0
+    print(f"Server: {server}")
+    for name, value in attributes.items():
+        print(f"    {name} = {value}")
+    print()
+    return 0
 
 
 def _by_number(tasks: list[Task]) -> dict[int, list[Task]]:
