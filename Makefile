@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # test servers that `make test` starts (see scripts/test-clusters.sh)
 CLUSTERS ?= all
 
-.PHONY: run demo test lint typecheck unit clusters clusters-down bench clean
+.PHONY: run demo test lint typecheck unit clusters tools clusters-down bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,12 +25,15 @@ run: $(VENV)/.installed
 demo: $(VENV)/.installed
 	JOBBRIDGE="$(BIN)/jobbridge" bash scripts/demo.sh
 
-test: $(VENV)/.installed-test clusters lint typecheck unit
+test: $(VENV)/.installed-test clusters tools lint typecheck unit
 
 clusters:
 	@if bash scripts/test-clusters.sh up $(CLUSTERS); then :; \
 	elif [ "$$CI" = "true" ]; then echo "test servers could not be started" >&2; exit 1; \
 	else echo "test servers could not be started: their tests will be skipped" >&2; fi
+
+tools: $(VENV)/.installed-test
+	VENV="$(VENV)" bash scripts/test-tools.sh
 
 clusters-down:
 	bash scripts/test-clusters.sh down all

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.server
 import socket
 import threading
 import time
@@ -108,3 +109,54 @@ def wait_for_phase(client: httpx.Client, url: str, phases: set[str], timeout: fl
 def serve(app: FastAPI) -> Iterator[RunningServer]:
     with RunningServer(app) as server:
         yield server
+
+
+class Listener:
+    """A plain HTTP server on a loopback address that records every request it gets.
+    ``routes`` maps a path to (status, headers, body); ``hold`` makes every answer wait
+    until it is set."""
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1",
+        routes: dict[str, tuple[int, dict[str, str], bytes]] | None = None,
+    ) -> None:
+        self.hits: list[str] = []
+        self.connections = 0
+        self.routes = routes or {}
+        self.hold = threading.Event()
+        self.hold.set()
+        listener = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def setup(self) -> None:
+                listener.connections += 1
+                super().setup()
+
+            def do_GET(self) -> None:
+                listener.hits.append(self.path)
+                listener.hold.wait(60)
+                status, headers, body = listener.routes.get(self.path, (200, {}, b"1\n2\n"))
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((address, 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://{address}:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Listener:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.hold.set()
+        self.server.shutdown()
+        self.server.server_close()

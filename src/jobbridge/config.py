@@ -14,6 +14,7 @@ max_jobs_in_flight = 8
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -77,6 +78,45 @@ class ServiceSettings(BaseModel):
     default_destruction_days: float = Field(
         7.0, gt=0, description="a new job is destroyed this many days after its creation"
     )
+    anonymous_job_urls: bool = Field(
+        False,
+        description="with anonymous: an anonymous job's URL alone lets a client use it (for"
+        " clients that keep no cookies); the job list still shows each client its own jobs",
+    )
+    cookie_secret: str | None = Field(
+        None,
+        min_length=16,
+        description="signs the cookies that tell anonymous clients apart; default: a random"
+        " one kept in the data directory (replicas of one service must share it)",
+    )
+    max_upload_bytes: int = Field(
+        100 * 1024**2, ge=1, description="largest request body, and largest file fetched"
+    )
+    max_stored_bytes: int = Field(
+        1024**3, ge=0, description="bytes of uploaded and fetched files one user may keep"
+    )
+    max_active_jobs: int = Field(
+        100, ge=1, description="jobs one user may have that have not ended (PENDING included)"
+    )
+    fetch_timeout: float = Field(300.0, gt=0, description="seconds a file URL may take to fetch")
+    fetch_max_redirects: int = Field(5, ge=0, description="redirects followed when fetching")
+    fetch_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="non-public networks (CIDR) file URLs may be fetched from; loopback,"
+        " private, link-local and metadata addresses are refused unless listed here",
+    )
+    fetch_backend: str = Field(
+        "local", description="the backend (on this host) that runs the fetches of file URLs"
+    )
+
+    @model_validator(mode="after")
+    def _networks(self) -> ServiceSettings:
+        for text in self.fetch_allowed_networks:
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise ValueError(f"fetch_allowed_networks: {text!r} is not a network") from None
+        return self
 
 
 class BackendConfig(BaseModel):

@@ -22,14 +22,24 @@ from jobbridge.store.schema import jobs, uws_jobs, uws_users
 from jobbridge.store.store import Store
 
 __all__ = [
+    "ANONYMOUS_PREFIX",
     "JobRef",
     "ParameterValue",
     "User",
     "UserExistsError",
+    "UserNameError",
     "UwsJobRecord",
     "UwsStore",
     "hash_token",
+    "is_anonymous_owner",
 ]
+
+ANONYMOUS_PREFIX = "anonymous:"
+"""Owner of an anonymous client's jobs: this and the client's id. No user name has a ':'."""
+
+
+def is_anonymous_owner(owner: str | None) -> bool:
+    return owner is None or owner.startswith(ANONYMOUS_PREFIX)
 
 
 class ParameterValue(BaseModel):
@@ -41,7 +51,9 @@ class ParameterValue(BaseModel):
     value: str
     by_reference: bool = False
     local_path: str | None = None
-    """Where an uploaded file is kept by the service (never shown to clients)."""
+    """Where an uploaded or fetched file is kept by the service (never shown to clients)."""
+    fetch_job: str | None = None
+    """The job that fetches ``value`` (a URL) into ``local_path``."""
 
 
 class UwsJobRecord(BaseModel):
@@ -74,10 +86,16 @@ class User(BaseModel):
 
     name: str
     admin: bool = False
+    anonymous: bool = False
+    """A client without credentials; ``name`` is its owner name (``ANONYMOUS_PREFIX`` + id)."""
 
 
 class UserExistsError(ValueError):
     pass
+
+
+class UserNameError(ValueError):
+    """A user name that cannot be used (Basic credentials end a name at its first ':')."""
 
 
 def hash_token(token: str) -> str:
@@ -191,10 +209,37 @@ class UwsStore:
                 for row in conn.execute(query)
             ]  # fmt: skip
 
+    def _owned_by(self, owner: str) -> sa.ColumnElement[bool]:
+        """The records of ``owner``; for an anonymous client, those of every anonymous client
+        (limits cannot be escaped by dropping a cookie)."""
+        if is_anonymous_owner(owner):
+            return sa.or_(uws_jobs.c.owner.is_(None), uws_jobs.c.owner.startswith(ANONYMOUS_PREFIX))
+        return uws_jobs.c.owner == owner
+
+    def count_active(self, owner: str) -> int:
+        """Jobs of ``owner`` (see ``_owned_by``) that have not ended."""
+        finals = sorted(p.value for p in Phase if p.is_final)
+        query = (
+            sa.select(sa.func.count())
+            .select_from(uws_jobs.join(jobs, jobs.c.id == uws_jobs.c.job_id))
+            .where(self._owned_by(owner), jobs.c.phase.not_in(finals))
+        )
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def kept_files(self, owner: str) -> list[str]:
+        """Paths of the files kept for the jobs of ``owner`` (see ``_owned_by``)."""
+        query = sa.select(uws_jobs.c.parameters).where(self._owned_by(owner))
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [str(p["local_path"]) for row in rows for p in row.parameters if p.get("local_path")]
+
     # -- users ---------------------------------------------------------------------------------
 
     def add_user(self, name: str, *, admin: bool = False) -> str:
         """Record a user; returns the token, which is shown this once and kept only hashed."""
+        if not name or ":" in name or name != name.strip():
+            raise UserNameError(f"user name {name!r}: not empty, no ':', no surrounding blanks")
         token = secrets.token_urlsafe(32)
         row = {"name": name, "token_hash": hash_token(token), "admin": admin, "created": utcnow()}
         with self._write() as conn:

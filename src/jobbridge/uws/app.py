@@ -6,13 +6,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
 from typing import Any
 
+import swagger_ui_bundle  # type: ignore[import-untyped]
 from fastapi import FastAPI, Request
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
 from lxml import etree
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from jobbridge import __version__
 from jobbridge.config import Config, load_config
@@ -21,8 +26,11 @@ from jobbridge.errors import JobbridgeError, JobNotFoundError
 from jobbridge.job import utcnow
 from jobbridge.spec import format_validation_error
 from jobbridge.store.uws import UwsStore
+from jobbridge.uws.auth import AnonymousClients, cookie_secret
+from jobbridge.uws.body import BodyLimit
 from jobbridge.uws.definitions import Definitions, ParameterError, load_definitions
 from jobbridge.uws.models import utc_text
+from jobbridge.uws.openapi import uws_openapi
 from jobbridge.uws.routes import ServiceContext, router
 from jobbridge.uws.service import UwsError, UwsService
 from jobbridge.uws.waiting import PhaseWaiters
@@ -31,8 +39,11 @@ __all__ = ["create_app"]
 
 _VOSI_CAPABILITIES = "http://www.ivoa.net/xml/VOSICapabilities/v1.0"
 _VOSI_AVAILABILITY = "http://www.ivoa.net/xml/VOSIAvailability/v1.0"
-_VOSI_TYPE = "http://www.ivoa.net/xml/VOResource/v1.0"
+_VR = "http://www.ivoa.net/xml/VOResource/v1.0"
+_VS = "http://www.ivoa.net/xml/VODataService/v1.1"
 _XSI = "http://www.w3.org/2001/XMLSchema-instance"
+_UWS_STANDARD = "ivo://ivoa.net/std/UWS#1.1"
+_ASSETS = "/docs-assets"
 
 
 def create_app(
@@ -55,7 +66,7 @@ def create_app(
         UwsStore(engine.store),
         definitions,
         config.data_dir / "uws" / "uploads",
-        default_destruction=timedelta(days=settings.default_destruction_days),
+        settings=settings,
     )
     context = ServiceContext(service=service, settings=settings)
     started = utcnow()
@@ -81,12 +92,19 @@ def create_app(
         version=__version__,
         description="IVOA UWS 1.1 job lists, one per job definition, on any jobbridge backend.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.uws = context
     app.include_router(router)
     _add_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    secret = cookie_secret(settings.cookie_secret, config.data_dir / "uws")
+    app.add_middleware(AnonymousClients, secret=secret, enabled=settings.anonymous)
+    app.openapi = lambda: uws_openapi(app, definitions, anonymous=settings.anonymous)  # type: ignore[method-assign]
+    _add_docs(app)
 
-    @app.get("/availability", summary="VOSI availability")
+    @app.get("/availability", summary="VOSI availability", tags=["VOSI"])
     def availability() -> Response:
         root = etree.Element(
             f"{{{_VOSI_AVAILABILITY}}}availability", nsmap={"vosi": _VOSI_AVAILABILITY}
@@ -98,24 +116,15 @@ def create_app(
         return Response(etree.tostring(root, xml_declaration=True, encoding="UTF-8"),
                         media_type="application/xml")  # fmt: skip
 
-    @app.get("/capabilities", summary="VOSI capabilities: one UWS job list per definition")
+    @app.get("/capabilities", summary="VOSI capabilities", tags=["VOSI"])
     def capabilities(request: Request) -> Response:
         base = (settings.base_url or str(request.base_url)).rstrip("/")
-        root = etree.Element(
-            f"{{{_VOSI_CAPABILITIES}}}capabilities",
-            nsmap={"vosi": _VOSI_CAPABILITIES, "vr": _VOSI_TYPE, "xsi": _XSI},
-        )
-        entries = [(d, f"/jobs/{d}") for d in definitions]
-        for name, suffix in [*entries, ("availability", "/availability")]:
-            capability = etree.SubElement(root, "capability")
-            capability.set("standardID", _standard_id(name))
-            interface = etree.SubElement(capability, "interface")
-            interface.set(f"{{{_XSI}}}type", "vs:ParamHTTP")
-            access = etree.SubElement(interface, "accessURL")
-            access.set("use", "base")
-            access.text = base + suffix
-        return Response(etree.tostring(root, xml_declaration=True, encoding="UTF-8"),
-                        media_type="application/xml")  # fmt: skip
+        entries = [
+            ("ivo://ivoa.net/std/VOSI#capabilities", "/capabilities", "full"),
+            ("ivo://ivoa.net/std/VOSI#availability", "/availability", "full"),
+            *((_UWS_STANDARD, f"/jobs/{name}", "base") for name in definitions),
+        ]
+        return Response(capabilities_document(base, entries), media_type="application/xml")
 
     @app.get("/jobs", summary="The job definitions, each a UWS job list")
     def definitions_index(request: Request) -> dict[str, Any]:
@@ -133,15 +142,68 @@ def create_app(
     return app
 
 
-def _standard_id(name: str) -> str:
-    if name == "availability":
-        return "ivo://ivoa.net/std/VOSI#availability"
-    return "ivo://ivoa.net/std/UWS#1.1"
+def capabilities_document(base: str, entries: list[tuple[str, str, str]]) -> bytes:
+    """VOSI capabilities: each entry a standard id, the path of its resource and the use
+    of its URL; each interface a VODataService ``vs:ParamHTTP``."""
+    root = etree.Element(
+        f"{{{_VOSI_CAPABILITIES}}}capabilities",
+        nsmap={"vosi": _VOSI_CAPABILITIES, "vr": _VR, "vs": _VS, "xsi": _XSI},
+    )
+    for standard, suffix, use in entries:
+        capability = etree.SubElement(root, "capability")
+        capability.set("standardID", standard)
+        interface = etree.SubElement(capability, "interface")
+        interface.set(f"{{{_XSI}}}type", "vs:ParamHTTP")
+        interface.set("role", "std")
+        access = etree.SubElement(interface, "accessURL")
+        access.set("use", use)
+        access.text = base + suffix
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI from files installed with the service: no page loads anything from
+    elsewhere."""
+    app.mount(_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json",
+            title="jobbridge UWS service",
+            swagger_js_url=f"{root}{_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{_ASSETS}/favicon-32x32.png",
+        )
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    def plain(status: int, message: str) -> PlainTextResponse:
-        return PlainTextResponse(message + "\n", status_code=status)
+    """Every error is ``text/plain``: one line that says what is wrong (UWS clients show
+    the body as it is)."""
+
+    def plain(
+        status: int, message: str, headers: dict[str, str] | None = None
+    ) -> PlainTextResponse:
+        return PlainTextResponse(message.rstrip("\n") + "\n", status_code=status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, error: HTTPException) -> Response:
+        if error.status_code < 400:
+            return Response(status_code=error.status_code, headers=error.headers)
+        return plain(error.status_code, str(error.detail), dict(error.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def request_error(_request: Request, error: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e.get('loc', ()))}: {e.get('msg')}"
+            for e in error.errors()
+        )
+        return plain(400, problems or "the request is not valid")
+
+    @app.exception_handler(ClientDisconnect)
+    async def disconnected(_request: Request, _error: ClientDisconnect) -> Response:
+        return plain(400, "the request body ended early")
 
     @app.exception_handler(UwsError)
     async def uws_error(_request: Request, error: UwsError) -> Response:

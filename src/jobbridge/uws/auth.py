@@ -1,34 +1,45 @@
 """Who is asking: ``Authorization: Bearer TOKEN`` or HTTP Basic (user name + token).
 
-Without credentials a request is served as the anonymous user only if the service is
-configured to allow it. Each user sees only their own jobs; an admin sees every job.
+Without credentials a request is served only if the service allows anonymous clients. Each
+anonymous client is told apart by a cookie the service signs (``AnonymousClients``): its
+jobs are its own, as a user's are. Each user sees only their own jobs; an admin sees every
+job. With ``anonymous_job_urls``, an anonymous job's URL alone is enough for any anonymous
+client to use it, for clients that keep no cookies.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
+import os
+import secrets
+from http.cookies import SimpleCookie
+from pathlib import Path
 
 from fastapi import HTTPException, Request, status
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobbridge.store.uws import User, UwsStore
+from jobbridge.store.uws import ANONYMOUS_PREFIX, User, UwsStore, is_anonymous_owner
 
-__all__ = ["ANONYMOUS", "authenticate", "may_access"]
+__all__ = ["COOKIE", "AnonymousClients", "authenticate", "cookie_secret", "may_access"]
 
-ANONYMOUS = User(name="anonymous", admin=False)
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="jobbridge", Basic realm="jobbridge"'}
+COOKIE = "jobbridge_client"
+CLIENT_KEY = "jobbridge.client"
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="jobbridge", Basic realm="jobbridge"'}
 
 
 def _refuse(reason: str) -> HTTPException:
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=reason, headers=_CHALLENGE)
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=reason, headers=CHALLENGE)
 
 
 def authenticate(request: Request, users: UwsStore, *, anonymous: bool) -> User:
     header = request.headers.get("authorization")
     if not header:
-        if anonymous:
-            return ANONYMOUS
+        client = request.scope.get(CLIENT_KEY)
+        if anonymous and client:
+            return User(name=ANONYMOUS_PREFIX + client, anonymous=True)
         raise _refuse("credentials are required: a Bearer token or Basic user name and token")
     scheme, _, credentials = header.partition(" ")
     scheme = scheme.lower()
@@ -57,10 +68,88 @@ def _basic(credentials: str) -> tuple[str, str]:
     return name, token
 
 
-def owner_of(user: User) -> str | None:
-    """What a new job of ``user`` records as its owner (None: anonymous)."""
-    return None if user is ANONYMOUS else user.name
+def owner_of(user: User) -> str:
+    """What a new job of ``user`` records as its owner."""
+    return user.name
 
 
-def may_access(user: User, owner: str | None) -> bool:
-    return user.admin or owner == owner_of(user)
+def may_access(user: User, owner: str | None, *, anonymous_job_urls: bool = False) -> bool:
+    if user.admin or owner == user.name:
+        return True
+    return anonymous_job_urls and user.anonymous and is_anonymous_owner(owner)
+
+
+def cookie_secret(configured: str | None, data_dir: Path) -> bytes:
+    """The configured secret, or one made once and kept (owner-only) in ``data_dir``."""
+    if configured:
+        return configured.encode()
+    path = data_dir / "cookie-secret"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    made = secrets.token_hex(32).encode()
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(made)
+    try:
+        os.link(partial, path)  # the first replica to get here wins; the others read it
+    except FileExistsError:
+        pass
+    finally:
+        partial.unlink()
+    return path.read_bytes()
+
+
+class AnonymousClients:
+    """ASGI middleware: a request without credentials carries a client id, from its signed
+    cookie or, for a new client, a fresh one sent back in ``Set-Cookie``."""
+
+    def __init__(self, app: ASGIApp, *, secret: bytes, enabled: bool) -> None:
+        self.app = app
+        self._secret = secret
+        self._enabled = enabled
+
+    def _sign(self, client: str) -> str:
+        return hmac.new(self._secret, client.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def _client(self, scope: Scope) -> str | None:
+        for name, value in scope["headers"]:
+            if name == b"cookie":
+                cookie = SimpleCookie()
+                try:
+                    cookie.load(value.decode("latin-1"))
+                except Exception:  # noqa: S112 - an unreadable cookie is no cookie
+                    continue
+                morsel = cookie.get(COOKIE)
+                if morsel is not None:
+                    client, _, signature = morsel.value.partition(".")
+                    if hmac.compare_digest(signature, self._sign(client)) and client:
+                        return client
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._enabled:
+            await self.app(scope, receive, send)
+            return
+        if any(name == b"authorization" for name, _ in scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+        client = self._client(scope)
+        fresh = client is None
+        if client is None:
+            client = secrets.token_hex(16)
+        scope[CLIENT_KEY] = client
+        path = scope.get("root_path", "") or "/"
+        cookie = f"{COOKIE}={client}.{self._sign(client)}; Path={path}; HttpOnly; SameSite=Lax"
+
+        async def send_with_cookie(message: Message) -> None:
+            if fresh and message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"set-cookie", cookie.encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)

@@ -18,13 +18,16 @@ from jobbridge.phase import Phase
 from jobbridge.store.uws import User
 from jobbridge.uws import xml
 from jobbridge.uws.auth import authenticate, owner_of
+from jobbridge.uws.body import body_tail
 from jobbridge.uws.models import utc_text
 from jobbridge.uws.results import RangeNotSatisfiable, parse_range
 from jobbridge.uws.service import (
+    MAX_INTEGER,
     WAITABLE_PHASES,
     Forbidden,
     JobState,
     NotFound,
+    UnsupportedMediaType,
     Upload,
     UwsError,
     UwsService,
@@ -37,6 +40,7 @@ from jobbridge.uws.views import (
     parameter_views,
     ref_views,
     result_views,
+    shown_owner,
 )
 from jobbridge.uws.waiting import PhaseWaiters, wait_for
 
@@ -45,6 +49,8 @@ __all__ = ["ServiceContext", "router"]
 XML_TYPE = "application/xml"
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain"
+FORM_TYPE = "application/x-www-form-urlencoded"
+MULTIPART_TYPE = "multipart/form-data"
 
 T = TypeVar("T")
 
@@ -102,18 +108,38 @@ async def _blocking(function: Callable[..., T], *args: Any) -> T:
     return await run_in_threadpool(function, *args)
 
 
+def _media_type(header: str) -> tuple[str, dict[str, str]]:
+    kind, *options = header.split(";")
+    parameters = {}
+    for option in options:
+        key, _, value = option.partition("=")
+        parameters[key.strip().lower()] = value.strip().strip('"')
+    return kind.strip().lower(), parameters
+
+
 async def _fields(request: Request) -> tuple[list[tuple[str, str]], list[Upload]]:
-    """Query and form fields in order, and the files of a multipart body."""
+    """Query and form fields in order, and the files of a multipart body. Any other body
+    is refused (415), and so is a multipart body cut short (400)."""
     fields = list(request.query_params.multi_items())
     uploads: list[Upload] = []
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-        form = await request.form()
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                uploads.append(Upload(key, value.filename or key, value.file))
-            else:
-                fields.append((key, value))
+    media_type, options = _media_type(request.headers.get("content-type", ""))
+    if media_type not in (FORM_TYPE, MULTIPART_TYPE):
+        if await request.body():
+            shown = media_type or "a body without Content-Type"
+            raise UnsupportedMediaType(
+                f"parameters are sent as {FORM_TYPE} or {MULTIPART_TYPE}, not {shown}"
+            )
+        return fields, uploads
+    form = await request.form()
+    if media_type == MULTIPART_TYPE:
+        closing = b"--" + options.get("boundary", "").encode("latin-1") + b"--"
+        if closing not in body_tail(request):
+            raise UwsError("the multipart body is cut short: its closing boundary is missing")
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            uploads.append(Upload(key, value.filename or key, value.file))
+        else:
+            fields.append((key, value))
     return fields, uploads
 
 
@@ -295,7 +321,13 @@ async def get_quote(request: Request, definition: str, job_id: str, user: Curren
 @router.get("/jobs/{definition}/{job_id}/error", response_class=PlainTextResponse)
 async def get_error(request: Request, definition: str, job_id: str, user: CurrentUser) -> Response:
     state = await _state(request, definition, job_id, user)
-    message = error_text(state.job)
+    service = _context(request).service
+    failure = None
+    if state.job.phase is Phase.ABORTED:
+        failure = await _blocking(service.fetch_failure, state)
+    message = error_text(state.job, failure)
+    if failure is not None:
+        return _text(message)
     if message is None:
         raise NotFound(f"job {job_id} is {state.job.phase}, not ERROR: it has no error")
     engine = _context(request).service.engine
@@ -306,7 +338,7 @@ async def get_error(request: Request, definition: str, job_id: str, user: Curren
 
 @router.get("/jobs/{definition}/{job_id}/owner", response_class=PlainTextResponse)
 async def get_owner(request: Request, definition: str, job_id: str, user: CurrentUser) -> Response:
-    return _text((await _state(request, definition, job_id, user)).record.owner)
+    return _text(shown_owner((await _state(request, definition, job_id, user)).record.owner))
 
 
 @router.get("/jobs/{definition}/{job_id}/parameters")
@@ -336,7 +368,7 @@ async def get_parameter(
     state = await _state(request, definition, job_id, user)
     for parameter in state.record.parameters:
         if parameter.id.lower() == name.lower():
-            if parameter.local_path is not None:
+            if parameter.local_path is not None and parameter.fetch_job is None:
                 return FileResponse(parameter.local_path, filename=parameter.value)
             return _text(parameter.value)
     raise NotFound(f"job {job_id} has no parameter {name!r}")
@@ -347,7 +379,10 @@ async def put_parameter(
     request: Request, definition: str, job_id: str, name: str, user: CurrentUser
 ) -> Response:
     state = await _state(request, definition, job_id, user)
-    body = (await request.body()).decode(errors="strict")
+    try:
+        body = (await request.body()).decode()
+    except UnicodeDecodeError:
+        raise UwsError(f"the value of {name} is not UTF-8 text") from None
     await _blocking(_context(request).service.update_parameters, state, [(name, body)], [])
     return _see_other(_links(request).job(definition, job_id))
 
@@ -411,8 +446,8 @@ def _last(text: str) -> int:
         value = int(text)
     except ValueError:
         raise UwsError(f"LAST {text!r} is not a whole number") from None
-    if value < 1:
-        raise UwsError("LAST must be 1 or more")
+    if not 1 <= value <= MAX_INTEGER:
+        raise UwsError(f"LAST must be 1 to {MAX_INTEGER}")
     return value
 
 
@@ -421,6 +456,6 @@ def _wait_seconds(text: str, maximum: float) -> float:
         value = int(text)
     except ValueError:
         raise UwsError(f"WAIT {text!r} is not a whole number of seconds") from None
-    if value < -1:
-        raise UwsError("WAIT must be -1 (as long as the service allows) or 0 or more")
+    if not -1 <= value <= MAX_INTEGER:
+        raise UwsError(f"WAIT must be -1 (as long as the service allows) or 0 to {MAX_INTEGER}")
     return maximum if value == -1 else min(float(value), maximum)

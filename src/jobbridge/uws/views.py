@@ -6,7 +6,7 @@ from urllib.parse import quote
 
 from jobbridge.job import Job
 from jobbridge.phase import Phase
-from jobbridge.store.uws import JobRef, ParameterValue
+from jobbridge.store.uws import JobRef, ParameterValue, is_anonymous_owner
 from jobbridge.uws.models import ErrorSummaryView, JobRefView, JobView, ParameterView, ResultView
 from jobbridge.uws.results import ResultFile
 from jobbridge.uws.service import JobState, UwsService
@@ -39,10 +39,15 @@ def ref_views(definition: str, refs: list[JobRef], links: Links) -> list[JobRefV
     return [
         JobRefView(
             id=ref.job_id, href=links.job(definition, ref.job_id), phase=ref.phase,
-            run_id=ref.run_id, owner_id=ref.owner, creation_time=ref.created,
+            run_id=ref.run_id, owner_id=shown_owner(ref.owner), creation_time=ref.created,
         )
         for ref in refs
     ]  # fmt: skip
+
+
+def shown_owner(owner: str | None) -> str | None:
+    """Anonymous clients are shown as no owner (their ids are theirs to keep)."""
+    return None if is_anonymous_owner(owner) else owner
 
 
 def parameter_views(state: JobState, links: Links) -> list[ParameterView]:
@@ -51,7 +56,7 @@ def parameter_views(state: JobState, links: Links) -> list[ParameterView]:
 
 def _parameter_view(state: JobState, parameter: ParameterValue, links: Links) -> ParameterView:
     value = parameter.value
-    if parameter.local_path is not None:
+    if parameter.local_path is not None and parameter.fetch_job is None:
         value = links.parameter(state.record.definition, state.job.id, parameter.id)
     return ParameterView(id=parameter.id, value=value, by_reference=parameter.by_reference)
 
@@ -66,8 +71,11 @@ def result_views(state: JobState, files: list[ResultFile], links: Links) -> list
     ]  # fmt: skip
 
 
-def error_text(job: Job) -> str | None:
-    """What went wrong, for an ERROR job; None for any other."""
+def error_text(job: Job, fetch_failure: str | None = None) -> str | None:
+    """What went wrong, for an ERROR job, or one that never ran because a file URL could
+    not be fetched (``fetch_failure``); None for any other."""
+    if fetch_failure is not None and job.phase in (Phase.ERROR, Phase.ABORTED):
+        return f"a file URL could not be fetched: {fetch_failure}"
     if job.phase is not Phase.ERROR:
         return None
     parts = [job.message or job.detail or "the job failed"]
@@ -80,15 +88,16 @@ def error_text(job: Job) -> str | None:
 
 def job_view(service: UwsService, state: JobState, links: Links) -> JobView:
     job = state.job
-    message = error_text(job)
+    failure = service.fetch_failure(state) if job.phase is Phase.ABORTED else None
+    message = error_text(job, failure)
     summary = None
     if message is not None:
-        kind = "transient" if job.detail in _TRANSIENT else "fatal"
+        kind = "transient" if job.detail in _TRANSIENT and not failure else "fatal"
         summary = ErrorSummaryView(type=kind, has_detail=True, message=message)
     return JobView(
         job_id=job.id,
         run_id=state.record.run_id,
-        owner_id=state.record.owner,
+        owner_id=shown_owner(state.record.owner),
         phase=job.phase,
         quote=service.quote(state),
         creation_time=job.created,
