@@ -224,3 +224,15 @@ def test_upgrading_an_older_store_keeps_every_dependency(store_url: str) -> None
     upgraded = Store(store_url)
     assert [(job.id, c) for job, c in upgraded.dependents("mum")] == [("child", "afterany")]
     upgraded.close()
+
+
+def test_a_new_spec_brings_its_dependencies_along(store: Store) -> None:
+    first, second = make_job(), make_job()
+    waiting = make_job(Phase.PENDING)
+    store.add([first, second])
+    store.add([waiting.model_copy(update={"spec": waiting.spec.replace(depends_on=[first.id])})])
+    assert [job.id for job, _ in store.dependents(first.id)] == [waiting.id]
+    changed = waiting.spec.replace(depends_on=[f"afterany:{second.id}"])
+    assert store.replace_spec(waiting.id, changed, Phase.PENDING) is not None
+    assert store.dependents(first.id) == []
+    assert [(job.id, how) for job, how in store.dependents(second.id)] == [(waiting.id, "afterany")]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 
 from jobbridge.cli.app import CliError, Session
-from jobbridge.store.uws import UserExistsError, UwsStore
+from jobbridge.store.uws import UserExistsError, UserNameError, UwsStore
 
 __all__ = ["user"]
 
@@ -26,7 +26,7 @@ def add_user(session: Session, name: str, admin: bool) -> None:
     users = UwsStore(session.engine.store)
     try:
         token = users.add_user(name, admin=admin)
-    except UserExistsError as error:
+    except (UserExistsError, UserNameError) as error:
         raise CliError(str(error)) from None
     finally:
         users.close()

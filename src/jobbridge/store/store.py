@@ -418,14 +418,24 @@ class Store:
             return [_job_from_row(row) for row in conn.execute(query)]
 
     def replace_spec(self, job_id: str, spec: JobSpec, phase: Phase) -> Job | None:
-        """Give a job a new spec if it is still in ``phase``; None if it is not."""
+        """Give a job a new spec (and the dependencies it names) if it is still in ``phase``;
+        None if it is not."""
         with self.writing() as conn:
             done = conn.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id, jobs.c.phase == phase.value)
                 .values(spec=spec.model_dump(mode="json"), name=spec.display_name)
             )
-            return _fetch(conn, job_id) if done.rowcount == 1 else None
+            if done.rowcount != 1:
+                return None
+            conn.execute(dependencies.delete().where(dependencies.c.job_id == job_id))
+            links = sorted({(d.job_id, d.condition) for d in spec.depends_on})
+            if links:
+                conn.execute(
+                    dependencies.insert(),
+                    [{"job_id": job_id, "parent_id": p, "condition": c} for p, c in links],
+                )
+            return _fetch(conn, job_id)
 
     def count_in_flight(self, backend: str, array_id: str | None = None) -> int:
         """Active jobs that the backend holds or is being handed."""
