@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # test servers that `make test` starts (see scripts/test-clusters.sh)
 CLUSTERS ?= all
 
-.PHONY: run demo test lint typecheck unit clusters tools clusters-down bench clean
+.PHONY: run demo test lint typecheck unit clusters tools browser-tools clusters-down bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ run: $(VENV)/.installed
 demo: $(VENV)/.installed
 	JOBBRIDGE="$(BIN)/jobbridge" bash scripts/demo.sh
 
-test: $(VENV)/.installed-test clusters tools lint typecheck unit
+test: $(VENV)/.installed-test clusters tools browser-tools lint typecheck unit
 
 clusters:
 	@if bash scripts/test-clusters.sh up $(CLUSTERS); then :; \
@@ -34,6 +34,9 @@ clusters:
 
 tools: $(VENV)/.installed-test
 	VENV="$(VENV)" bash scripts/test-tools.sh
+
+browser-tools: $(VENV)/.installed-test
+	VENV="$(VENV)" bash scripts/browser-tools.sh
 
 clusters-down:
 	bash scripts/test-clusters.sh down all

@@ -1,5 +1,6 @@
 """The FastAPI application: the UWS routes, VOSI-style capabilities and availability, the
-error mapping, and the engine refreshing in the background while the service runs."""
+error mapping, the web pages (``/ui``), the metrics (``/metrics``), and the engine refreshing
+in the background while the service runs."""
 
 from __future__ import annotations
 
@@ -29,11 +30,13 @@ from jobbridge.store.uws import UwsStore
 from jobbridge.uws.auth import AnonymousClients, cookie_secret
 from jobbridge.uws.body import BodyLimit
 from jobbridge.uws.definitions import Definitions, ParameterError, load_definitions
+from jobbridge.uws.metrics import ServiceMetrics, add_metrics
 from jobbridge.uws.models import utc_text
 from jobbridge.uws.openapi import uws_openapi
 from jobbridge.uws.routes import ServiceContext, router
 from jobbridge.uws.service import UwsError, UwsService
 from jobbridge.uws.waiting import PhaseWaiters
+from jobbridge.uws.web import add_web
 
 __all__ = ["create_app"]
 
@@ -69,17 +72,20 @@ def create_app(
         settings=settings,
     )
     context = ServiceContext(service=service, settings=settings)
+    metrics = ServiceMetrics(engine)
     started = utcnow()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         context.waiters = PhaseWaiters(asyncio.get_running_loop(), engine.hooks)
         await asyncio.to_thread(service.sweep_orphans)
+        metrics.attach()
         engine.start_background()
         try:
             yield
         finally:
             engine.stop_background()
+            metrics.detach()
             context.waiters.close()
             context.waiters = None
             service.close()
@@ -101,6 +107,8 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
     secret = cookie_secret(settings.cookie_secret, config.data_dir / "uws")
     app.add_middleware(AnonymousClients, secret=secret, enabled=settings.anonymous)
+    add_metrics(app, metrics)
+    add_web(app, secret=secret)
     app.openapi = lambda: uws_openapi(app, definitions, anonymous=settings.anonymous)  # type: ignore[method-assign]
     _add_docs(app)
 
