@@ -1,7 +1,8 @@
 """The web pages in a real headless Chromium (Debian's, driven by Playwright) against the
 service on a real uvicorn on 127.0.0.1: log in, submit from the form, watch the phase change
 without a reload, download a result, abort, and be refused another user's job. The pages
-are photographed for the README into docs/screenshots/."""
+are photographed too: into docs/screenshots/ for the README when JOBBRIDGE_SCREENSHOTS=1,
+else into a scratch directory."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ from jobbridge.uws import create_app
 from tests.uws_support import RunningServer, add_user, bearer, service_config
 
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = Path(__file__).parent.parent / "docs" / "screenshots"
+SCREENSHOTS = (
+    Path(__file__).parent.parent / "docs" / "screenshots"
+    if os.environ.get("JOBBRIDGE_SCREENSHOTS") == "1"
+    else Path(os.environ.get("TMPDIR", "/tmp")) / "jobbridge-screenshots"
+)
 VIEWPORT = {"width": 1100, "height": 820}
 LIVE_TIMEOUT_MS = 60_000
 
