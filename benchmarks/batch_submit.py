@@ -1,76 +1,89 @@
-"""Submission rate on real SLURM: jobbridge vs a raw sbatch loop, and one array of 1,000.
+"""Submission rate on a real scheduler against a raw serial submission loop measured in the
+same run: jobbridge's ``submit()`` one by one (waiting for each handover, and handing over in
+the background with bounded concurrency), ``submit_many()``, and one array of 1,000.
 
-    python benchmarks/batch_submit.py [--jobs 200] [--array 1000]
+    python benchmarks/batch_submit.py [--scheduler slurm|sge] [--jobs 200] [--array 1000]
+        [--rounds 3]
 
-Needs the SLURM test cluster (scripts/test-clusters.sh up slurm). Jobs are submitted held
-and cancelled afterwards, so the cluster never runs them. Last line: JSON figures.
+Needs the test cluster (scripts/test-clusters.sh up slurm / sge). Jobs are submitted held
+and cancelled afterwards, so the cluster never runs them. Figures are medians of the rounds.
+Last line: JSON figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import tempfile
+import statistics
 import time
-from pathlib import Path
 
-from _slurm import slurm_engine
+from _slurm import HOLD, batch_engine, cancel, raw_submit
 
 from jobbridge import JobSpec
 
 
-def raw_sbatch_rate(count: int) -> float:
-    with tempfile.TemporaryDirectory(prefix="jobbridge-raw-") as scratch:
-        script = Path(scratch) / "job.sh"
-        script.write_text("#!/bin/bash\n#SBATCH --output=/dev/null\ntrue\n")
-        ids = []
+def one_round(kind: str, count: int) -> dict[str, float]:
+    raw, ids = raw_submit(kind, count)
+    cancel(kind, ids)
+    spec = JobSpec(executable="true", attributes=HOLD[kind])
+    rates = {}
+    with batch_engine(kind) as (engine, _backend, _transport):
+        engine.submit(spec)  # warm up
         started = time.perf_counter()
-        for _ in range(count):
-            done = subprocess.run(
-                ["sbatch", "--parsable", "--hold", str(script)],
-                cwd=scratch,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            ids.append(done.stdout.strip())
-        elapsed = time.perf_counter() - started
-        subprocess.run(["scancel", *ids], check=False)
-    return count / elapsed
+        jobs = [engine.submit(spec) for _ in range(count)]
+        rates["submit_serial"] = count / (time.perf_counter() - started)
+        assert all(job.is_submitted for job in jobs)
+        started = time.perf_counter()
+        jobs = [engine.submit(spec, background=True) for _ in range(count)]
+        engine.settle()
+        rates["submit_background"] = count / (time.perf_counter() - started)
+        assert all(job.is_submitted for job in engine.store.get_many(job.id for job in jobs))
+        started = time.perf_counter()
+        jobs = engine.submit_many([spec] * count)
+        rates["submit_many"] = count / (time.perf_counter() - started)
+        assert all(job.is_submitted for job in jobs)
+    return {"raw": raw, **rates}
+
+
+def array_round(kind: str, size: int) -> tuple[float, int]:
+    spec = JobSpec(executable="true", attributes=HOLD[kind], array=f"0-{size - 1}")
+    with batch_engine(kind) as (engine, _backend, transport):
+        transport.commands.clear()
+        started = time.perf_counter()
+        members = engine.submit_array(spec)
+        seconds = time.perf_counter() - started
+        calls = sum(command[0] in ("sbatch", "qsub") for command in transport.commands)
+        assert all(member.is_submitted for member in members)
+    return seconds, calls
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--scheduler", choices=["slurm", "sge"], default="slurm")
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--array", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    spec = JobSpec(executable="true", attributes={"slurm.hold": True})
-    raw = raw_sbatch_rate(args.jobs)
-    with slurm_engine() as (engine, _backend, transport):
-        started = time.perf_counter()
-        for _ in range(args.jobs):
-            engine.submit(spec)
-        ours = args.jobs / (time.perf_counter() - started)
-        transport.commands.clear()
-        started = time.perf_counter()
-        members = engine.submit_array(spec.replace(array=f"0-{args.array - 1}"))
-        array_seconds = time.perf_counter() - started
-        array_calls = sum(command[0] == "sbatch" for command in transport.commands)
-        assert all(member.is_submitted for member in members)
+    kind = args.scheduler
+    rounds = [one_round(kind, args.jobs) for _ in range(args.rounds)]
+    median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    array_seconds, array_calls = array_round(kind, args.array)
+    raw = median["raw"]
     figures = {
-        "scheduler": "slurm",
+        "scheduler": kind,
         "jobs": args.jobs,
-        "jobbridge_jobs_per_s": round(ours, 1),
-        "raw_sbatch_jobs_per_s": round(raw, 1),
-        "jobbridge_vs_raw": round(ours / raw, 3),
+        "rounds": args.rounds,
+        "raw_loop_jobs_per_s": round(raw, 1),
+        **{f"{key}_jobs_per_s": round(value, 1) for key, value in median.items() if key != "raw"},
+        **{f"{key}_vs_raw": round(value / raw, 3) for key, value in median.items() if key != "raw"},
         "array_members": args.array,
-        "array_sbatch_calls": array_calls,
+        "array_submit_calls": array_calls,
         "array_submit_s": round(array_seconds, 2),
     }
     print(
-        f"jobbridge {ours:.0f} jobs/s vs raw sbatch {raw:.0f} jobs/s; array of {args.array} in "
-        f"{array_seconds:.2f} s with {array_calls} sbatch call(s)"
+        f"{kind}: raw loop {raw:.0f}/s; submit() {median['submit_serial']:.0f}/s, in the"
+        f" background {median['submit_background']:.0f}/s, submit_many"
+        f" {median['submit_many']:.0f}/s; array of {args.array} in {array_seconds:.2f} s"
     )
     print(json.dumps(figures))
 

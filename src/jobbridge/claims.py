@@ -27,7 +27,7 @@ class ClaimKeeper:
     def __init__(self, store: Store, interval: float) -> None:
         self.store = store
         self.interval = interval
-        self._held: dict[str, list[str]] = {}
+        self._held: dict[str, dict[str, int]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
@@ -35,24 +35,44 @@ class ClaimKeeper:
     @contextmanager
     def holding(self, token: str, job_ids: Sequence[str]) -> Iterator[None]:
         """Keep these claims alive for as long as the block runs."""
+        self.hold(token, job_ids)
+        try:
+            yield
+        finally:
+            self.let_go(token, job_ids)
+
+    def hold(self, token: str, job_ids: Sequence[str]) -> None:
+        """Keep these claims alive until ``let_go``; holds of one claim add up, so that
+        several workers may share a token."""
         with self._lock:
-            self._held[token] = list(job_ids)
+            held = self._held.setdefault(token, {})
+            for job_id in job_ids:
+                held[job_id] = held.get(job_id, 0) + 1
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._beat, name="jobbridge-claims", daemon=True
                 )
                 self._thread.start()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._held.pop(token, None)
+
+    def let_go(self, token: str, job_ids: Sequence[str]) -> None:
+        with self._lock:
+            held = self._held.get(token)
+            if held is None:
+                return
+            for job_id in job_ids:
+                left = held.get(job_id, 0) - 1
+                if left > 0:
+                    held[job_id] = left
+                else:
+                    held.pop(job_id, None)
+            if not held:
+                del self._held[token]
 
     def _beat(self) -> None:
         while True:
             with self._lock:
                 self._wake.wait(self.interval)
-                held = dict(self._held)
+                held = {token: list(ids) for token, ids in self._held.items()}
             if not held:
                 with self._lock:
                     if not self._held:

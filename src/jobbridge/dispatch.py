@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -53,27 +55,91 @@ _RELEASED: dict[str, Any] = {
 
 
 class Dispatcher:
-    def __init__(self, store: Store, hooks: Hooks, move: Mover, settings: EngineSettings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hooks: Hooks,
+        move: Mover,
+        settings: EngineSettings,
+        *,
+        max_concurrent_submissions: int = 4,
+    ) -> None:
         self.store = store
         self.hooks = hooks
         self.settings = settings
         self._move = move
         self._keeper = ClaimKeeper(store, settings.claim_timeout / 4)
+        self._workers = max(1, max_concurrent_submissions)
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._underway = 0
+        self._settled = threading.Condition()
 
-    def add(self, backend: Backend, jobs: list[Job]) -> list[Job]:
+    def add(self, backend: Backend, jobs: list[Job], *, background: bool = False) -> list[Job]:
         """Record new QUEUED jobs and hand over those that may run at once. They are recorded
-        as claimed, so no other engine takes them in between."""
-        verdict = self._verdict(backend, jobs[0])
-        ready = verdict.readiness is Readiness.READY
-        go_now = self._fitting(backend, jobs) if ready else []
+        as claimed, so no other engine takes them in between. With ``background``, the
+        handing over is left to at most ``max_concurrent_submissions`` workers per backend
+        and the jobs come back as recorded: claimed, their claims kept alive meanwhile."""
+        if jobs[0].array_id is not None or len(jobs) == 1:
+            verdict = self._verdict(backend, jobs[0])
+            ready = verdict.readiness is Readiness.READY
+            go_now = self._fitting(backend, jobs) if ready else []
+            native = verdict.native
+        else:  # jobs of their own: those without parents may go at once
+            go_now = self._fitting_each(backend, [job for job in jobs if not job.spec.depends_on])
+            native = ()
         token = new_token()
         self.store.add(jobs, claimed=[job.id for job in go_now], token=token)
-        handed = {
-            job.id: job for job in self._submit_claimed(backend, go_now, token, verdict.native)
-        }
+        go_now = [_claimed(job) for job in go_now]
+        if background and go_now and not _whole_native_array(backend, go_now):
+            handed = {job.id: self._in_background(backend, job, token, native) for job in go_now}
+        else:
+            handed = {job.id: job for job in self._submit_claimed(backend, go_now, token, native)}
         later = [job for job in jobs if job.id not in handed]
-        handed.update((job.id, job) for job in self.hand_over(backend, later))
+        if later:
+            handed.update((job.id, job) for job in self.hand_over(backend, later))
         return [handed.get(job.id, job) for job in jobs]
+
+    # -- handing over in the background ---------------------------------------------------
+
+    def _in_background(
+        self, backend: Backend, job: Job, token: str, native: Sequence[NativeDependency]
+    ) -> Job:
+        """Leave a job claimed under ``token`` to a worker; its claim's heartbeat runs from
+        now on, so that it is never taken for dead while it waits for its turn."""
+        self._keeper.hold(token, [job.id])
+        with self._settled:
+            self._underway += 1
+            pool = self._pools.get(backend.name)
+            if pool is None:
+                pool = self._pools[backend.name] = ThreadPoolExecutor(
+                    self._workers, thread_name_prefix=f"jobbridge-submit-{backend.name}"
+                )
+
+        def work() -> None:
+            try:
+                self._submit_one(backend, job, token, native)
+            except Exception:  # its claim dies with it: the job is then looked for, not lost
+                log.exception("handing job %s to %s failed", job.id, backend.name)
+            finally:
+                self._keeper.let_go(token, [job.id])
+                with self._settled:
+                    self._underway -= 1
+                    if self._underway == 0:
+                        self._settled.notify_all()
+
+        pool.submit(work)
+        return job
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until every handover left to the background is done; False on timeout."""
+        with self._settled:
+            return self._settled.wait_for(lambda: self._underway == 0, timeout)
+
+    def close(self) -> None:
+        """Finish the handovers under way (an interrupted one would only be looked for)."""
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            pool.shutdown(wait=True)
 
     def hand_over(self, backend: Backend, waiting: Sequence[Job]) -> list[Job]:
         """Submit what may run now; return the jobs as they are afterwards."""
@@ -115,7 +181,7 @@ class Dispatcher:
     ) -> list[Job]:
         fitting = self._fitting(backend, group)
         token = new_token()
-        claimed = [job for job in fitting if self.store.claim(job.id, token)]
+        claimed = [_claimed(job) for job in fitting if self.store.claim(job.id, token)]
         fresh = {job.id: job for job in self._submit_claimed(backend, claimed, token, native)}
         return [fresh.get(job.id, job) for job in group]
 
@@ -126,6 +192,29 @@ class Dispatcher:
         if _whole_native_array(backend, group) and room >= len(group):
             return group
         return group[: min(room, self._room_in_array(backend, group[0]))]
+
+    def _fitting_each(self, backend: Backend, jobs: list[Job]) -> list[Job]:
+        """The first of ``jobs`` that the backend's limits leave room for, in order."""
+        options = backend.options
+        if options.max_cores_in_flight is None:
+            return jobs[: self._room(backend, jobs[0])] if jobs else []
+        slots = _UNLIMITED
+        if options.max_jobs_in_flight is not None:
+            slots = options.max_jobs_in_flight - self.store.count_in_flight(backend.name)
+        cores = options.max_cores_in_flight - sum(
+            j.spec.resources.cores
+            for j in self.store.active(backend.name)
+            if j.handover is not Handover.WAITING
+        )
+        fitting = []
+        for job in jobs:
+            need = job.spec.resources.cores
+            if slots <= 0 or need > cores:
+                break
+            fitting.append(job)
+            slots -= 1
+            cores -= need
+        return fitting
 
     def _room(self, backend: Backend, job: Job) -> int:
         limits = []
@@ -341,6 +430,11 @@ class Dispatcher:
             backend.cancel(job)
         except Exception:
             log.warning("could not cancel job %s on %s", job.id, backend.name, exc_info=True)
+
+
+def _claimed(job: Job) -> Job:
+    """The job as its claim left it: one more submission begun."""
+    return job.model_copy(update={"handover": Handover.CLAIMED, "attempts": job.attempts + 1})
 
 
 def _submission_order(native_id: str) -> tuple[int, str]:

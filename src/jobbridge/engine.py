@@ -62,6 +62,7 @@ class Engine:
         default_backend: str = "local",
         hooks: Hooks | None = None,
         results_dir: Path | None = None,
+        max_concurrent_submissions: int = 4,
     ) -> None:
         self.store = store
         self.results_dir = results_dir
@@ -69,7 +70,13 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.default_backend = default_backend
         self.hooks = hooks or Hooks()
-        self._dispatch = Dispatcher(store, self.hooks, self._move, self.settings)
+        self._dispatch = Dispatcher(
+            store,
+            self.hooks,
+            self._move,
+            self.settings,
+            max_concurrent_submissions=max_concurrent_submissions,
+        )
         self._poller = Poller(store, self.settings, self._move)
         self._backend_locks = {name: threading.Lock() for name in self.backends}
         self._destroy_lock = threading.Lock()
@@ -114,11 +121,69 @@ class Engine:
 
     # -- creating and starting jobs -----------------------------------------------------------
 
-    def submit(self, spec: JobSpec, *, backend: str | None = None, owner: str | None = None) -> Job:
-        """Record one job and hand it over as soon as it may run."""
+    def submit(
+        self,
+        spec: JobSpec,
+        *,
+        backend: str | None = None,
+        owner: str | None = None,
+        background: bool = False,
+    ) -> Job:
+        """Record one job and hand it over as soon as it may run. With ``background`` it
+        returns once the job is recorded (claimed for submission, so durable and found
+        again after any crash); a worker hands it over, at most
+        ``max_concurrent_submissions`` at once per backend (see ``settle``)."""
         if spec.array is not None:
             raise SpecError("this spec describes an array: submit it with submit_array()")
-        return self._add(spec, backend, owner, Phase.QUEUED)[0]
+        return self._add(spec, backend, owner, Phase.QUEUED, background=background)[0]
+
+    def submit_many(
+        self,
+        specs: Iterable[JobSpec],
+        *,
+        backend: str | None = None,
+        owner: str | None = None,
+        wait: bool = True,
+    ) -> list[Job]:
+        """Record many jobs in one transaction and hand them over, at most
+        ``max_concurrent_submissions`` at once per backend. With ``wait`` (the default) it
+        returns the jobs once all are handed over; else as soon as they are recorded."""
+        specs = list(specs)
+        if not specs:
+            return []
+        target = self.backend(backend)
+        parents: set[str] = set()
+        for spec in specs:
+            if spec.array is not None:
+                raise SpecError("submit_many takes single jobs; submit arrays with submit_array()")
+            target.check_limits(spec)
+            target.check(spec)
+            self._check_stage_out(spec)
+            parents.update(dependency.job_id for dependency in spec.depends_on)
+        self._check_parents_exist(parents)
+        now = utcnow()
+        jobs = [
+            Job.model_construct(
+                id=new_job_id(),
+                spec=spec,
+                backend=target.name,
+                owner=owner,
+                phase=Phase.QUEUED,
+                created=now,
+                queued=now,
+            )
+            for spec in specs
+        ]
+        added = self._dispatch.add(target, jobs, background=True)
+        if not wait:
+            return added
+        self.settle()
+        return self.store.get_many(job.id for job in added)
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until the jobs submitted with ``background`` are handed over (or found
+        uncertain, or refused); False if ``timeout`` seconds passed first."""
+        return self._dispatch.settle(timeout)
 
     def submit_array(
         self, spec: JobSpec, *, backend: str | None = None, owner: str | None = None
@@ -183,6 +248,8 @@ class Engine:
         destruction: datetime | None = None,
         job_id: str | None = None,
         also: Callable[[Connection], object] | None = None,
+        *,
+        background: bool = False,
     ) -> list[Job]:
         backend = self.backend(backend_name)
         backend.check_limits(spec)
@@ -210,7 +277,7 @@ class Engine:
         if phase is not Phase.QUEUED:
             self.store.add(jobs, also=also)
             return jobs
-        return self._dispatch.add(backend, jobs)
+        return self._dispatch.add(backend, jobs, background=background)
 
     def _check_stage_out(self, spec: JobSpec) -> None:
         relative = [t.target for t in spec.stage_out if not os.path.isabs(t.target)]
@@ -220,8 +287,14 @@ class Engine:
             )
 
     def _check_dependencies_exist(self, spec: JobSpec) -> None:
+        self._check_parents_exist(dependency.job_id for dependency in spec.depends_on)
+
+    def _check_parents_exist(self, parent_ids: Iterable[str]) -> None:
+        wanted = list(parent_ids)
+        if not wanted:
+            return
         try:
-            self.store.get_many(dependency.job_id for dependency in spec.depends_on)
+            self.store.get_many(wanted)
         except JobNotFoundError as error:
             raise SpecError(
                 f"depends_on names job {error.job_id!r}, which does not exist"
@@ -564,6 +637,7 @@ class Engine:
 
     def close(self) -> None:
         self.stop_background()
+        self._dispatch.close()
         for backend in self.backends.values():
             backend.close()
         self.store.close()

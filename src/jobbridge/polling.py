@@ -56,7 +56,7 @@ class Poller:
         now = time.monotonic()
         if now < state.next_due and not force:
             return
-        jobs = [job for job in self.store.active(name) if job.is_submitted]
+        jobs = self.store.handed_over(name)
         if not jobs:
             return
         try:

@@ -1,26 +1,15 @@
 """The ``jobbridge`` command line: submit, status, list, wait, cancel, hold, release, logs,
 results, peek, free, delete, backends, serve, user.
 
-Each verb lives in a module of this package and is added to the ``cli`` group here.
+Each verb lives in a module of this package; the ``cli`` group loads a verb's module only
+when that verb runs (or help lists it), so that one invocation imports only what it needs.
 """
 
 from __future__ import annotations
 
 from jobbridge.cli.app import cli
-from jobbridge.cli.files import free, peek, results
-from jobbridge.cli.jobs import backends, cancel, delete, hold, list_jobs, release, status, wait
-from jobbridge.cli.logs import logs
-from jobbridge.cli.serve import serve
-from jobbridge.cli.submit import submit
-from jobbridge.cli.users import user
 
 __all__ = ["cli", "main"]
-
-for _verb in (
-    submit, status, list_jobs, wait, cancel, hold, release, logs, results, peek, free, delete,
-    backends, serve, user,
-):  # fmt: skip
-    cli.add_command(_verb)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ that ran out of time with status 124, as timeout(1) does.
 from __future__ import annotations
 
 import getpass
+import importlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -133,8 +134,43 @@ def _console(*, stderr: bool) -> Console:
     return console
 
 
+_VERBS = {
+    "submit": ("jobbridge.cli.submit", "submit"),
+    "status": ("jobbridge.cli.jobs", "status"),
+    "list": ("jobbridge.cli.jobs", "list_jobs"),
+    "wait": ("jobbridge.cli.jobs", "wait"),
+    "cancel": ("jobbridge.cli.jobs", "cancel"),
+    "hold": ("jobbridge.cli.jobs", "hold"),
+    "release": ("jobbridge.cli.jobs", "release"),
+    "logs": ("jobbridge.cli.logs", "logs"),
+    "results": ("jobbridge.cli.files", "results"),
+    "peek": ("jobbridge.cli.files", "peek"),
+    "free": ("jobbridge.cli.files", "free"),
+    "delete": ("jobbridge.cli.jobs", "delete"),
+    "backends": ("jobbridge.cli.jobs", "backends"),
+    "serve": ("jobbridge.cli.serve", "serve"),
+    "user": ("jobbridge.cli.users", "user"),
+    "pilot": ("jobbridge.cli.pilot", "pilot"),
+}
+"""Verb -> (module, attribute): a verb's module is imported when the verb is wanted."""
+
+
 class _Group(click.Group):
-    """Turns jobbridge's own errors into ``error: ...`` lines and exit status 2."""
+    """Loads verbs on demand; turns jobbridge's own errors into ``error: ...`` lines and
+    exit status 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*_VERBS, *(name for name in super().list_commands(ctx) if name not in _VERBS)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        known = super().get_command(ctx, cmd_name)
+        if known is not None or cmd_name not in _VERBS:
+            return known
+        module_name, attribute = _VERBS[cmd_name]
+        command = getattr(importlib.import_module(module_name), attribute)
+        assert isinstance(command, click.Command)
+        self.add_command(command, cmd_name)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
 metadata = sa.MetaData()
 
@@ -31,7 +30,21 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-JSONDocument = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+class _JSONDocument(sa.types.TypeDecorator[Any]):
+    """JSON; JSONB on PostgreSQL (whose dialect is loaded only where it is used)."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(sa.JSON())
+
+
+JSONDocument = _JSONDocument()
 
 jobs = sa.Table(
     "jobs",
@@ -61,6 +74,7 @@ jobs = sa.Table(
     sa.Column("not_before", UTCDateTime),
     sa.Column("missing_since", UTCDateTime),
     sa.Column("misses", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("version", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_jobs_owner_created", "owner", "created"),
     sa.Index("ix_jobs_phase_created", "phase", "created"),
     sa.Index("ix_jobs_created", "created"),

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 
 from jobbridge.errors import JobNotFoundError
 from jobbridge.job import Event, Handover, Job, utcnow
@@ -21,13 +18,18 @@ from jobbridge.phase import ACTIVE_PHASES, Phase
 from jobbridge.spec import JobSpec
 from jobbridge.store.schema import dependencies, events, jobs
 
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
 __all__ = ["Store"]
 
 _MIGRATION_LOCK = 0x6A6F6262  # any constant shared by every jobbridge process
 _WRITE = "jobbridge_write"
-_JOB_FIELDS = frozenset(jobs.c.keys()) - {"id", "spec", "name"}
-_INTERNAL = ("name", "submitting_since", "claim_token", "heartbeat", "not_before")
+_JOB_FIELDS = frozenset(jobs.c.keys()) - {"id", "spec", "name", "version"}
+_INTERNAL = ("name", "submitting_since", "claim_token", "heartbeat", "not_before", "version")
 """Columns that the store keeps for its own bookkeeping, not part of a ``Job``."""
+_PARSED_LIMIT = 100_000
+"""Parsed rows kept at most; beyond it, the store starts afresh."""
 
 
 class Store:
@@ -37,6 +39,8 @@ class Store:
         self.url = url
         self._engine = _create_engine(url)
         self._writer = self._engine.execution_options(**{_WRITE: True})
+        self._parsed: dict[str, tuple[int, Job]] = {}
+        self._specs: dict[str, tuple[Any, JobSpec]] = {}
         if migrate:
             self.migrate()
 
@@ -49,16 +53,23 @@ class Store:
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision; concurrent callers take turns."""
-        head = _head_revision()
-        with self._engine.connect() as conn:
-            if MigrationContext.configure(conn).get_current_revision() == head:
-                return
+        if self._current_revision() == _head_revision():
+            return
+        from alembic import command  # only when the schema must change: it is slow to load
+
         with self._writer.begin() as conn:
             if self.dialect == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
             config = _alembic_config()
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
+
+    def _current_revision(self) -> str | None:
+        version = sa.table("alembic_version", sa.column("version_num"))
+        with self._engine.connect() as conn:
+            if not sa.inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.execute(sa.select(version.c.version_num)).scalar()
 
     @contextmanager
     def writing(self) -> Iterator[sa.Connection]:
@@ -70,6 +81,49 @@ class Store:
     def reading(self) -> Iterator[sa.Connection]:
         with self._engine.connect() as conn:
             yield conn
+
+    # -- parsing rows, once per version ---------------------------------------------------------
+
+    def _job(self, row: sa.Row[Any]) -> Job:
+        """The job a row holds. A row whose version this store has parsed before is not
+        parsed again; the data comes from the store's own writes of validated jobs, so it is
+        taken as it is, except the spec, which is validated once per job and content."""
+        seen = self._parsed.get(row.id)
+        if seen is not None and seen[0] == row.version:
+            return seen[1]
+        data = row._asdict()
+        for internal in _INTERNAL:
+            data.pop(internal, None)
+        raw = data["spec"]
+        known = self._specs.get(row.id)
+        if known is not None and known[0] == raw:
+            data["spec"] = known[1]
+        else:
+            data["spec"] = JobSpec.model_validate(raw)
+            self._specs[row.id] = (raw, data["spec"])
+        data["phase"] = Phase(data["phase"])
+        data["handover"] = Handover(data["handover"])
+        job = Job.model_construct(**data)
+        if len(self._parsed) >= _PARSED_LIMIT:
+            self._parsed.clear()
+            self._specs.clear()
+        self._parsed[row.id] = (row.version, job)
+        return job
+
+    def _changed(self, conn: sa.Connection, job_id: str, update: sa.Update) -> Job | None:
+        """Run an update of the job's row; the job as it is now, or None if no row matched."""
+        if self._engine.dialect.update_returning:
+            row = conn.execute(update.returning(*jobs.c)).first()
+            return None if row is None else self._job(row)
+        if conn.execute(update).rowcount != 1:
+            return None
+        return self._fetch(conn, job_id)
+
+    def _fetch(self, conn: sa.Connection, job_id: str) -> Job:
+        row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise JobNotFoundError(job_id)
+        return self._job(row)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -138,8 +192,10 @@ class Store:
         if token is not None:
             guard.append(jobs.c.claim_token == token)
         with self.writing() as conn:
-            done = conn.execute(jobs.update().where(*guard).values(phase=new.value, **fields))
-            if done.rowcount != 1:
+            moved = self._changed(
+                conn, job_id, _changing().where(*guard).values(phase=new.value, **fields)
+            )
+            if moved is None:
                 return None
             conn.execute(
                 events.insert(),
@@ -147,7 +203,7 @@ class Store:
                     job_id, time, expected, new, fields.get("detail"), fields.get("message")
                 ),
             )
-            return _fetch(conn, job_id)
+            return moved
 
     def update(self, job_id: str, **fields: Any) -> Job:
         """Change fields other than the phase."""
@@ -155,8 +211,12 @@ class Store:
         if "phase" in fields:
             raise ValueError("use move() to change a phase")
         with self.writing() as conn:
-            conn.execute(jobs.update().where(jobs.c.id == job_id).values(**fields))
-            return _fetch(conn, job_id)
+            updated = self._changed(
+                conn, job_id, _changing().where(jobs.c.id == job_id).values(**fields)
+            )
+            if updated is None:
+                raise JobNotFoundError(job_id)
+            return updated
 
     # -- handing over, fenced ----------------------------------------------------------------
 
@@ -165,7 +225,7 @@ class Store:
         now = utcnow()
         with self.writing() as conn:
             done = conn.execute(
-                jobs.update()
+                _changing()
                 .where(
                     jobs.c.id == job_id,
                     jobs.c.phase == Phase.QUEUED.value,
@@ -233,15 +293,19 @@ class Store:
     def expire_claims(self, backend: str, before: datetime, not_before: datetime) -> int:
         """Claims of this backend whose heartbeat stopped before ``before``: their process is
         gone, so what it did is unknown. Returns how many there were."""
+        stale = (
+            jobs.c.backend == backend,
+            jobs.c.handover == Handover.CLAIMED.value,
+            jobs.c.native_id.is_(None),
+            sa.or_(jobs.c.heartbeat.is_(None), jobs.c.heartbeat < before),
+        )
+        with self.reading() as conn:  # most cycles find none: no write transaction then
+            if conn.execute(sa.select(jobs.c.id).where(*stale).limit(1)).first() is None:
+                return 0
         with self.writing() as conn:
             done = conn.execute(
-                jobs.update()
-                .where(
-                    jobs.c.backend == backend,
-                    jobs.c.handover == Handover.CLAIMED.value,
-                    jobs.c.native_id.is_(None),
-                    sa.or_(jobs.c.heartbeat.is_(None), jobs.c.heartbeat < before),
-                )
+                _changing()
+                .where(*stale)
                 .values(
                     handover=Handover.UNCERTAIN.value,
                     not_before=not_before,
@@ -284,8 +348,9 @@ class Store:
         self, job_id: str, guard: list[sa.ColumnElement[bool]], **values: Any
     ) -> Job | None:
         with self.writing() as conn:
-            done = conn.execute(jobs.update().where(jobs.c.id == job_id, *guard).values(**values))
-            return _fetch(conn, job_id) if done.rowcount == 1 else None
+            return self._changed(
+                conn, job_id, _changing().where(jobs.c.id == job_id, *guard).values(**values)
+            )
 
     def waiting(self, backend: str, now: datetime) -> list[Job]:
         """Jobs queued in jobbridge for this backend that may be handed over now."""
@@ -301,7 +366,7 @@ class Store:
             .order_by(jobs.c.created, jobs.c.id)
         )
         with self.reading() as conn:
-            return [_job_from_row(row) for row in conn.execute(query)]
+            return [self._job(row) for row in conn.execute(query)]
 
     def uncertain(self, backend: str) -> list[tuple[Job, datetime | None]]:
         """Jobs whose submission may or may not have created a native job, in any phase,
@@ -310,7 +375,7 @@ class Store:
             jobs.c.backend == backend, jobs.c.handover == Handover.UNCERTAIN.value
         )
         with self.reading() as conn:
-            return [(_job_from_row(row), row.not_before) for row in conn.execute(query)]
+            return [(self._job(row), row.not_before) for row in conn.execute(query)]
 
     def note(self, job_id: str, phase: Phase, detail: str, message: str) -> None:
         """Record something that happened to a job without changing its phase (an event
@@ -327,7 +392,7 @@ class Store:
         with self.writing() as conn:
             for chunk in _chunks(job_ids, 500):
                 conn.execute(
-                    jobs.update()
+                    _changing()
                     .where(jobs.c.id.in_(chunk))
                     .values(
                         misses=jobs.c.misses + 1,
@@ -340,12 +405,14 @@ class Store:
         with self.writing() as conn:
             for chunk in _chunks(job_ids, 500):
                 conn.execute(
-                    jobs.update()
+                    _changing()
                     .where(jobs.c.id.in_(chunk), jobs.c.misses > 0)
                     .values(misses=0, missing_since=None)
                 )
 
     def delete(self, job_id: str) -> None:
+        self._parsed.pop(job_id, None)
+        self._specs.pop(job_id, None)
         with self.writing() as conn:
             conn.execute(events.delete().where(events.c.job_id == job_id))
             conn.execute(dependencies.delete().where(dependencies.c.job_id == job_id))
@@ -356,7 +423,7 @@ class Store:
 
     def get(self, job_id: str) -> Job:
         with self.reading() as conn:
-            return _fetch(conn, job_id)
+            return self._fetch(conn, job_id)
 
     def get_many(self, job_ids: Iterable[str]) -> list[Job]:
         wanted = list(dict.fromkeys(job_ids))
@@ -364,7 +431,7 @@ class Store:
         with self.reading() as conn:
             for chunk in _chunks(wanted, 500):
                 rows = conn.execute(sa.select(jobs).where(jobs.c.id.in_(chunk)))
-                found.update((row.id, _job_from_row(row)) for row in rows)
+                found.update((row.id, self._job(row)) for row in rows)
         missing = [job_id for job_id in wanted if job_id not in found]
         if missing:
             raise JobNotFoundError(missing[0])
@@ -406,23 +473,51 @@ class Store:
         )
         query = query.order_by(*order).limit(limit)
         with self.reading() as conn:
-            return [_job_from_row(row) for row in conn.execute(query)]
+            return [self._job(row) for row in conn.execute(query)]
 
     def active(self, backend: str | None = None) -> list[Job]:
         return self.find(phases=ACTIVE_PHASES, backend=backend, newest_first=False)
+
+    def handed_over(self, backend: str) -> list[Job]:
+        """The active jobs that this backend holds (with a native id), oldest first. Only
+        ids and versions are read for all; whole rows only where the version changed since
+        this store last parsed them, so an unchanged job costs neither parsing nor validation."""
+        listing = (
+            sa.select(jobs.c.id, jobs.c.version)
+            .where(
+                jobs.c.backend == backend,
+                jobs.c.phase.in_([p.value for p in ACTIVE_PHASES]),
+                jobs.c.native_id.is_not(None),
+            )
+            .order_by(jobs.c.created, jobs.c.id)
+        )
+        found: dict[str, Job] = {}
+        with self.reading() as conn:
+            listed = conn.execute(listing).all()
+            stale = []
+            for job_id, version in listed:
+                seen = self._parsed.get(job_id)
+                if seen is not None and seen[0] == version:
+                    found[job_id] = seen[1]
+                else:
+                    stale.append(job_id)
+            for chunk in _chunks(stale, 500):
+                for row in conn.execute(sa.select(jobs).where(jobs.c.id.in_(chunk))):
+                    found[row.id] = self._job(row)
+        return [found[job_id] for job_id, _ in listed if job_id in found]
 
     def expired(self, now: datetime) -> list[Job]:
         """Jobs whose destruction time has passed."""
         query = sa.select(jobs).where(jobs.c.destruction < now).order_by(jobs.c.destruction)
         with self.reading() as conn:
-            return [_job_from_row(row) for row in conn.execute(query)]
+            return [self._job(row) for row in conn.execute(query)]
 
     def replace_spec(self, job_id: str, spec: JobSpec, phase: Phase) -> Job | None:
         """Give a job a new spec (and the dependencies it names) if it is still in ``phase``;
         None if it is not."""
         with self.writing() as conn:
             done = conn.execute(
-                jobs.update()
+                _changing()
                 .where(jobs.c.id == job_id, jobs.c.phase == phase.value)
                 .values(spec=spec.model_dump(mode="json"), name=spec.display_name)
             )
@@ -435,7 +530,7 @@ class Store:
                     dependencies.insert(),
                     [{"job_id": job_id, "parent_id": p, "condition": c} for p, c in links],
                 )
-            return _fetch(conn, job_id)
+            return self._fetch(conn, job_id)
 
     def count_in_flight(self, backend: str, array_id: str | None = None) -> int:
         """Active jobs that the backend holds or is being handed."""
@@ -462,7 +557,7 @@ class Store:
             .order_by(jobs.c.created, jobs.c.id)
         )
         with self.reading() as conn:
-            return [(_job_from_row(row), row.condition) for row in conn.execute(query)]
+            return [(self._job(row), row.condition) for row in conn.execute(query)]
 
     def events(self, job_id: str) -> list[Event]:
         query = (
@@ -521,14 +616,29 @@ def _begin_sqlite(conn: sa.Connection) -> None:
 
 
 def _alembic_config() -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     config = AlembicConfig()
     config.set_main_option("script_location", "jobbridge.store:migrations")
     return config
 
 
+_REVISION = re.compile(r"^(down_revision|revision)\s*=\s*(None|['\"]([^'\"]+)['\"])", re.MULTILINE)
+
+
 @functools.cache
 def _head_revision() -> str | None:
-    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    """The newest migration, read from the scripts' own words without loading Alembic
+    (a linear history: the one revision that no other revises)."""
+    revisions, revised = set(), set()
+    for script in (Path(__file__).parent / "migrations" / "versions").glob("*.py"):
+        found = dict((key, value) for key, _, value in _REVISION.findall(script.read_text()))
+        if found.get("revision"):
+            revisions.add(found["revision"])
+        if found.get("down_revision"):
+            revised.add(found["down_revision"])
+    heads = revisions - revised
+    return heads.pop() if len(heads) == 1 else None
 
 
 def _check_fields(fields: dict[str, Any]) -> None:
@@ -558,19 +668,9 @@ def _job_row(job: Job) -> dict[str, Any]:
     return row
 
 
-def _job_from_row(row: sa.Row[Any]) -> Job:
-    data = row._asdict()
-    for internal in _INTERNAL:
-        data.pop(internal, None)
-    data["spec"] = JobSpec.model_validate(data["spec"])
-    return Job.model_validate(data)
-
-
-def _fetch(conn: sa.Connection, job_id: str) -> Job:
-    row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
-    if row is None:
-        raise JobNotFoundError(job_id)
-    return _job_from_row(row)
+def _changing() -> sa.Update:
+    """An update of job rows that raises their version, so that readers parse them anew."""
+    return jobs.update().values(version=jobs.c.version + 1)
 
 
 def _event_row(

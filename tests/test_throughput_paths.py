@@ -1,0 +1,161 @@
+"""The fast paths keep the guarantees: background and batched submissions are claimed before
+they return, a crash leaves them to be looked for, refreshes parse only changed rows."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobbridge import Engine, EngineSettings, JobSpec, Phase, Store
+from jobbridge.backends.base import BackendOptions
+from jobbridge.job import Handover
+from jobbridge.store.store import _head_revision
+from tests.doubles import FakeBackend, FakeCluster
+from tests.test_store import make_job
+
+SPEC = JobSpec(executable="true")
+
+
+def make_engine(url: str, cluster: FakeCluster, **options: object) -> Engine:
+    backend = FakeBackend(
+        cluster, options=BackendOptions.model_validate({"min_refresh_interval": 0, **options})
+    )
+    return Engine(
+        Store(url),
+        {"fake": backend},
+        settings=EngineSettings(claim_timeout=0.5),
+        default_backend="fake",
+    )
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'engine.db'}"
+
+
+@pytest.fixture
+def cluster() -> FakeCluster:
+    return FakeCluster()
+
+
+@pytest.fixture
+def engine(url: str, cluster: FakeCluster) -> Iterator[Engine]:
+    made = make_engine(url, cluster)
+    yield made
+    made.close()
+
+
+def test_a_background_submission_is_claimed_before_it_returns(
+    engine: Engine, cluster: FakeCluster
+) -> None:
+    gate = threading.Event()
+    backend = engine.backend()
+    assert isinstance(backend, FakeBackend)
+    backend.on_submit.append(lambda job: gate.wait(10))
+    job = engine.submit(SPEC, background=True)
+    assert job.handover is Handover.CLAIMED
+    assert engine.get(job.id).handover is Handover.CLAIMED
+    gate.set()
+    assert engine.settle(10)
+    done = engine.get(job.id)
+    assert done.is_submitted and done.handover is Handover.SUBMITTED
+    assert cluster.submit_calls == 1
+
+
+def test_submit_many_records_once_and_hands_each_over_once(
+    engine: Engine, cluster: FakeCluster
+) -> None:
+    jobs = engine.submit_many([SPEC] * 25)
+    assert len({job.id for job in jobs}) == 25
+    assert all(job.is_submitted for job in jobs)
+    assert cluster.submit_calls == 25
+    assert len(set(cluster.by_job.values())) == 25
+
+
+def test_submit_many_keeps_to_the_backends_limit(url: str, cluster: FakeCluster) -> None:
+    engine = make_engine(url, cluster, max_jobs_in_flight=3)
+    try:
+        jobs = engine.submit_many([SPEC] * 5)
+        assert sum(job.is_submitted for job in jobs) == 3
+        assert sum(job.handover is Handover.WAITING for job in jobs) == 2
+    finally:
+        engine.close()
+
+
+def test_submit_many_lets_dependent_jobs_wait(engine: Engine, cluster: FakeCluster) -> None:
+    parent = engine.submit(SPEC)
+    child = JobSpec.model_validate({**SPEC.model_dump(), "depends_on": [parent.id]})
+    jobs = engine.submit_many([SPEC, child])
+    assert jobs[0].is_submitted
+    assert not jobs[1].is_submitted
+
+
+def test_a_background_submission_without_answer_is_looked_for_not_lost(
+    url: str, cluster: FakeCluster
+) -> None:
+    """The backend took the job but its answer never came, and the submitting engine went
+    away: the next engine locates the native job and adopts it, without a second
+    submission."""
+    first = make_engine(url, cluster)
+    gate = threading.Event()
+    backend = first.backend()
+    assert isinstance(backend, FakeBackend)
+
+    def die_after_submitting(job: object) -> None:
+        gate.wait(10)
+
+    backend.on_submit.append(die_after_submitting)
+    cluster.fail_after_submit = RuntimeError("process killed")  # the answer never comes
+    job = first.submit(SPEC, background=True)
+    gate.set()
+    first.settle(10)
+    first.close()
+    cluster.fail_after_submit = None
+    second = make_engine(url, cluster)
+    try:
+        found = second.get(job.id)
+        assert not found.phase.is_final
+        second.refresh(force=True)
+        adopted = second.get(job.id)
+        assert adopted.native_id == cluster.by_job[job.id]
+        assert cluster.submit_calls == 1
+    finally:
+        second.close()
+
+
+def test_a_refresh_parses_only_changed_rows(engine: Engine, cluster: FakeCluster) -> None:
+    jobs = [engine.submit(SPEC) for _ in range(5)]
+    engine.refresh(force=True)
+    first = {job.id: job for job in engine.store.handed_over("fake")}
+    second = {job.id: job for job in engine.store.handed_over("fake")}
+    assert all(second[job_id] is first[job_id] for job_id in first)
+    cluster.set(jobs[0], Phase.EXECUTING)
+    engine.refresh(force=True)
+    third = {job.id: job for job in engine.store.handed_over("fake")}
+    assert third[jobs[0].id].phase is Phase.EXECUTING
+    assert third[jobs[1].id] is first[jobs[1].id]
+
+
+def test_a_write_by_another_process_is_seen(url: str) -> None:
+    mine, theirs = Store(url), Store(url)
+    try:
+        job = make_job(native_id="7", backend="fake")
+        mine.add([job])
+        assert mine.get(job.id).detail is None
+        theirs.update(job.id, detail="SEEN")
+        assert mine.get(job.id).detail == "SEEN"
+        assert mine.handed_over("fake")[0].detail == "SEEN"
+    finally:
+        mine.close()
+        theirs.close()
+
+
+def test_the_head_revision_is_alembics() -> None:
+    from alembic.script import ScriptDirectory
+
+    from jobbridge.store.store import _alembic_config
+
+    assert _head_revision() == ScriptDirectory.from_config(_alembic_config()).get_current_head()
