@@ -12,6 +12,13 @@
 #   status  say which services are up (exit status 1 if any asked for is down)
 #   env     print the KEY=VALUE lines of the services that are up
 #
+#   scripts/test-clusters.sh stop-daemon|start-daemon slurmctld|slurmdbd
+#
+#   stop-daemon   stop one SLURM daemon of a running cluster (fault tests)
+#   start-daemon  start it again and wait until it answers
+#   (both take $STATE_DIR/.lock, unless JOBBRIDGE_TEST_CLUSTERS_LOCKED=1 says that
+#   the caller holds it, as it should for as long as the daemon is meant to stay down)
+#
 # For every service that is up, $STATE_DIR/<service>.env holds KEY=VALUE
 # lines (no quotes, no export) that the test suite reads.
 #
@@ -1074,6 +1081,7 @@ down_ssh() {
 usage() {
     cat >&2 <<EOF
 usage: $0 up|down|status|env [postgres|slurm|sge|ssh|all]
+       $0 stop-daemon|start-daemon slurmctld|slurmdbd
 EOF
     exit 2
 }
@@ -1152,9 +1160,43 @@ cmd_env() {
     done
 }
 
+# One SLURM daemon of a running cluster, stopped and started again by the fault
+# tests; start waits until the daemon answers and the node takes jobs.
+cmd_stop_daemon() {
+    case $1 in
+    slurmctld) stop_daemon slurmctld "$SLURM_RUN_DIR/slurmctld.pid" slurmctld ;;
+    slurmdbd) stop_daemon slurmdbd "$SLURM_RUN_DIR/slurmdbd.pid" slurmdbd ;;
+    *) usage ;;
+    esac
+}
+
+cmd_start_daemon() {
+    case $1 in
+    slurmctld)
+        start_slurmctld
+        start_slurmd
+        ;;
+    slurmdbd)
+        start_slurmdbd
+        wait_until "sacct" "$SLURM_LOG_DIR/slurmdbd.log" sacct -n -X -a -S now-1minutes -o JobID
+        ;;
+    *) usage ;;
+    esac
+}
+
 main() {
     local command=${1:-} target=${2:-all} services
     [[ $# -le 2 ]] || usage
+    case $command in
+    stop-daemon | start-daemon)
+        [[ $# == 2 ]] || usage
+        [[ $(id -u) == 0 ]] || die "$command needs root"
+        # a caller that keeps a daemon down for a while holds the lock itself meanwhile
+        [[ ${JOBBRIDGE_TEST_CLUSTERS_LOCKED:-} == 1 ]] || take_lock
+        "cmd_${command//-/_}" "$target"
+        return
+        ;;
+    esac
     case $target in
     all) services=("${ALL_SERVICES[@]}") ;;
     postgres | slurm | sge | ssh) services=("$target") ;;

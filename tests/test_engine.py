@@ -734,3 +734,15 @@ def test_cancel_of_a_job_jobbridge_gave_up_on_stops_its_native_job(
         with pytest.raises(JobStateError, match="already ended"):
             engine.cancel(job.id)
         assert cluster.cancelled == [job.native_id]
+
+
+def test_a_running_job_held_again_by_the_system_shows_suspended(
+    engine: Engine, cluster: FakeCluster
+) -> None:
+    job = engine.submit(SPEC)
+    cluster.set(job, Phase.EXECUTING)
+    engine.refresh(force=True)
+    cluster.set(job, Phase.HELD, detail="SPECIAL_EXIT")
+    engine.refresh(force=True)
+    held = engine.get(job.id)
+    assert (held.phase, held.detail) == (Phase.SUSPENDED, "SPECIAL_EXIT")

@@ -328,6 +328,9 @@ class Engine:
         self, job: Job, new: Phase, news: JobStatus, *, token: str | None = None, **extra: Any
     ) -> Job | None:
         """Apply what a backend (or jobbridge itself) said, if it moves the job forward."""
+        if new is Phase.HELD and job.phase in (Phase.EXECUTING, Phase.SUSPENDED):
+            new = Phase.SUSPENDED  # held again after it ran (a requeue held by the system)
+            news = news.model_copy(update={"phase": new})
         if new is job.phase:
             if new is Phase.EXECUTING and job.started is None and news.started is not None:
                 return self.store.update(job.id, started=news.started)

@@ -364,6 +364,7 @@ def _connection_trouble(stderr: str) -> bool:
         "Connection",
         "connection",
         "mux_client",
+        "muxclient",
         "Control socket",
         "kex_",
         "Host key",
