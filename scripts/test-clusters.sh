@@ -3,7 +3,7 @@
 # (Debian 12, root, no systemd): PostgreSQL, SLURM (with slurmdbd accounting),
 # Grid Engine and a private sshd.
 #
-#   scripts/test-clusters.sh up|down|status|env [postgres|slurm|sge|ssh|all]
+#   scripts/test-clusters.sh up|down|status|env [postgres|slurm|sge|ssh|k8s|all]
 #
 #   up      install the Debian packages that are missing, write the configs,
 #           start the daemons and wait until each service answers; cheap and
@@ -34,7 +34,7 @@ trap 'printf "[test-clusters] ERROR: command failed (line %s): %s\n" "$LINENO" "
 
 readonly STATE_DIR=/var/tmp/jobbridge-test
 readonly TEST_USER=jbtest
-readonly ALL_SERVICES=(postgres slurm sge ssh)
+readonly ALL_SERVICES=(postgres slurm sge ssh k8s)
 readonly READY_TIMEOUT=${JOBBRIDGE_TEST_READY_TIMEOUT:-90}
 readonly OUT_DIR=$STATE_DIR/out
 
@@ -1086,6 +1086,13 @@ EOF
     exit 2
 }
 
+# Kubernetes: a control plane built from Debian's source package, with a stand-in node;
+# scripts/k8s-cluster.sh does the work and writes its own k8s.env.
+readonly K8S_SCRIPT=$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")/k8s-cluster.sh
+
+up_k8s() { bash "$K8S_SCRIPT" up; }
+down_k8s() { bash "$K8S_SCRIPT" down; }
+
 # Whether the daemons of a service are running (cheap: pid files only).
 running_service() {
     case $1 in
@@ -1093,6 +1100,7 @@ running_service() {
     slurm) running_slurm ;;
     sge) is_installed gridengine-exec && running_sge ;;
     ssh) running_ssh ;;
+    k8s) bash "$K8S_SCRIPT" status >/dev/null 2>&1 ;;
     esac
 }
 
@@ -1103,6 +1111,7 @@ ready_service() {
     slurm) is_installed slurm-client && ready_slurm ;;
     sge) is_installed gridengine-exec && ready_sge ;;
     ssh) ready_ssh ;;
+    k8s) bash "$K8S_SCRIPT" status >/dev/null 2>&1 ;;
     esac
 }
 
@@ -1199,7 +1208,7 @@ main() {
     esac
     case $target in
     all) services=("${ALL_SERVICES[@]}") ;;
-    postgres | slurm | sge | ssh) services=("$target") ;;
+    postgres | slurm | sge | ssh | k8s) services=("$target") ;;
     *) usage ;;
     esac
     case $command in
