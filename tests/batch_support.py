@@ -1,22 +1,30 @@
 """Shared by every batch scheduler's tests: awkward specs for golden-file tests of the
-generated scripts, and the scenarios each backend must pass through the engine."""
+generated scripts, the scenarios each backend must pass through the engine, and those it
+must pass driven directly (finding submissions by their mark, the scheduler's own output)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 
-from jobbridge import Engine, Job, JobSpec, Phase, Resources
-from jobbridge.backends.base import NativeDependency
+from jobbridge import Engine, Job, JobSpec, JobStatus, Phase, Resources, ResourcesNotSupportedError
+from jobbridge.backends.base import BackendContext, NativeDependency
 from jobbridge.backends.batch.base import BatchBackend
+from jobbridge.errors import BackendError
+from jobbridge.job import new_job_id
+from jobbridge.transport.base import CommandResult
 
+AnyBatchBackend = TypeVar("AnyBatchBackend", bound=BatchBackend)
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("JOBBRIDGE_UPDATE_GOLDEN") == "1"
 
@@ -73,15 +81,38 @@ FIXED_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 
 def case_jobs(case: str) -> list[Job]:
     spec = CASES[case]
-    job = Job(id="jb0case0" + case[:4], spec=spec, backend="cluster", created=FIXED_TIME)
-    if spec.array is None:
-        return [job]
+    if spec.array is not None:
+        return array_members(spec)
+    return [Job(id="jb0case0" + case[:4], spec=spec, backend="cluster", created=FIXED_TIME)]
+
+
+def array_members(spec: JobSpec, array_id: str = "jb0array0000") -> list[Job]:
+    """The members of an array, with ids that stay the same from run to run."""
+    assert spec.array is not None
     return [
-        job.model_copy(
-            update={"id": f"jb0member{i:03d}", "array_id": "jb0array0000", "array_index": i}
+        Job(
+            id=f"jb0member{index:03d}",
+            spec=spec,
+            backend="cluster",
+            created=FIXED_TIME,
+            array_id=array_id,
+            array_index=index,
         )
-        for i in spec.array.indices
+        for index in spec.array.indices
     ]
+
+
+def make_backend(cls: type[AnyBatchBackend], data_dir: Path, **options: object) -> AnyBatchBackend:
+    """A backend of the class, named after its kind, that refreshes often and keeps its job
+    directories under ``data_dir``."""
+    settings = {"min_refresh_interval": 0.3, "accounting_delay": 10, **options}
+    return cls(cls.kind, cls.Options.model_validate(settings), BackendContext(data_dir / "jobs"))
+
+
+def assert_refused(backend: BatchBackend, changes: Mapping[str, Any], field: str) -> None:
+    """The backend refuses a spec with these changes, naming the field."""
+    with pytest.raises(ResourcesNotSupportedError, match=re.escape(field)):
+        backend.check(JobSpec(executable="x").replace(**changes))
 
 
 def render_case(backend: BatchBackend, case: str, dependencies: bool = False) -> str:
@@ -99,7 +130,9 @@ def check_golden(scheduler: str, name: str, text: str) -> None:
     assert text == path.read_text(), f"{path} differs; rerun with JOBBRIDGE_UPDATE_GOLDEN=1"
 
 
-def run_rendered_script(backend: BatchBackend, tmp_path: Path, env: dict[str, str]) -> dict:
+def run_rendered_script(
+    backend: BatchBackend, tmp_path: Path, env: dict[str, str]
+) -> dict[str, Any]:
     """Render a hostile spec, run it with bash as a scheduler would, and return what the
     program saw: its arguments, a variable, its working directory."""
     workdir = tmp_path / "my dir" / "$(x)" / "it's"
@@ -128,7 +161,8 @@ def run_rendered_script(backend: BatchBackend, tmp_path: Path, env: dict[str, st
     )
     assert done.returncode == 0, done.stderr
     assert not list(tmp_path.rglob("pwned"))
-    return json.loads((workdir / "out 'file'.log").read_text())
+    seen: dict[str, Any] = json.loads((workdir / "out 'file'.log").read_text())
+    return seen
 
 
 class BatchScenarios:
@@ -311,9 +345,224 @@ class CountingTransport:
         self.inner = inner
         self.commands: list[list[str]] = []
 
+    @classmethod
+    def around(cls, backend: BatchBackend) -> CountingTransport:
+        """Put one around the backend's transport."""
+        counting = cls(backend.transport)
+        backend.transport = counting  # type: ignore[assignment]
+        return counting
+
     def run(self, argv: list[str], **kwargs: object) -> object:
         self.commands.append(list(argv))
         return self.inner.run(argv, **kwargs)  # type: ignore[attr-defined]
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
+
+
+def commands_of_one_refresh(engine: Engine, counting: CountingTransport) -> list[list[str]]:
+    """The commands one refresh of the engine runs."""
+    counting.commands.clear()
+    engine.refresh()
+    return counting.commands
+
+
+@dataclass(frozen=True)
+class Outage:
+    """How one of a scheduler's tools answers when it cannot do its work (its server is out
+    of reach, say): only calls with the argument ``when``, if given."""
+
+    tool: str
+    said: str
+    when: str | None = None
+    returncode: int = 1
+
+    def hits(self, argv: list[str]) -> bool:
+        return argv[0] == self.tool and (self.when is None or self.when in argv)
+
+
+class FailingTool:
+    """Wraps a real transport; the tool of an ``Outage`` answers as it says."""
+
+    def __init__(self, inner: object, outage: Outage) -> None:
+        self.inner, self.outage = inner, outage
+
+    @classmethod
+    def around(cls, backend: BatchBackend, outage: Outage) -> None:
+        backend.transport = cls(backend.transport, outage)  # type: ignore[assignment]
+
+    def run(self, argv: list[str], **kwargs: object) -> object:
+        if self.outage.hits(argv):
+            return CommandResult(tuple(argv), self.outage.returncode, "", self.outage.said)
+        return self.inner.run(argv, **kwargs)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+class ScriptedTransport:
+    """A transport that answers each tool with recorded text and has the given files."""
+
+    def __init__(
+        self, answers: Mapping[str, str], files: Mapping[str, bytes] | None = None
+    ) -> None:
+        self.answers = dict(answers)
+        self.files = dict(files or {})
+        self.commands: list[list[str]] = []
+
+    def run(self, argv: list[str], **kwargs: object) -> CommandResult:
+        self.commands.append(list(argv))
+        return CommandResult(tuple(argv), 0, self.answers[argv[0]], "")
+
+    def read_many(self, paths: list[str], limit: int = 4096) -> dict[str, bytes]:
+        return {path: self.files[path] for path in paths if path in self.files}
+
+
+# -- driving a backend directly ------------------------------------------------------------------
+
+
+def new_job(spec: JobSpec, created: datetime | None = None) -> Job:
+    return Job(id=new_job_id(), spec=spec, backend="cluster", created=created or datetime.now(UTC))
+
+
+def new_members(spec: JobSpec) -> list[Job]:
+    array_id = new_job_id()
+    assert spec.array is not None
+    return [
+        new_job(spec).model_copy(update={"array_id": array_id, "array_index": index})
+        for index in spec.array.indices
+    ]
+
+
+def wait_until_ended(backend: BatchBackend, job: Job, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = backend.status([job]).get(job.id)
+        if isinstance(status, JobStatus) and status.phase.is_final:
+            return
+        assert time.monotonic() < deadline, f"{job.native_id} never ended: {status}"
+        time.sleep(0.2)
+
+
+def located_by_member(backend: BatchBackend, entry: str, array: str) -> dict[int, list[str]]:
+    """What one id of ``parse_located`` stands for, for each member of an array with these
+    indices that it stands for at all."""
+    members = new_members(JobSpec(executable="x", array=array))
+    found = {job.array_index: backend.located_ids(entry, job) for job in members}
+    return {index: ids for index, ids in found.items() if index is not None and ids}
+
+
+class BackendScenarios:
+    """What every scheduler must do driven directly, without the engine: ``locate`` finds
+    what submissions created by their marks, and what a job script printed outside the
+    program is where ``scheduler_output_path`` says. A subclass provides the fixture
+    ``backend`` (a fresh one on its scheduler) and the figures below; what the tests leave
+    queued is cancelled after them."""
+
+    hold_attribute: ClassVar[str]
+    """The attribute that submits a job on hold (set true)."""
+    queue_down: ClassVar[Outage]
+    """The locate command for the queue failing."""
+    accounting_down: ClassVar[Outage]
+    """The locate command for ended jobs failing."""
+    whole_array: ClassVar[str] = "1,3,4"
+    """An array submitted whole, about whose last member and first ``locate`` is asked."""
+    lone_array: ClassVar[str] = "5,7,9"
+    """An array whose first and last members are handed over alone."""
+    last_member_id: ClassVar[str]
+    """A pattern that the native id of that array's last member matches."""
+
+    @property
+    def held(self) -> dict[str, Any]:
+        return {self.hold_attribute: True}
+
+    @pytest.fixture(autouse=True)
+    def _cancel_leftovers(self, backend: BatchBackend) -> Iterator[None]:
+        self.submitted: list[str] = []
+        yield
+        if self.submitted:
+            backend._run(backend.cancel_command(self.submitted), check=False)
+
+    def submit(self, backend: BatchBackend, *jobs: Job) -> list[str]:
+        """Each job alone (array members each as a one-task array)."""
+        natives = [backend.submit(job) for job in jobs]
+        self.submitted += natives
+        return natives
+
+    def submit_array(self, backend: BatchBackend, members: list[Job]) -> list[str]:
+        natives = backend.submit_array(members)
+        self.submitted += natives
+        return natives
+
+    def wait_until_searchable(self, backend: BatchBackend, job: Job) -> None:
+        """Until the job has ended where ``locate`` looks for ended jobs."""
+        wait_until_ended(backend, job)
+
+    def check_ended_later(self, backend: BatchBackend, job: Job) -> None:
+        """What more the scheduler tells of an ended job that ``locate`` found."""
+
+    def test_locate_finds_submissions_whose_native_ids_were_forgotten(
+        self, backend: BatchBackend
+    ) -> None:
+        held = new_job(JobSpec(executable="true", name="9 held", attributes=self.held))
+        ended = new_job(JobSpec(executable="true", name="7 quick"))
+        never = new_job(JobSpec(executable="true"))
+        natives = dict(zip([held.id, ended.id], self.submit(backend, held, ended), strict=True))
+        ended = ended.model_copy(update={"native_id": natives[ended.id]})
+        self.wait_until_searchable(backend, ended)
+        located = backend.locate([held, ended, never])
+        assert located.found == {held.id: [natives[held.id]], ended.id: [natives[ended.id]]}
+        assert located.complete
+        self.check_ended_later(backend, ended)
+
+    def test_locate_finds_array_members_by_their_member_ids(self, backend: BatchBackend) -> None:
+        spec = JobSpec(executable="true", attributes=self.held)
+        whole = new_members(spec.replace(array=self.whole_array))
+        whole_ids = self.submit_array(backend, whole)
+        # members handed over one by one carry their array's tag too, each only its own
+        alone = new_members(spec.replace(array=self.lone_array))
+        alone_ids = self.submit(backend, alone[0], alone[-1])
+        located = backend.locate([whole[-1], whole[0], *alone])
+        assert located.found == {
+            whole[-1].id: [whole_ids[-1]],
+            whole[0].id: [whole_ids[0]],
+            alone[0].id: [alone_ids[0]],
+            alone[-1].id: [alone_ids[1]],
+        }
+        assert re.search(self.last_member_id, whole_ids[-1]), whole_ids
+        assert len(set(whole_ids)) == len(whole_ids)
+
+    def test_locate_returns_every_duplicate(self, backend: BatchBackend) -> None:
+        job = new_job(JobSpec(executable="true", attributes=self.held))
+        twice = self.submit(backend, job, job)
+        assert sorted(backend.locate([job]).found[job.id]) == sorted(twice)
+        assert len(set(twice)) == 2
+
+    def test_locate_is_incomplete_when_ended_jobs_cannot_be_searched(
+        self, backend: BatchBackend
+    ) -> None:
+        job = new_job(JobSpec(executable="true", attributes=self.held))
+        [native] = self.submit(backend, job)
+        FailingTool.around(backend, self.accounting_down)
+        located = backend.locate([job])
+        assert (located.found, located.complete) == ({job.id: [native]}, False)
+
+    def test_locate_fails_when_the_queue_cannot_be_listed(self, backend: BatchBackend) -> None:
+        job = new_job(JobSpec(executable="true", attributes=self.held))
+        self.submit(backend, job)
+        FailingTool.around(backend, self.queue_down)
+        with pytest.raises(BackendError, match=re.escape(self.queue_down.said.strip())):
+            backend.locate([job])
+
+    def test_what_the_job_script_printed_is_where_the_scheduler_put_it(
+        self, backend: BatchBackend
+    ) -> None:
+        spec = JobSpec(executable="true", prologue="echo 'said by the script' >&2")
+        jobs = [new_job(spec), *new_members(spec.replace(array="2-3"))]
+        natives = [*self.submit(backend, jobs[0]), *self.submit_array(backend, jobs[1:])]
+        for job, native in zip(jobs, natives, strict=True):
+            job = job.model_copy(update={"native_id": native})
+            wait_until_ended(backend, job, timeout=60)
+            path = backend.scheduler_output_path(job, "stderr")
+            assert path is not None and Path(path).read_text() == "said by the script\n", path
+            assert Path(backend.scheduler_output_path(job, "stdout") or "").exists()

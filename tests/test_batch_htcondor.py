@@ -15,19 +15,24 @@ from pathlib import Path
 
 import pytest
 
-from jobbridge import Engine, Job, JobSpec, JobStatus, Phase, ResourcesNotSupportedError
-from jobbridge.backends.base import BackendContext
-from jobbridge.backends.batch.base import NativeState
+from jobbridge import Engine, Job, JobSpec, Phase, ResourcesNotSupportedError
+from jobbridge.backends.batch.base import BatchBackend, NativeState
 from jobbridge.backends.batch.htcondor import HTCondorBackend, HTCondorState
 from jobbridge.errors import BackendError
-from jobbridge.job import new_job_id
 from tests.batch_support import (
     CASES,
     FIXED_TIME,
+    BackendScenarios,
     BatchScenarios,
     CountingTransport,
+    Outage,
+    array_members,
+    assert_refused,
     case_jobs,
     check_golden,
+    commands_of_one_refresh,
+    located_by_member,
+    make_backend,
     make_engine,
     render_case,
     run_rendered_script,
@@ -40,11 +45,7 @@ STATUS_TOOLS = ("condor_q", "condor_history")
 
 def condor_backend(data_dir: Path, **options: object) -> HTCondorBackend:
     settings = {"min_refresh_interval": 0.2, "accounting_delay": 5, **options}
-    return HTCondorBackend(
-        "htcondor",
-        HTCondorBackend.Options.model_validate(settings),
-        BackendContext(data_dir / "jobs"),
-    )
+    return make_backend(HTCondorBackend, data_dir, **settings)
 
 
 @pytest.fixture
@@ -118,16 +119,14 @@ def test_one_refresh_of_100_active_jobs_runs_one_status_command(
     isolated_data_dir: Path, condor: Path
 ) -> None:
     backend = condor_backend(isolated_data_dir)
-    counting = CountingTransport(backend.transport)
-    backend.transport = counting  # type: ignore[assignment]
+    counting = CountingTransport.around(backend)
     with make_engine(backend, isolated_data_dir) as engine:
         spec = JobSpec(
             executable="true", inherit_environment=False, attributes={"htcondor.hold": True}
         )
         jobs = [engine.submit(spec) for _ in range(100)]
-        counting.commands.clear()
-        engine.refresh()
-        status_commands = [c for c in counting.commands if c[0] in STATUS_TOOLS]
+        commands = commands_of_one_refresh(engine, counting)
+        status_commands = [c for c in commands if c[0] in STATUS_TOOLS]
         assert len(status_commands) == 1, status_commands
         assert status_commands[0][-100:] == [job.native_id.split(".")[0] for job in jobs]  # type: ignore[union-attr]
         assert all(engine.get(job.id).phase is Phase.HELD for job in jobs)
@@ -137,8 +136,7 @@ def test_history_is_asked_only_about_jobs_that_left_no_exit_file(
     isolated_data_dir: Path, condor: Path
 ) -> None:
     backend = condor_backend(isolated_data_dir)
-    counting = CountingTransport(backend.transport)
-    backend.transport = counting  # type: ignore[assignment]
+    counting = CountingTransport.around(backend)
     with make_engine(backend, isolated_data_dir) as engine:
         running = engine.submit(JobSpec(executable="sleep", arguments=["60"]))
         recorded = engine.submit(JobSpec(executable="sh", arguments=["-c", "exit 5"]))
@@ -210,18 +208,7 @@ def test_a_capped_native_array_materializes_a_few_jobs_at_a_time(
     # backend must still answer for them (QUEUED), never let them go LOST.
     backend = condor_backend(isolated_data_dir)
     program = 'sleep 0.5; echo "$JOBBRIDGE_ARRAY_INDEX"'
-    spec = JobSpec(executable="sh", arguments=["-c", program], array="1,3,5-7%2")
-    members = [
-        Job(
-            id=f"jb0member{index:03d}",
-            spec=spec,
-            backend="htcondor",
-            array_id="jb0array0000",
-            array_index=index,
-            created=FIXED_TIME,
-        )
-        for index in spec.array.indices  # type: ignore[union-attr]
-    ]
+    members = array_members(JobSpec(executable="sh", arguments=["-c", program], array="1,3,5-7%2"))
     native_ids = backend.submit_array(members)
     members = [
         m.model_copy(update={"native_id": n}) for m, n in zip(members, native_ids, strict=True)
@@ -245,18 +232,7 @@ def test_a_job_not_yet_materialized_cannot_be_cancelled_yet(
     isolated_data_dir: Path, condor: Path
 ) -> None:
     backend = condor_backend(isolated_data_dir)
-    spec = JobSpec(executable="sleep", arguments=["30"], array="0-2%1")
-    members = [
-        Job(
-            id=f"jb0member{index:03d}",
-            spec=spec,
-            backend="htcondor",
-            array_id="jb0array0001",
-            array_index=index,
-            created=FIXED_TIME,
-        )
-        for index in range(3)
-    ]
+    members = array_members(JobSpec(executable="sleep", arguments=["30"], array="0-2%1"))
     native_ids = backend.submit_array(members)
     first, _, last = (
         m.model_copy(update={"native_id": n}) for m, n in zip(members, native_ids, strict=True)
@@ -360,8 +336,7 @@ def test_portable_variables_come_from_the_job_environment(tmp_path: Path) -> Non
 def test_what_a_submit_description_cannot_carry_is_refused(
     tmp_path: Path, changes: dict, field: str
 ) -> None:
-    with pytest.raises(ResourcesNotSupportedError, match=field.replace(".", r"\.")):
-        condor_backend(tmp_path).check(JobSpec(executable="x").replace(**changes))
+    assert_refused(condor_backend(tmp_path), changes, field)
 
 
 # Samples in the documented `condor_q -json` / `condor_history -json` format: a JSON array of
@@ -518,124 +493,30 @@ def test_the_fake_reads_the_environment_command_as_documented(tmp_path: Path) ->
 # -- finding submissions by their mark (locate), through the fake tools ----------------------
 
 
-def new_job(spec: JobSpec, created: datetime | None = None) -> Job:
-    when = created or datetime.now(UTC)
-    return Job(id=new_job_id(), spec=spec, backend="htcondor", created=when)
-
-
-def new_members(spec: JobSpec) -> list[Job]:
-    array_id = new_job_id()
-    assert spec.array is not None
-    return [
-        new_job(spec).model_copy(update={"array_id": array_id, "array_index": index})
-        for index in spec.array.indices
-    ]
-
-
-def wait_until_ended(backend: HTCondorBackend, job: Job) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        status = backend.status([job]).get(job.id)
-        if isinstance(status, JobStatus) and status.phase.is_final:
-            return
-        assert time.monotonic() < deadline, f"{job.native_id} never ended: {status}"
-        time.sleep(0.2)
-
-
-def shadow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tool: str) -> None:
-    """Put a ``tool`` first on PATH that fails as HTCondor's do when the schedd is away."""
-    directory = tmp_path / f"shadow-{tool}"
-    directory.mkdir()
-    script = directory / tool
-    script.write_text(
-        "#!/bin/sh\necho '-- Failed to fetch ads from: <127.0.0.1:9618> : schedd' >&2\nexit 1\n"
-    )
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ['PATH']}")
-
-
-HELD = {"htcondor.hold": True}
-
-
-def test_locate_finds_submissions_whose_native_ids_were_forgotten(
-    isolated_data_dir: Path, condor: Path
-) -> None:
-    backend = condor_backend(isolated_data_dir)
-    held = new_job(JobSpec(executable="true", name="held one", attributes=HELD))
-    ended = new_job(JobSpec(executable="true"))
-    never = new_job(JobSpec(executable="true"))
-    natives = {held.id: backend.submit(held), ended.id: backend.submit(ended)}
-    wait_until_ended(backend, ended.model_copy(update={"native_id": natives[ended.id]}))
-    located = backend.locate([held, ended, never])
-    assert located.found == {held.id: [natives[held.id]], ended.id: [natives[ended.id]]}
-    assert located.complete
-    # the history is read back to the search's start only
-    later = ended.model_copy(update={"created": datetime.now(UTC) + timedelta(hours=1)})
-    assert backend.locate([later]).found == {}
-
-
-def test_locate_finds_array_members_by_their_member_ids(
-    isolated_data_dir: Path, condor: Path
-) -> None:
-    backend = condor_backend(isolated_data_dir)
+class TestHTCondorBackend(BackendScenarios):
+    hold_attribute = "htcondor.hold"
+    queue_down = Outage("condor_q", "-- Failed to fetch ads from: <127.0.0.1:9618> : schedd")
+    accounting_down = Outage("condor_history", "-- Failed to fetch ads from: <127.0.0.1:9618>")
     # two at a time: the last members are not in the queue yet, their cluster is
-    whole = new_members(JobSpec(executable="true", array="1,3,4,8%2", attributes=HELD))
-    whole_ids = backend.submit_array(whole)
-    alone = new_members(JobSpec(executable="true", array="5,7,9", attributes=HELD))
-    alone_ids = {alone[0].id: backend.submit(alone[0]), alone[2].id: backend.submit(alone[2])}
-    located = backend.locate([whole[3], whole[0], *alone])
-    assert located.found == {
-        whole[3].id: [whole_ids[3]],
-        whole[0].id: [whole_ids[0]],
-        alone[0].id: [alone_ids[alone[0].id]],
-        alone[2].id: [alone_ids[alone[2].id]],
-    }
-    assert whole_ids[3].endswith(".3")
+    whole_array = "1,3,4,8%2"
+    last_member_id = r"\.3$"
+
+    @pytest.fixture
+    def backend(self, isolated_data_dir: Path, condor: Path) -> HTCondorBackend:
+        return condor_backend(isolated_data_dir)
+
+    def check_ended_later(self, backend: BatchBackend, job: Job) -> None:
+        # the history is read back to the search's start only
+        later = job.model_copy(update={"created": datetime.now(UTC) + timedelta(hours=1)})
+        assert backend.locate([later]).found == {}
 
 
-def test_locate_returns_every_duplicate(isolated_data_dir: Path, condor: Path) -> None:
-    backend = condor_backend(isolated_data_dir)
-    job = new_job(JobSpec(executable="true", attributes=HELD))
-    twice = [backend.submit(job), backend.submit(job)]
-    assert sorted(backend.locate([job]).found[job.id]) == sorted(twice)
-    assert len(set(twice)) == 2
-
-
-def test_locate_is_incomplete_when_the_history_cannot_be_read(
-    isolated_data_dir: Path, condor: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    backend = condor_backend(isolated_data_dir)
-    job = new_job(JobSpec(executable="true", attributes=HELD))
-    native = backend.submit(job)
-    shadow(monkeypatch, tmp_path, "condor_history")
-    located = backend.locate([job])
-    assert (located.found, located.complete) == ({job.id: [native]}, False)
-
-
-def test_locate_fails_when_the_queue_cannot_be_listed(
-    isolated_data_dir: Path, condor: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    backend = condor_backend(isolated_data_dir)
-    job = new_job(JobSpec(executable="true", attributes=HELD))
-    backend.submit(job)
-    shadow(monkeypatch, tmp_path, "condor_q")
-    with pytest.raises(BackendError, match="Failed to fetch ads"):
-        backend.locate([job])
-
-
-def test_what_the_job_script_printed_is_in_the_jobs_error_file(
-    isolated_data_dir: Path, condor: Path
-) -> None:
-    backend = condor_backend(isolated_data_dir)
-    spec = JobSpec(executable="true", prologue="echo 'said by the script' >&2")
-    jobs = [new_job(spec), *new_members(spec.replace(array="2-3"))]
-    natives = [backend.submit(jobs[0]), *backend.submit_array(jobs[1:])]
-    for job, native in zip(jobs, natives, strict=True):
-        job = job.model_copy(update={"native_id": native})
-        wait_until_ended(backend, job)
-        path = backend.scheduler_output_path(job, "stderr")
-        assert path is not None and Path(path).read_text() == "said by the script\n", path
-        assert path.endswith(f"htcondor-{native}.err")
+def test_the_scheduler_output_paths(tmp_path: Path) -> None:
+    backend = condor_backend(tmp_path, work_dir="/w")
+    [job] = case_jobs("plain")
+    member = case_jobs("array")[4].model_copy(update={"native_id": "8.4"})
+    assert backend.scheduler_output_path(member, "stderr") == "/w/jb0array0000/htcondor-8.4.err"
+    assert backend.scheduler_output_path(job, "stdout") is None  # not submitted
 
 
 def test_the_fake_tools_filter_as_documented(condor: Path, tmp_path: Path) -> None:
@@ -736,12 +617,10 @@ def test_located_marks_are_read_from_the_ads() -> None:
     ]
     assert backend.parse_located(json.dumps(ads)) == {
         "jb-aaaa": ["5.0"],
-        "jb-bbbb": ["6.0#*", "7.0#3"],
+        "jb-bbbb": ["6", "7.0#3"],
     }
-    members = new_members(JobSpec(executable="x", array="1,3,8"))
-    assert backend.member_ids("6.0#*", [members[2]]) == ["6.2"]
-    assert backend.member_ids("7.0#3", members) == ["7.0"]
-    assert backend.member_ids("7.0#3", [members[0]]) == []
+    assert located_by_member(backend, "6", "1,3,8")[8] == ["6.2"]
+    assert located_by_member(backend, "7.0#3", "1,3,8") == {3: ["7.0"]}
     command = backend.locate_queue_command(["jb-a", "jb-b"])
     assert command[-2:] == ["-constraint", 'JobbridgeId =?= "jb-a" || JobbridgeId =?= "jb-b"']
     since = datetime(2026, 1, 1, tzinfo=UTC)

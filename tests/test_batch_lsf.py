@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,19 +18,26 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobbridge import Engine, JobSpec, JobStatus, Phase, ResourcesNotSupportedError
+from jobbridge import Engine, JobSpec, Phase, ResourcesNotSupportedError
 from jobbridge.backends.base import BackendContext, NativeDependency
-from jobbridge.backends.batch.base import NativeState
+from jobbridge.backends.batch.base import BatchBackend, NativeState
 from jobbridge.backends.batch.lsf import LsfBackend, lsf_index_list, run_limit
-from jobbridge.errors import BackendError
-from jobbridge.job import Job, new_job_id
+from jobbridge.job import Job
 from jobbridge.spec import ArraySpec
 from tests.batch_support import (
     CASES,
     FIXED_TIME,
+    BackendScenarios,
     BatchScenarios,
     CountingTransport,
+    Outage,
+    array_members,
+    assert_refused,
+    case_jobs,
     check_golden,
+    commands_of_one_refresh,
+    located_by_member,
+    make_backend,
     make_engine,
     render_case,
     run_rendered_script,
@@ -64,10 +70,7 @@ def _stop_leftovers(root: Path) -> None:
 
 
 def lsf_backend(data_dir: Path, **options: object) -> LsfBackend:
-    settings = {"min_refresh_interval": 0.3, "accounting_delay": 10, **options}
-    return LsfBackend(
-        "lsf", LsfBackend.Options.model_validate(settings), BackendContext(data_dir / "jobs")
-    )
+    return make_backend(LsfBackend, data_dir, **options)
 
 
 @pytest.fixture
@@ -111,16 +114,14 @@ def test_one_refresh_of_100_active_jobs_runs_one_status_command(
     fake_lsf: Path, isolated_data_dir: Path
 ) -> None:
     backend = lsf_backend(isolated_data_dir)
-    counting = CountingTransport(backend.transport)
-    backend.transport = counting  # type: ignore[assignment]
+    counting = CountingTransport.around(backend)
     with make_engine(backend, isolated_data_dir) as engine:
         spec = JobSpec(executable="true", attributes={"lsf.H": True})
         jobs = [engine.submit(spec) for _ in range(50)]
         jobs += engine.submit_array(spec.replace(array="0-49"))
         try:
-            counting.commands.clear()
-            engine.refresh()
-            assert [c[0] for c in counting.commands] == ["bjobs"], counting.commands
+            commands = commands_of_one_refresh(engine, counting)
+            assert [c[0] for c in commands] == ["bjobs"], commands
             assert all(engine.get(job.id).phase is Phase.HELD for job in jobs)
         finally:
             backend._run(["bkill", *{(job.native_id or "").split("[")[0] for job in jobs}])
@@ -198,14 +199,13 @@ def test_array_elements_see_jobbridge_indices_and_lsf_variables(tmp_path: Path) 
     backend = lsf_backend(tmp_path)
     program = 'echo "$JOBBRIDGE_ARRAY_INDEX|$JOBBRIDGE_JOB_ID|$JOBBRIDGE_NODELIST"'
     spec = JobSpec(executable="sh", arguments=["-c", program], array="0-3", directory=str(tmp_path))
-    job = Job(id="jb0array0000", spec=spec, backend="lsf", created=FIXED_TIME)
-    members = [job.model_copy(update={"array_id": job.id, "array_index": i}) for i in range(4)]
-    Path(backend.job_dir(job)).mkdir(parents=True)
+    members = array_members(spec)
+    Path(backend.job_dir(members[0])).mkdir(parents=True)
     script = tmp_path / "job.sh"
     script.write_text(backend.render_script(members[0], members))
     lsf = {"LSB_JOBID": "77", "LSB_JOBINDEX": "3", "LSB_MCPU_HOSTS": "node1 4 node2 2"}
     subprocess.run(["bash", str(script)], env={**os.environ, **lsf}, check=True, timeout=30)
-    stdout = Path(backend.job_dir(job)) / "stdout.2"
+    stdout = Path(backend.job_dir(members[0])) / "stdout.2"
     assert stdout.read_text() == "2|77[3]|node1,node2\n"
 
 
@@ -226,8 +226,7 @@ def test_array_elements_see_jobbridge_indices_and_lsf_variables(tmp_path: Path) 
 def test_what_a_directive_cannot_carry_is_refused(
     tmp_path: Path, changes: dict, field: str
 ) -> None:
-    with pytest.raises(ResourcesNotSupportedError, match=field.replace(".", r"\.")):
-        lsf_backend(tmp_path).check(JobSpec(executable="x").replace(**changes))
+    assert_refused(lsf_backend(tmp_path), changes, field)
 
 
 def test_extra_bsub_options_pass_through(tmp_path: Path) -> None:
@@ -271,11 +270,7 @@ def test_every_index_set_survives_the_lsf_index_list(indices: set[int]) -> None:
 
 def test_ids_of_arrays() -> None:
     backend = LsfBackend("lsf", LsfBackend.Options(), BackendContext(Path("/x")))
-    members = [
-        Job(id=f"m{i}", spec=JobSpec(executable="x"), backend="lsf", created=FIXED_TIME,
-            array_id="a", array_index=i)
-        for i in (0, 4)
-    ]  # fmt: skip
+    members = array_members(JobSpec(executable="x", array="0,4"))
     assert backend.member_ids("31", members) == ["31[1]", "31[5]"]
     assert backend.query_ids(["31[1]", "31[5]", "40"]) == ["31", "40"]
 
@@ -383,124 +378,34 @@ def test_the_fake_refuses_what_lsf_refuses_and_caps_arrays(fake_lsf: Path, tmp_p
 # -- finding submissions by their mark (locate), through the fake tools ----------------------
 
 
-def new_job(spec: JobSpec) -> Job:
-    return Job(id=new_job_id(), spec=spec, backend="lsf", created=datetime.now(UTC))
+class TestLsfBackend(BackendScenarios):
+    hold_attribute = "lsf.H"
+    queue_down = Outage("bjobs", "LSF is down. Please wait ...", returncode=255)
+    accounting_down = Outage("bhist", "LSF is down. Please wait ...", returncode=255)
+    whole_array = "0-3"
+    last_member_id = r"\[4\]$"  # LSF numbers elements from 1
+
+    @pytest.fixture
+    def backend(self, fake_lsf: Path, isolated_data_dir: Path) -> LsfBackend:
+        return lsf_backend(isolated_data_dir)
+
+    def check_ended_later(self, backend: BatchBackend, job: Job) -> None:
+        # once bjobs has forgotten the ended job, the event log still has it
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("FAKESCHED_LSF_CLEAN_PERIOD", "0")
+            listing = backend._run(backend.locate_queue_command(["x"]))
+            assert job.native_id not in listing.stdout
+            assert backend.locate([job]).found == {job.id: [job.native_id]}
 
 
-def new_members(spec: JobSpec) -> list[Job]:
-    array_id = new_job_id()
-    assert spec.array is not None
-    return [
-        new_job(spec).model_copy(update={"array_id": array_id, "array_index": index})
-        for index in spec.array.indices
-    ]
-
-
-def wait_until_ended(backend: LsfBackend, job: Job) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        status = backend.status([job]).get(job.id)
-        if isinstance(status, JobStatus) and status.phase.is_final:
-            return
-        assert time.monotonic() < deadline, f"{job.native_id} never ended: {status}"
-        time.sleep(0.2)
-
-
-def shadow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tool: str) -> None:
-    """Put a ``tool`` first on PATH that fails as LSF's do when mbatchd cannot be reached."""
-    directory = tmp_path / f"shadow-{tool}"
-    directory.mkdir()
-    script = directory / tool
-    script.write_text("#!/bin/sh\necho 'LSF is down. Please wait ...' >&2\nexit 255\n")
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ['PATH']}")
-
-
-HELD = {"lsf.H": True}
-
-
-def test_locate_finds_submissions_whose_native_ids_were_forgotten(
-    fake_lsf: Path, isolated_data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    backend = lsf_backend(isolated_data_dir)
-    held = new_job(JobSpec(executable="true", name="held one", attributes=HELD))
-    ended = new_job(JobSpec(executable="true"))
-    never = new_job(JobSpec(executable="true"))
-    natives = {held.id: backend.submit(held), ended.id: backend.submit(ended)}
-    wait_until_ended(backend, ended.model_copy(update={"native_id": natives[ended.id]}))
-    located = backend.locate([held, ended, never])
-    assert located.found == {held.id: [natives[held.id]], ended.id: [natives[ended.id]]}
-    assert located.complete
-    # once bjobs has forgotten the ended job, the event log still has it
-    monkeypatch.setenv("FAKESCHED_LSF_CLEAN_PERIOD", "0")
-    listing = backend._run(backend.locate_queue_command(["x"]))
-    assert natives[ended.id] not in listing.stdout
-    assert backend.locate([ended]).found == {ended.id: [natives[ended.id]]}
-
-
-def test_locate_finds_array_members_by_their_member_ids(
-    fake_lsf: Path, isolated_data_dir: Path
-) -> None:
-    backend = lsf_backend(isolated_data_dir)
-    whole = new_members(JobSpec(executable="true", array="0-3", attributes=HELD))
-    whole_ids = backend.submit_array(whole)
-    alone = new_members(JobSpec(executable="true", array="5,7,9", attributes=HELD))
-    alone_ids = {alone[0].id: backend.submit(alone[0]), alone[2].id: backend.submit(alone[2])}
-    located = backend.locate([whole[2], whole[0], *alone])
-    assert located.found == {
-        whole[2].id: [whole_ids[2]],
-        whole[0].id: [whole_ids[0]],
-        alone[0].id: [alone_ids[alone[0].id]],
-        alone[2].id: [alone_ids[alone[2].id]],
-    }
-    assert whole_ids[2].endswith("[3]")
-
-
-def test_locate_returns_every_duplicate(fake_lsf: Path, isolated_data_dir: Path) -> None:
-    backend = lsf_backend(isolated_data_dir)
-    job = new_job(JobSpec(executable="true", attributes=HELD))
-    twice = [backend.submit(job), backend.submit(job)]
-    assert sorted(backend.locate([job]).found[job.id]) == sorted(twice)
-    assert len(set(twice)) == 2
-
-
-def test_locate_is_incomplete_when_the_event_log_cannot_be_read(
-    fake_lsf: Path, isolated_data_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    backend = lsf_backend(isolated_data_dir)
-    job = new_job(JobSpec(executable="true", attributes=HELD))
-    native = backend.submit(job)
-    shadow(monkeypatch, tmp_path, "bhist")
-    located = backend.locate([job])
-    assert (located.found, located.complete) == ({job.id: [native]}, False)
-
-
-def test_locate_fails_when_the_queue_cannot_be_listed(
-    fake_lsf: Path, isolated_data_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    backend = lsf_backend(isolated_data_dir)
-    job = new_job(JobSpec(executable="true", attributes=HELD))
-    backend.submit(job)
-    shadow(monkeypatch, tmp_path, "bjobs")
-    with pytest.raises(BackendError, match="LSF is down"):
-        backend.locate([job])
-
-
-def test_what_the_job_script_printed_is_where_lsf_put_it(
-    fake_lsf: Path, isolated_data_dir: Path
-) -> None:
-    backend = lsf_backend(isolated_data_dir)
-    spec = JobSpec(executable="true", prologue="echo 'said by the script' >&2")
-    jobs = [new_job(spec), *new_members(spec.replace(array="2-3"))]
-    natives = [backend.submit(jobs[0]), *backend.submit_array(jobs[1:])]
-    for job, native in zip(jobs, natives, strict=True):
-        job = job.model_copy(update={"native_id": native})
-        wait_until_ended(backend, job)
-        path = backend.scheduler_output_path(job, "stderr")
-        assert path is not None and Path(path).read_text() == "said by the script\n", path
-    member = jobs[2].model_copy(update={"native_id": "7[4]"})
-    expected = os.path.join(backend.job_dir(member), "lsf-7_4.out")
-    assert backend.scheduler_output_path(member, "stdout") == expected
+def test_the_scheduler_output_paths(tmp_path: Path) -> None:
+    backend = lsf_backend(tmp_path, work_dir="/w")
+    [job, member] = case_jobs("plain")[0], case_jobs("array")[4]
+    plain = job.model_copy(update={"native_id": "7"})
+    member = member.model_copy(update={"native_id": "8[5]"})
+    assert backend.scheduler_output_path(plain, "stderr") == "/w/jb0case0plai/lsf-7.err"
+    assert backend.scheduler_output_path(member, "stdout") == "/w/jb0array0000/lsf-8_5.out"
+    assert backend.scheduler_output_path(job, "stdout") is None  # not submitted
 
 
 def test_the_fake_bhist_answers_as_documented(fake_lsf: Path, tmp_path: Path) -> None:
@@ -613,14 +518,8 @@ def test_located_names_are_read_from_bjobs_and_bhist(tmp_path: Path) -> None:
         "10[2]  alice  arr.jb-dddd[2]  0      0      1      0      0      0      1\n"
     )
     assert backend.parse_located_accounting(history) == {"jb-cccc": ["9"], "jb-dddd": ["10"]}
-    members = [
-        Job(id=f"m{i}", spec=JobSpec(executable="x", array="0-4"), backend="lsf",
-            created=FIXED_TIME, array_id="a", array_index=i)
-        for i in range(5)
-    ]  # fmt: skip
-    assert backend.member_ids("6", [members[1]]) == ["6[2]"]
-    assert backend.member_ids("7#3", members) == ["7[4]"]
-    assert backend.member_ids("7#3", [members[0]]) == []
+    assert located_by_member(backend, "6", "0-4")[1] == ["6[2]"]
+    assert located_by_member(backend, "7#3", "0-4") == {3: ["7[4]"]}
     since = datetime(2026, 11, 29, 18, 16, 59, tzinfo=UTC)
     assert backend.locate_accounting_command(["jb-x"], since)[-2:] == ["-S", "2026/11/29/18:16,"]
     assert backend.status_environment() == {"TZ": "UTC"}

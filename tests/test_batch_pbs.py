@@ -8,33 +8,35 @@ import json
 import logging
 import os
 import re
-import shlex
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from jobbridge import Engine, Job, JobSpec, JobStatus, Phase, ResourcesNotSupportedError
-from jobbridge.backends.base import BackendContext, NativeDependency
+from jobbridge import Engine, JobSpec, Phase, ResourcesNotSupportedError
+from jobbridge.backends.base import NativeDependency
 from jobbridge.backends.batch.base import NativeState
 from jobbridge.backends.batch.pbs import PbsProBackend
 from jobbridge.backends.batch.torque import TorqueBackend
-from jobbridge.errors import BackendError
-from jobbridge.job import new_job_id
 from tests.batch_support import (
     CASES,
     DEPENDENCIES,
-    FIXED_TIME,
+    BackendScenarios,
     BatchScenarios,
     CountingTransport,
+    Outage,
+    array_members,
+    assert_refused,
     case_jobs,
     check_golden,
+    commands_of_one_refresh,
+    located_by_member,
+    make_backend,
     make_engine,
+    new_job,
     render_case,
     run_rendered_script,
 )
@@ -45,8 +47,7 @@ Backends = type[PbsProBackend] | type[TorqueBackend]
 
 
 def pbs_backend(cls: Backends, data_dir: Path, **options: object) -> PbsProBackend | TorqueBackend:
-    settings = {"min_refresh_interval": 0.3, "accounting_delay": 3, **options}
-    return cls(cls.kind, cls.Options.model_validate(settings), BackendContext(data_dir / "jobs"))
+    return make_backend(cls, data_dir, **{"accounting_delay": 3, **options})
 
 
 @pytest.fixture(scope="session")
@@ -131,14 +132,12 @@ def test_one_refresh_of_100_active_jobs_runs_one_status_command(
     flavour: Backends, isolated_data_dir: Path
 ) -> None:
     backend = pbs_backend(flavour, isolated_data_dir)
-    counting = CountingTransport(backend.transport)
-    backend.transport = counting  # type: ignore[assignment]
+    counting = CountingTransport.around(backend)
     with make_engine(backend, isolated_data_dir) as engine:
         spec = JobSpec(executable="true", attributes={"pbs.h": True})
         jobs = [engine.submit(spec) for _ in range(100)]
-        counting.commands.clear()
-        engine.refresh()
-        assert [command[0] for command in counting.commands] == ["qstat"]
+        commands = commands_of_one_refresh(engine, counting)
+        assert [command[0] for command in commands] == ["qstat"]
         assert all(engine.get(job.id).phase is Phase.HELD for job in jobs)
 
 
@@ -331,18 +330,7 @@ def test_pbspro_golden_files_for_what_only_pbspro_maps(tmp_path: Path) -> None:
     job = job.model_copy(update={"spec": resources})
     check_golden("pbspro", "resources.sh", backend.render_script(job, [job]))
     for name, indices in (("array_lookup.sh", "1,3,5-7%2"), ("array_single.sh", "4")):
-        spec = CASES["array"].replace(array=indices)
-        members = [
-            Job(
-                id=f"jb0member{i:03d}",
-                spec=spec,
-                backend="cluster",
-                created=FIXED_TIME,
-                array_id="jb0array0000",
-                array_index=i,
-            )
-            for i in spec.array.indices  # type: ignore[union-attr]
-        ]
+        members = array_members(CASES["array"].replace(array=indices))
         check_golden("pbspro", name, backend.render_script(members[0], members))
 
 
@@ -391,8 +379,7 @@ def test_array_members_get_the_schedulers_ids(tmp_path: Path) -> None:
 def test_what_a_directive_cannot_carry_is_refused(
     cls: Backends, changes: dict, field: str, tmp_path: Path
 ) -> None:
-    with pytest.raises(ResourcesNotSupportedError, match=field.replace(".", r"\.")):
-        pbs_backend(cls, tmp_path).check(JobSpec(executable="x").replace(**changes))
+    assert_refused(pbs_backend(cls, tmp_path), changes, field)
 
 
 def test_pbspro_refuses_to_wait_for_one_member_of_an_array(tmp_path: Path) -> None:
@@ -539,140 +526,40 @@ def test_the_per_refresh_commands(tmp_path: Path) -> None:
 # -- finding submissions by their mark (locate), through the fake tools ----------------------
 
 
-def new_job(spec: JobSpec) -> Job:
-    return Job(id=new_job_id(), spec=spec, backend="cluster", created=datetime.now(UTC))
+class PbsBackendScenarios(BackendScenarios):
+    hold_attribute = "pbs.h"
+    queue_down = Outage("qstat", "qstat: cannot connect to server srv (errno=111)", returncode=2)
+    accounting_down = Outage("qstat", "qstat: cannot connect to server srv", "-B", 2)
+    backend_class: Backends
+
+    @pytest.fixture
+    def backend(
+        self, isolated_data_dir: Path, cluster: Callable[[str], Path]
+    ) -> PbsProBackend | TorqueBackend:
+        cluster(self.backend_class.kind)
+        return pbs_backend(self.backend_class, isolated_data_dir)
 
 
-def new_members(spec: JobSpec) -> list[Job]:
-    array_id = new_job_id()
-    assert spec.array is not None
-    return [
-        new_job(spec).model_copy(update={"array_id": array_id, "array_index": index})
-        for index in spec.array.indices
-    ]
+class TestPbsProBackend(PbsBackendScenarios):
+    backend_class = PbsProBackend
+    last_member_id = r"^\d+\[2\]"  # not a range: PBS indices 0-2, looked up in the script
 
 
-def wait_until_ended(backend: PbsProBackend | TorqueBackend, job: Job) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        status = backend.status([job]).get(job.id)
-        if isinstance(status, JobStatus) and status.phase.is_final:
-            return
-        assert time.monotonic() < deadline, f"{job.native_id} never ended: {status}"
-        time.sleep(0.2)
-
-
-def shadow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tool: str, when: str = "") -> None:
-    """Put a ``tool`` first on PATH that fails as one whose server cannot be reached, for
-    every call or only for calls with the argument ``when``; other calls reach the fake."""
-    real = shutil.which(tool)
-    assert real is not None
-    directory = tmp_path / f"shadow-{tool}"
-    directory.mkdir()
-    script = directory / tool
-    condition = f'for word do [ "$word" = {shlex.quote(when)} ] && fail=yes; done' if when else ""
-    script.write_text(
-        "#!/bin/sh\n"
-        f"fail={'no' if when else 'yes'}\n"
-        f"{condition}\n"
-        'if [ "$fail" = yes ]; then echo "$0: cannot connect to server" >&2; exit 2; fi\n'
-        f'exec {shlex.quote(real)} "$@"\n'
-    )
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ['PATH']}")
-
-
-HELD = {"pbs.h": True}
-
-
-def test_locate_finds_submissions_whose_native_ids_were_forgotten(
-    flavour: Backends, isolated_data_dir: Path
-) -> None:
-    backend = pbs_backend(flavour, isolated_data_dir)
-    held = new_job(JobSpec(executable="true", name="held one", attributes=HELD))
-    ended = new_job(JobSpec(executable="true", name="7 quick"))
-    never = new_job(JobSpec(executable="true"))
-    natives = {held.id: backend.submit(held), ended.id: backend.submit(ended)}
-    wait_until_ended(backend, ended.model_copy(update={"native_id": natives[ended.id]}))
-    located = backend.locate([held, ended, never])
-    assert located.found == {held.id: [natives[held.id]], ended.id: [natives[ended.id]]}
-    assert located.complete, "the server keeps finished jobs long enough"
-
-
-def test_locate_finds_array_members_by_their_member_ids(
-    flavour: Backends, isolated_data_dir: Path
-) -> None:
-    backend = pbs_backend(flavour, isolated_data_dir)
-    whole = new_members(JobSpec(executable="true", array="1,3,4", attributes=HELD))
-    whole_ids = backend.submit_array(whole)
-    # members handed over one by one carry their array's tag too, each only its own
-    alone = new_members(JobSpec(executable="true", array="5,7,9", attributes=HELD))
-    alone_ids = {alone[0].id: backend.submit(alone[0]), alone[2].id: backend.submit(alone[2])}
-    located = backend.locate([whole[2], whole[0], *alone])
-    assert located.found == {
-        whole[2].id: [whole_ids[2]],
-        whole[0].id: [whole_ids[0]],
-        alone[0].id: [alone_ids[alone[0].id]],
-        alone[2].id: [alone_ids[alone[2].id]],
-    }
-    assert "[" in whole_ids[2] and whole_ids[2] != whole_ids[0]
-
-
-def test_locate_returns_every_duplicate(flavour: Backends, isolated_data_dir: Path) -> None:
-    backend = pbs_backend(flavour, isolated_data_dir)
-    job = new_job(JobSpec(executable="true", attributes=HELD))
-    twice = [backend.submit(job), backend.submit(job)]
-    located = backend.locate([job])
-    assert sorted(located.found[job.id]) == sorted(twice) and len(set(twice)) == 2
+class TestTorqueBackend(PbsBackendScenarios):
+    backend_class = TorqueBackend
+    last_member_id = r"^\d+\[4\]"
 
 
 def test_locate_is_incomplete_when_the_server_keeps_no_finished_jobs(
     flavour: Backends, monkeypatch: pytest.MonkeyPatch, isolated_data_dir: Path
 ) -> None:
     backend = pbs_backend(flavour, isolated_data_dir)
-    job = new_job(JobSpec(executable="true", attributes=HELD))
+    job = new_job(JobSpec(executable="true", attributes={"pbs.h": True}))
     native = backend.submit(job)
     monkeypatch.setenv("FAKESCHED_PBS_HISTORY", "0")
     monkeypatch.setenv("FAKESCHED_TORQUE_KEEP_COMPLETED", "0")
     located = backend.locate([job])
     assert (located.found, located.complete) == ({job.id: [native]}, False)
-
-
-def test_locate_is_incomplete_when_the_server_settings_cannot_be_read(
-    flavour: Backends, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated_data_dir: Path
-) -> None:
-    backend = pbs_backend(flavour, isolated_data_dir)
-    job = new_job(JobSpec(executable="true", attributes=HELD))
-    native = backend.submit(job)
-    shadow(monkeypatch, tmp_path, "qstat", when="-B")
-    located = backend.locate([job])
-    assert (located.found, located.complete) == ({job.id: [native]}, False)
-
-
-def test_locate_fails_when_the_queue_cannot_be_listed(
-    flavour: Backends, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated_data_dir: Path
-) -> None:
-    backend = pbs_backend(flavour, isolated_data_dir)
-    job = new_job(JobSpec(executable="true", attributes=HELD))
-    backend.submit(job)
-    shadow(monkeypatch, tmp_path, "qstat")
-    with pytest.raises(BackendError, match="cannot connect"):
-        backend.locate([job])
-
-
-def test_what_the_job_script_printed_is_where_the_scheduler_put_it(
-    flavour: Backends, isolated_data_dir: Path
-) -> None:
-    backend = pbs_backend(flavour, isolated_data_dir)
-    spec = JobSpec(executable="true", prologue="echo 'said by the script' >&2")
-    jobs = [new_job(spec), *new_members(spec.replace(array="2-3"))]
-    natives = [backend.submit(jobs[0]), *backend.submit_array(jobs[1:])]
-    for job, native in zip(jobs, natives, strict=True):
-        job = job.model_copy(update={"native_id": native})
-        wait_until_ended(backend, job)
-        path = backend.scheduler_output_path(job, "stderr")
-        assert path is not None and Path(path).read_text() == "said by the script\n", path
-        assert Path(backend.scheduler_output_path(job, "stdout") or "").exists()
 
 
 # -- one unreadable record is no news for its job only -----------------------------------------
@@ -758,10 +645,8 @@ def test_located_names_are_read_from_the_listing(tmp_path: Path) -> None:
         "jb-aaaa": ["5.srv", "9.srv"],
         "jb-bbbb": ["6[].srv", "7.srv#3"],
     }
-    members = new_members(JobSpec(executable="x", array="1-4"))
-    assert backend.member_ids("6[].srv", [members[1]]) == ["6[2].srv"]
-    assert backend.member_ids("7.srv#3", members) == ["7.srv"]  # member index 3 only
-    assert backend.member_ids("7.srv#3", [members[0]]) == []
+    assert located_by_member(backend, "6[].srv", "1-4")[2] == ["6[2].srv"]
+    assert located_by_member(backend, "7.srv#3", "1-4") == {3: ["7.srv"]}
 
 
 def test_the_scheduler_output_paths(tmp_path: Path) -> None:

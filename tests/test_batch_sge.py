@@ -12,18 +12,23 @@ from pathlib import Path
 import pytest
 
 from jobbridge import Engine, Job, JobSpec, JobStatus, Phase, ResourcesNotSupportedError
-from jobbridge.backends.base import BackendContext, NativeDependency
-from jobbridge.backends.batch.base import NativeState
+from jobbridge.backends.base import NativeDependency
+from jobbridge.backends.batch.base import BatchBackend, NativeState
 from jobbridge.backends.batch.sge import SgeBackend
-from jobbridge.errors import BackendError
-from jobbridge.job import new_job_id
-from jobbridge.transport.base import CommandResult
 from tests.batch_support import (
     CASES,
     FIXED_TIME,
+    BackendScenarios,
     BatchScenarios,
     CountingTransport,
+    Outage,
+    ScriptedTransport,
+    array_members,
+    assert_refused,
     check_golden,
+    commands_of_one_refresh,
+    located_by_member,
+    make_backend,
     make_engine,
     render_case,
     run_rendered_script,
@@ -35,10 +40,7 @@ STATUS_COMMANDS = ("qstat", "qacct")
 
 
 def sge_backend(data_dir: Path, **options: object) -> SgeBackend:
-    settings = {"min_refresh_interval": 0.3, "accounting_delay": 10, **options}
-    return SgeBackend(
-        "sge", SgeBackend.Options.model_validate(settings), BackendContext(data_dir / "jobs")
-    )
+    return make_backend(SgeBackend, data_dir, **options)
 
 
 def live_backend(data_dir: Path, **options: object) -> SgeBackend:
@@ -60,15 +62,13 @@ class TestSge(BatchScenarios):
 @pytest.mark.sge
 def test_one_refresh_of_50_held_jobs_runs_one_status_command(isolated_data_dir: Path) -> None:
     backend = live_backend(isolated_data_dir)
-    counting = CountingTransport(backend.transport)
-    backend.transport = counting  # type: ignore[assignment]
+    counting = CountingTransport.around(backend)
     with make_engine(backend, isolated_data_dir) as engine:
         spec = JobSpec(executable="true", attributes={"sge.hold": True})
         jobs = [engine.submit(spec) for _ in range(50)]
         try:
-            counting.commands.clear()
-            engine.refresh()
-            status_commands = [c for c in counting.commands if c[0] in STATUS_COMMANDS]
+            commands = commands_of_one_refresh(engine, counting)
+            status_commands = [c for c in commands if c[0] in STATUS_COMMANDS]
             assert len(status_commands) == 1, status_commands
             assert all(engine.get(job.id).phase is Phase.HELD for job in jobs)
         finally:
@@ -182,12 +182,8 @@ def test_the_generated_script_passes_everything_verbatim(tmp_path: Path) -> None
 )
 def test_array_indices_map_to_task_ids_and_back(tmp_path: Path, array: str, tasks: str) -> None:
     backend = sge_backend(tmp_path)
-    spec = JobSpec(executable="true", array=array)
-    indices = list(spec.array.indices) if spec.array else []
-    members = [
-        Job(id=f"m{i}", spec=spec, backend="sge", created=FIXED_TIME, array_id="a", array_index=i)
-        for i in indices
-    ]
+    members = array_members(JobSpec(executable="true", array=array))
+    indices = [member.array_index for member in members]
     script = backend.render_script(members[0], members)
     assert f"#$ -t {tasks}" in script.splitlines()
     native = backend.member_ids("77", members)
@@ -232,8 +228,7 @@ def test_array_indices_map_to_task_ids_and_back(tmp_path: Path, array: str, task
 def test_what_grid_engine_cannot_carry_is_refused(
     tmp_path: Path, changes: dict, field: str
 ) -> None:
-    with pytest.raises(ResourcesNotSupportedError, match=field.replace(".", r"\.")):
-        sge_backend(tmp_path).check(JobSpec(executable="x").replace(**changes))
+    assert_refused(sge_backend(tmp_path), changes, field)
 
 
 def test_resources_and_attributes_become_directives(tmp_path: Path) -> None:
@@ -370,20 +365,19 @@ def test_commands_carry_the_cells_environment(tmp_path: Path) -> None:
     assert backend.accounting_query(since) == ["qacct", "-E", "-b", "202611211958.05", "-j"]
 
 
-class ScriptedCluster:
-    """A transport that answers qstat and qacct with recorded text and has exit-code files."""
+def scripted_cluster(
+    backend: SgeBackend, qstat: str, qacct: str = "", files: dict[str, bytes] | None = None
+) -> ScriptedTransport:
+    """The backend's transport from now on: answers qstat and qacct with recorded text and
+    has these exit-code files."""
+    cluster = ScriptedTransport({"qstat": qstat, "qacct": qacct, "qdel": ""}, files)
+    backend.transport = cluster  # type: ignore[assignment]
+    return cluster
 
-    def __init__(self, qstat: str, qacct: str = "", files: dict[str, bytes] | None = None):
-        self.answers = {"qstat": qstat, "qacct": qacct, "qdel": ""}
-        self.files = files or {}
-        self.commands: list[list[str]] = []
 
-    def run(self, argv: list[str], **kwargs: object) -> CommandResult:
-        self.commands.append(list(argv))
-        return CommandResult(tuple(argv), 0, self.answers[argv[0]], "")
-
-    def read_many(self, paths: list[str], limit: int = 4096) -> dict[str, bytes]:
-        return {path: self.files[path] for path in paths if path in self.files}
+def _waiting(*jobs: str) -> str:
+    """A qstat -xml answer listing these jobs as pending."""
+    return f"<job_info><job_info>{''.join(jobs)}</job_info></job_info>"
 
 
 def _pending(number: str, state: str, predecessor: str | None = None) -> str:
@@ -413,11 +407,10 @@ def test_a_failed_job_in_the_error_state_takes_its_afterok_dependents_along(
     parent = _job("parent", "20", Phase.EXECUTING)
     needs_success = _job("child", "21", depends_on=["afterok:parent"])
     needs_end = _job("after", "22", depends_on=["afterany:parent"])
-    qstat = "<job_info><job_info>{}</job_info></job_info>".format(
-        _pending("20", "Eqw") + _pending("21", "hqw", "20") + _pending("22", "hqw", "20")
-    )
-    cluster = ScriptedCluster(qstat, files={backend.exit_code_path(parent): b"2 100 101\n"})
-    backend.transport = cluster  # type: ignore[assignment]
+    waiting = [_pending("21", "hqw", "20"), _pending("22", "hqw", "20")]
+    qstat = _waiting(_pending("20", "Eqw"), *waiting)
+    files = {backend.exit_code_path(parent): b"2 100 101\n"}
+    cluster = scripted_cluster(backend, qstat, files=files)
     answers = backend.status([parent, needs_success, needs_end])
     assert (answers["parent"].phase, answers["parent"].exit_code) == (Phase.ERROR, 2)
     assert (answers["child"].phase, answers["child"].detail) == (
@@ -435,10 +428,8 @@ def test_a_job_jobbridge_held_stays_held_while_it_also_waits_for_another(
     backend = sge_backend(tmp_path)
     held = _job("held", "31", Phase.HELD, depends_on=["afterok:other"])
     waiting = _job("waiting", "32", depends_on=["afterok:other"])
-    qstat = "<job_info><job_info>{}</job_info></job_info>".format(
-        _pending("31", "hqw", "30") + _pending("32", "hqw", "30")
-    )
-    backend.transport = ScriptedCluster(qstat)  # type: ignore[assignment]
+    qstat = _waiting(_pending("31", "hqw", "30"), _pending("32", "hqw", "30"))
+    scripted_cluster(backend, qstat)
     answers = backend.status([held, waiting])
     assert "held" not in answers
     assert answers["waiting"].phase is Phase.QUEUED
@@ -451,8 +442,7 @@ def test_a_job_gone_without_an_exit_code_file_is_looked_up_once_since_last_seen(
     job = _job("gone", "11", Phase.EXECUTING)
     running = "<job_info><queue_info><job_list><JB_job_number>11</JB_job_number><state>r</state>"
     running += "</job_list></queue_info></job_info>"
-    cluster = ScriptedCluster(running)
-    backend.transport = cluster  # type: ignore[assignment]
+    cluster = scripted_cluster(backend, running)
     assert backend.status([job])["gone"].phase is Phase.EXECUTING
     seen = time.time()
     cluster.answers["qstat"] = "<job_info></job_info>"
@@ -469,8 +459,7 @@ def test_an_error_state_without_an_exit_code_file_waits_then_is_an_error(
 ) -> None:
     backend = sge_backend(tmp_path, accounting_delay=0.2)
     job = _job("stuck", "40")
-    cluster = ScriptedCluster(f"<job_info><job_info>{_pending('40', 'Eqw')}</job_info></job_info>")
-    backend.transport = cluster  # type: ignore[assignment]
+    cluster = scripted_cluster(backend, _waiting(_pending("40", "Eqw")))
     assert backend.status([job]) == {}  # its exit-code file may still be on its way
     time.sleep(0.3)
     assert (backend.status([job])["stuck"].detail) == "ERROR_STATE"
@@ -536,8 +525,7 @@ def test_an_unreadable_exit_code_file_leaves_out_that_job_only(tmp_path: Path) -
     }
     # the garbled file is no news; what the accounting says of that job still counts
     qacct = "==\njobnumber 71\ntaskid undefined\nfailed 0\nexit_status 0\n"
-    cluster = ScriptedCluster("<job_info></job_info>", qacct, files=files)
-    backend.transport = cluster  # type: ignore[assignment]
+    scripted_cluster(backend, "<job_info></job_info>", qacct, files=files)
     answers = backend.status([good, garbled])
     summary = {
         job_id: (status.phase, status.exit_code, status.ended is not None)
@@ -567,14 +555,8 @@ def test_located_names_are_read_from_qstat_and_qacct() -> None:
         "==\njobname      run.jb-aaaa\njobnumber    9\ntaskid       undefined\nfailed 0\n"
         "==\njobname      work.jb-bbbb.3\njobnumber    7\ntaskid       4\nfailed 0\n"
     ) == {"jb-aaaa": ["9"], "jb-bbbb": ["7#3"]}
-    spec = JobSpec(executable="x", array="0-4")
-    members = [
-        Job(id=f"m{i}", spec=spec, backend="sge", created=FIXED_TIME, array_id="a", array_index=i)
-        for i in range(5)
-    ]
-    assert backend.member_ids("6", [members[1]]) == ["6.2"]
-    assert backend.member_ids("7#3", members) == ["7.4"]
-    assert backend.member_ids("7#3", [members[0]]) == []
+    assert located_by_member(backend, "6", "0-4")[1] == ["6.2"]
+    assert located_by_member(backend, "7#3", "0-4") == {3: ["7.4"]}
     named = sge_backend(Path("/x"), user="alice")
     since = datetime(2026, 11, 21, 19, 58, 5, tzinfo=UTC)
     assert named.locate_accounting_command(["jb-a"], since) == [
@@ -609,135 +591,21 @@ def test_the_scheduler_output_paths(tmp_path: Path) -> None:
     )
 
 
-def new_job(spec: JobSpec) -> Job:
-    return Job(id=new_job_id(), spec=spec, backend="sge", created=datetime.now(UTC))
-
-
-def new_members(spec: JobSpec) -> list[Job]:
-    array_id = new_job_id()
-    assert spec.array is not None
-    return [
-        new_job(spec).model_copy(update={"array_id": array_id, "array_index": index})
-        for index in spec.array.indices
-    ]
-
-
-class FailingTool:
-    """A transport on the real cluster, except that one tool answers as when it fails."""
-
-    def __init__(self, inner: object, tool: str, said: str) -> None:
-        self.inner, self.tool, self.said = inner, tool, said
-
-    def run(self, argv: list[str], **kwargs: object) -> CommandResult:
-        if argv[0] == self.tool:
-            return CommandResult(tuple(argv), 1, "", self.said)
-        return self.inner.run(argv, **kwargs)  # type: ignore[attr-defined, no-any-return]
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
-
-
-@pytest.fixture
-def cleanup() -> Iterator[list[tuple[SgeBackend, str]]]:
-    submitted: list[tuple[SgeBackend, str]] = []
-    yield submitted
-    for backend, native in submitted:
-        backend._run(["qdel", native], check=False)
-
-
-HELD = {"sge.hold": True}
-
-
 @pytest.mark.sge
-def test_locate_finds_submissions_whose_native_ids_were_forgotten(
-    isolated_data_dir: Path, cleanup: list[tuple[SgeBackend, str]]
-) -> None:
-    backend = live_backend(isolated_data_dir)
-    held = new_job(JobSpec(executable="true", name="9 held", attributes=HELD))
-    ended = new_job(JobSpec(executable="true"))
-    never = new_job(JobSpec(executable="true"))
-    natives = {held.id: backend.submit(held), ended.id: backend.submit(ended)}
-    cleanup.append((backend, natives[held.id]))
-    # wait until the ended job has left the queue for the accounting
-    deadline = time.monotonic() + 60
-    while backend._run(["qacct", "-j", natives[ended.id]], check=False).returncode != 0:
-        assert time.monotonic() < deadline, "the job never reached the accounting"
-        time.sleep(0.5)
-    located = backend.locate([held, ended, never])
-    assert located.found == {held.id: [natives[held.id]], ended.id: [natives[ended.id]]}
-    assert located.complete
+class TestSgeBackend(BackendScenarios):
+    hold_attribute = "sge.hold"
+    queue_down = Outage("qstat", "error: commlib error: got select error (Connection refused)")
+    accounting_down = Outage("qacct", "error: can't open accounting file")
+    whole_array = "2,5,6"
+    last_member_id = r"\.3$"  # not a range: tasks 1-3, looked up in the script
+    lone_array = "0-2"
 
+    @pytest.fixture
+    def backend(self, isolated_data_dir: Path) -> SgeBackend:
+        return live_backend(isolated_data_dir)
 
-@pytest.mark.sge
-def test_locate_finds_array_members_by_their_member_ids(
-    isolated_data_dir: Path, cleanup: list[tuple[SgeBackend, str]]
-) -> None:
-    backend = live_backend(isolated_data_dir)
-    whole = new_members(JobSpec(executable="true", array="2,5,6", attributes=HELD))
-    whole_ids = backend.submit_array(whole)
-    alone = new_members(JobSpec(executable="true", array="0-2", attributes=HELD))
-    alone_ids = {alone[0].id: backend.submit(alone[0]), alone[2].id: backend.submit(alone[2])}
-    cleanup.extend((backend, native.split(".")[0]) for native in [*whole_ids, *alone_ids.values()])
-    located = backend.locate([whole[2], whole[0], *alone])
-    assert located.found == {
-        whole[2].id: [whole_ids[2]],
-        whole[0].id: [whole_ids[0]],
-        alone[0].id: [alone_ids[alone[0].id]],
-        alone[2].id: [alone_ids[alone[2].id]],
-    }
-    assert whole_ids[2].endswith(".3")
-
-
-@pytest.mark.sge
-def test_locate_returns_every_duplicate(
-    isolated_data_dir: Path, cleanup: list[tuple[SgeBackend, str]]
-) -> None:
-    backend = live_backend(isolated_data_dir)
-    job = new_job(JobSpec(executable="true", attributes=HELD))
-    twice = [backend.submit(job), backend.submit(job)]
-    cleanup.extend((backend, native) for native in twice)
-    assert sorted(backend.locate([job]).found[job.id]) == sorted(twice)
-    assert len(set(twice)) == 2
-
-
-@pytest.mark.sge
-def test_locate_is_incomplete_when_the_accounting_fails(
-    isolated_data_dir: Path, cleanup: list[tuple[SgeBackend, str]]
-) -> None:
-    backend = live_backend(isolated_data_dir)
-    job = new_job(JobSpec(executable="true", attributes=HELD))
-    native = backend.submit(job)
-    cleanup.append((backend, native))
-    said = "error: can't open accounting file"
-    backend.transport = FailingTool(backend.transport, "qacct", said)  # type: ignore[assignment]
-    located = backend.locate([job])
-    assert (located.found, located.complete) == ({job.id: [native]}, False)
-
-
-@pytest.mark.sge
-def test_locate_fails_when_the_queue_cannot_be_listed(
-    isolated_data_dir: Path, cleanup: list[tuple[SgeBackend, str]]
-) -> None:
-    backend = live_backend(isolated_data_dir)
-    job = new_job(JobSpec(executable="true", attributes=HELD))
-    cleanup.append((backend, backend.submit(job)))
-    said = "error: commlib error: got select error (Connection refused)"
-    backend.transport = FailingTool(backend.transport, "qstat", said)  # type: ignore[assignment]
-    with pytest.raises(BackendError, match="commlib error"):
-        backend.locate([job])
-
-
-@pytest.mark.sge
-def test_what_the_job_script_printed_is_where_grid_engine_put_it(isolated_data_dir: Path) -> None:
-    backend = live_backend(isolated_data_dir)
-    spec = JobSpec(executable="true", prologue="echo 'said by the script' >&2")
-    jobs = [new_job(spec), *new_members(spec.replace(array="2-3"))]
-    natives = [backend.submit(jobs[0]), *backend.submit_array(jobs[1:])]
-    for job, native in zip(jobs, natives, strict=True):
-        job = job.model_copy(update={"native_id": native})
-        path = Path(backend.scheduler_output_path(job, "stderr") or "")
+    def wait_until_searchable(self, backend: BatchBackend, job: Job) -> None:
         deadline = time.monotonic() + 60
-        while not Path(backend.exit_code_path(job)).exists():
-            assert time.monotonic() < deadline, f"{native} never ended"
-            time.sleep(0.3)
-        assert path.read_text() == "said by the script\n", path
+        while backend._run(["qacct", "-j", job.native_id or ""], check=False).returncode != 0:
+            assert time.monotonic() < deadline, "the job never reached the accounting"
+            time.sleep(0.5)

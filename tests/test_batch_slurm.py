@@ -8,16 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from jobbridge import Engine, JobSpec, JobStatus, Phase, ResourcesNotSupportedError
+from jobbridge import Engine, JobSpec, JobStatus, Phase
 from jobbridge.backends.base import BackendContext, Missing
 from jobbridge.backends.batch.base import NativeState
 from jobbridge.backends.batch.slurm import SlurmBackend
 from tests.batch_support import (
     CASES,
+    BackendScenarios,
     BatchScenarios,
     CountingTransport,
+    Outage,
+    ScriptedTransport,
+    assert_refused,
     check_golden,
+    commands_of_one_refresh,
+    make_backend,
     make_engine,
+    new_members,
     render_case,
     run_rendered_script,
     running_engine,
@@ -26,10 +33,7 @@ from tests.conftest import cluster_env
 
 
 def slurm_backend(data_dir: Path, **options: object) -> SlurmBackend:
-    settings = {"min_refresh_interval": 0.3, "accounting_delay": 10, **options}
-    return SlurmBackend(
-        "slurm", SlurmBackend.Options.model_validate(settings), BackendContext(data_dir / "jobs")
-    )
+    return make_backend(SlurmBackend, data_dir, **options)
 
 
 @pytest.fixture
@@ -81,17 +85,13 @@ def engine_output(backend: SlurmBackend, job: object) -> str:
 def test_one_refresh_of_200_active_jobs_runs_one_status_command(isolated_data_dir: Path) -> None:
     cluster_env("slurm")
     backend = slurm_backend(isolated_data_dir)
-    counting = CountingTransport(backend.transport)
-    backend.transport = counting  # type: ignore[assignment]
+    counting = CountingTransport.around(backend)
     with make_engine(backend, isolated_data_dir) as engine:
         spec = JobSpec(executable="true", attributes={"slurm.hold": True})
         jobs = [engine.submit(spec) for _ in range(200)]
         try:
-            counting.commands.clear()
-            engine.refresh()
-            status_commands = [
-                c for c in counting.commands if c[0] in ("squeue", "sacct", "scontrol")
-            ]
+            commands = commands_of_one_refresh(engine, counting)
+            status_commands = [c for c in commands if c[0] in ("squeue", "sacct", "scontrol")]
             assert len(status_commands) == 1, status_commands
             assert all(engine.get(job.id).phase is Phase.HELD for job in jobs)
         finally:
@@ -148,8 +148,7 @@ def test_the_generated_script_passes_everything_verbatim(tmp_path: Path) -> None
 def test_what_a_directive_cannot_carry_is_refused(
     tmp_path: Path, changes: dict, field: str
 ) -> None:
-    with pytest.raises(ResourcesNotSupportedError, match=field.replace(".", r"\.")):
-        slurm_backend(tmp_path).check(JobSpec(executable="x").replace(**changes))
+    assert_refused(slurm_backend(tmp_path), changes, field)
 
 
 def test_parsing_squeue_and_sacct() -> None:
@@ -184,27 +183,32 @@ def test_parsing_squeue_and_sacct() -> None:
 
 
 @pytest.mark.slurm
-def test_locate_finds_submissions_by_their_tag_in_queue_and_accounting(
-    isolated_data_dir: Path,
-) -> None:
-    cluster_env("slurm")
-    backend = slurm_backend(isolated_data_dir)
-    with make_engine(backend, isolated_data_dir) as engine:
-        quick = engine.submit(JobSpec(executable="true", name="quick one"))
-        waiting = engine.submit(JobSpec(executable="sleep", arguments=["30"]))
-        engine.wait([quick.id], timeout=60)
-        # a second native job carrying the same mark, as a repeated submission would make
-        duplicate = backend.submit(engine.get(waiting.id))
-        try:
-            never = engine.get(quick.id).model_copy(update={"id": "nevergivenx1"})
-            located = backend.locate([engine.get(quick.id), engine.get(waiting.id), never])
-            assert located.complete
-            assert located.found[quick.id] == [quick.native_id]  # from sacct by now
-            assert located.found[waiting.id] == [waiting.native_id, duplicate]
-            assert "nevergivenx1" not in located.found
-        finally:
-            backend.cancel(engine.get(waiting.id).model_copy(update={"native_id": duplicate}))
-            engine.cancel(waiting.id)
+class TestSlurmBackend(BackendScenarios):
+    hold_attribute = "slurm.hold"
+    queue_down = Outage("squeue", "squeue: error: Unable to contact slurm controller")
+    accounting_down = Outage("sacct", "sacct: error: Problem talking to the database")
+    last_member_id = r"_4$"
+
+    @pytest.fixture
+    def backend(self, isolated_data_dir: Path) -> SlurmBackend:
+        cluster_env("slurm")
+        return slurm_backend(isolated_data_dir)
+
+
+def test_members_handed_over_alone_are_each_found_for_themselves(tmp_path: Path) -> None:
+    backend = slurm_backend(tmp_path)
+    members = new_members(JobSpec(executable="true", name="work", array="3-6"))
+    tag = backend.tag(members[0])
+    script = backend.render_script(members[1], [members[1]])
+    assert f"#SBATCH --job-name=work.{tag}.4\n" in script and "#SBATCH --array=4\n" in script
+    # one-task arrays keeping their index, each a job of its own, all under the array's tag
+    squeue = f"13|work.{tag}.5\n12|work.{tag}.3\n10|run.jb-other\n15|someone else's\n"
+    assert backend.parse_located(squeue) == {tag: ["12#3", "13#5"], "jb-other": ["10"]}
+    sacct = f"12_3|work.{tag}.3\n9_[0-3%1]|arr.jb-other\n"
+    backend.transport = ScriptedTransport({"squeue": squeue, "sacct": sacct})  # type: ignore[assignment]
+    located = backend.locate(members)
+    assert located.found == {members[0].id: ["12_3"], members[2].id: ["13_5"]}
+    assert backend.parse_located_accounting(sacct) == {tag: ["12#3"], "jb-other": ["9"]}
 
 
 def test_a_garbled_queue_or_accounting_line_is_news_for_no_job_only(tmp_path: Path) -> None:

@@ -9,10 +9,10 @@ import math
 import posixpath
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import Field
 
@@ -26,7 +26,9 @@ from jobbridge.backends.base import (
     NativeDependency,
     Stream,
 )
-from jobbridge.backends.batch.script import render, shell
+from jobbridge.backends.batch.marks import Mark, split_located
+from jobbridge.backends.batch.records import UnreadableRecord
+from jobbridge.backends.batch.script import directive_value, render, shell
 from jobbridge.errors import (
     BackendError,
     CommandFailed,
@@ -49,11 +51,13 @@ UNTOLD = "NO_EXIT_STATUS"
 decides between COMPLETED and ERROR."""
 
 log = logging.getLogger(__name__)
+_Record = TypeVar("_Record")
+_News = TypeVar("_News")
 
 _PASSING_TROUBLE = ("No space left on device", "Disk quota exceeded", "Resource temporarily")
 _LOCATE_SLACK = timedelta(minutes=5)
-_WORDS_LIMIT = 4096
 """Clocks of the store's host and the scheduler's may differ this much."""
+_WORDS_LIMIT = 4096
 
 
 class BatchOptions(BackendOptions):
@@ -150,7 +154,8 @@ class BatchBackend(Backend):
     def parse_job_id(self, output: str) -> str: ...
 
     def member_ids(self, native_id: str, members: Sequence[Job]) -> list[str]:
-        """The native ids of an array's members, given the id the submission returned."""
+        """The native ids of an array's members, given the id the submission returned (or
+        that ``parse_located`` found the submission under)."""
         raise NotImplementedError
 
     @abstractmethod
@@ -176,7 +181,8 @@ class BatchBackend(Backend):
 
     @abstractmethod
     def parse_located(self, output: str) -> dict[str, list[str]]:
-        """Tag -> the native ids (as the submission returned them) of the jobs carrying it."""
+        """Tag -> the native ids (as the submission returned them) of the jobs carrying it;
+        a member's submission of its own as ``NATIVE#INDEX`` (see ``marks.add_located``)."""
 
     def locate_accounting_command(self, tags: Sequence[str], since: datetime) -> list[str] | None:
         """One command that lists the ended jobs carrying any of ``tags`` that were submitted
@@ -224,6 +230,14 @@ class BatchBackend(Backend):
         both show it, so that ``locate`` finds what a submission with an unknown outcome
         created: jobbridge's id of the job, or of its array for a member."""
         return f"jb-{job.array_id or job.id}"
+
+    def mark(self, job: Job, members: Sequence[Job]) -> Mark:
+        """What a submission of ``members`` (``job`` first) carries: its tag, and the index
+        of a member handed over alone (see ``marks``)."""
+        mark = Mark.of(self.tag(job), job, members)
+        if not mark.reads_back:
+            raise self.unsupported("id", f"{mark.tag!r} cannot mark a {self.scheduler} job")
+        return mark
 
     # -- what the engine calls ---------------------------------------------------------------
 
@@ -553,6 +567,30 @@ class BatchBackend(Backend):
             found[files[path]] = status
         return found
 
+    def read_each(
+        self, records: Iterable[_Record | UnreadableRecord], read: Callable[[_Record], _News]
+    ) -> Iterator[_News]:
+        """What ``read`` makes of each record. A record that could not be read, or that
+        ``read`` finds unreadable (``UnreadableRecord``), is no news for its job only: it is
+        left out, and said once."""
+        for record in records:
+            try:
+                if isinstance(record, UnreadableRecord):
+                    raise record
+                told = read(record)
+            except UnreadableRecord as bad:
+                self.unreadable(bad)
+                continue
+            yield told
+
+    def readable(self, records: Iterable[_Record | UnreadableRecord]) -> Iterator[_Record]:
+        """The records that could be read; each one that could not is said once."""
+        return self.read_each(records, _unchanged)
+
+    def unreadable(self, bad: UnreadableRecord) -> None:
+        """No news for the one job whose record could not be read; said once."""
+        self.warn_once(bad.key, f"unreadable record of job {bad.key}, no news for it: {bad}")
+
     def warn_once(self, key: str, message: str) -> None:
         """Log a problem with one job's record once, not at every poll."""
         if (key, message) in self._warned:
@@ -585,12 +623,21 @@ class BatchBackend(Backend):
                 natives[tag] = list(dict.fromkeys([*natives.get(tag, []), *ids]))
         found = {}
         for job in jobs:
-            ids = natives.get(self.tag(job), [])
-            if ids and job.array_index is not None:
-                ids = [member for native in ids for member in self.member_ids(native, [job])]
+            located = natives.get(self.tag(job), [])
+            ids = [native for entry in located for native in self.located_ids(entry, job)]
             if ids:
                 found[job.id] = ids
         return Located(found, complete=complete)
+
+    def located_ids(self, entry: str, job: Job) -> list[str]:
+        """The native ids of ``job`` that one id ``parse_located`` found under its tag
+        stands for: a member's submission of its own is that member's only."""
+        native, alone = split_located(entry)
+        if job.array_index is None:
+            return [native] if alone is None else []
+        if alone is not None and alone != job.array_index:
+            return []
+        return self.member_ids(native, [job])
 
     def _located(
         self, result: CommandResult, parse: Callable[[str], dict[str, list[str]]]
@@ -744,6 +791,25 @@ class BatchBackend(Backend):
         return ResourcesNotSupportedError(
             self.name, field, reason or f"{self.scheduler} has no such option"
         )
+
+    def _value(self, field: str, value: object) -> str:
+        """``value`` for a directive line; refused if the line cannot carry it."""
+        return directive_value(self.scheduler, field, value)
+
+    def charged_to(self, spec: JobSpec, field: str) -> str | None:
+        """What a job is charged to on a scheduler that has one of account and project
+        (``field`` names it): whichever of the two the spec gives; both only if the same."""
+        account, project = spec.account, spec.project
+        if account and project and account != project:
+            raise self.unsupported(
+                "project", f"{self.scheduler} has one {field} per job; give one of the two"
+            )
+        chosen = account or project
+        return self._value(field, chosen) if chosen else None
+
+
+def _unchanged(record: _Record) -> _Record:
+    return record
 
 
 def _transport(options: BatchOptions) -> Transport:

@@ -33,7 +33,9 @@ from jobbridge.backends.batch.base import (
     NativeState,
     epoch_or_none,
 )
-from jobbridge.backends.batch.script import directive_value, render, scheduler_name
+from jobbridge.backends.batch.marks import Mark, add_located
+from jobbridge.backends.batch.records import UnreadableRecord, json_objects
+from jobbridge.backends.batch.script import render, scheduler_name
 from jobbridge.errors import BackendError
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
@@ -118,20 +120,8 @@ _POLICY_REMOVAL = "SYSTEM_PERIODIC_REMOVE"
 _MARKS = ("JobbridgeId", "JobbridgeArray", "JobbridgeMember")
 """Job attributes that carry jobbridge's mark (see ``submit_commands``)."""
 _LOCATE_ATTRIBUTES = ("ClusterId", "ProcId", *_MARKS)
-_MARK_PART = re.compile(r"^jb-[A-Za-z0-9_]+$")
-_ALONE = "#"
-"""Joins a cluster's id and what it holds, in what ``parse_located`` returns: the index of a
-member handed over alone, or ``_WHOLE`` for an array submitted whole."""
-_WHOLE = "*"
-_DECODER = json.JSONDecoder()
-
-
-class UnreadableRecord(ValueError):
-    """One job's ClassAd could not be read; ``key`` names the job as far as it can be told."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(problem)
-        self.key = key
+_AD_START = re.compile(r"^\{", re.MULTILINE)
+_CLUSTER_FIELD = re.compile(r'"ClusterId"\s*:\s*(\d+)')
 
 
 @dataclass(frozen=True)
@@ -186,7 +176,7 @@ class HTCondorBackend(BatchBackend):
             ("environment", _environment_command(spec.array is not None)),
             *_requests(spec.resources),
         ]
-        group = self._accounting_group(spec.account, spec.project)
+        group = self.charged_to(spec, "account")
         if group:
             commands.append(("accounting_group", group))
         cap = spec.array.max_concurrent if spec.array is not None else None
@@ -197,12 +187,10 @@ class HTCondorBackend(BatchBackend):
 
     def _mark(self, job: Job, members: Sequence[Job]) -> list[tuple[str, str]]:
         """``+JobbridgeId``, and what part of an array the submission is."""
-        tag = self.tag(job)
-        if not _MARK_PART.match(tag):
-            raise self.unsupported("id", f"{tag!r} cannot be an HTCondor job attribute")
-        commands = [("+JobbridgeId", f'"{tag}"')]
-        if job.array_index is not None and len(members) == 1:
-            commands.append(("+JobbridgeMember", str(job.array_index)))
+        mark = self.mark(job, members)
+        commands = [("+JobbridgeId", f'"{mark.tag}"')]
+        if mark.index is not None:
+            commands.append(("+JobbridgeMember", str(mark.index)))
         elif job.spec.array is not None:
             commands.append(("+JobbridgeArray", "True"))
         return commands
@@ -235,14 +223,6 @@ class HTCondorBackend(BatchBackend):
         files = super().submission_files(job, members, dependencies)
         files[self.submit_name] = (self.render_submit_description(job, members), 0o600)
         return files
-
-    def _accounting_group(self, account: str | None, project: str | None) -> str | None:
-        if project and account and project != account:
-            raise self.unsupported(
-                "project", "HTCondor has one accounting group per job; give one of the two"
-            )
-        chosen = account or project
-        return directive_value(self.scheduler, "account", chosen) if chosen else None
 
     def _attribute_commands(
         self, attributes: Mapping[str, str | int | float | bool]
@@ -307,18 +287,16 @@ class HTCondorBackend(BatchBackend):
         return f"{match[1]}.{match[2]}"
 
     def member_ids(self, native_id: str, members: Sequence[Job]) -> list[str]:
-        """Procs follow the submitted members' indices in order; ``native_id`` may say what
-        the cluster holds (see ``parse_located``)."""
-        native_id, _, holds = native_id.partition(_ALONE)
-        if holds.isdigit():  # a member handed over alone
-            return [native_id for job in members if job.array_index == int(holds)]
-        cluster, first = native_id.split(".")
+        """Procs follow the submitted members' indices in order, from the first job's id;
+        a cluster's id alone (``parse_located``'s for an array submitted whole) numbers the
+        whole array from proc 0."""
+        cluster, _, first = native_id.partition(".")
         array = members[0].spec.array if members else None
-        if holds == _WHOLE and array is not None:
+        if not first and array is not None:
             submitted = list(array.indices)
         else:
             submitted = sorted(job.array_index or 0 for job in members)
-        procs = {index: int(first) + position for position, index in enumerate(submitted)}
+        procs = {index: int(first or 0) + position for position, index in enumerate(submitted)}
         return [f"{cluster}.{procs[job.array_index or 0]}" for job in members]
 
     # -- asking about jobs --------------------------------------------------------------------
@@ -343,16 +321,7 @@ class HTCondorBackend(BatchBackend):
 
     def _read_ads(self, output: str) -> dict[str, tuple[Mapping[str, Any], HTCondorState]]:
         """Each job's ad and state; one that cannot be read is no news for that job alone."""
-        read = {}
-        for ad in _json_ads(output):
-            try:
-                if isinstance(ad, UnreadableRecord):
-                    raise ad
-                job_id = _job_id(ad)
-                read[job_id] = (ad, _state(ad, job_id))
-            except UnreadableRecord as bad:
-                self.warn_once(bad.key, f"unreadable ClassAd of job {bad.key}, no news: {bad}")
-        return read
+        return dict(self.read_each(_json_ads(output), _ad_and_state))
 
     def accounting_command(self, native_ids: Sequence[str]) -> list[str] | None:
         if not self.options.accounting:
@@ -382,23 +351,14 @@ class HTCondorBackend(BatchBackend):
 
     def parse_located(self, output: str) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
-        for ad in _json_ads(output):
-            if isinstance(ad, UnreadableRecord):
-                self.warn_once(ad.key, f"unreadable ClassAd of job {ad.key}, no news: {ad}")
-                continue
+        for ad in self.readable(_json_ads(output)):
             tag, cluster, proc = ad.get("JobbridgeId"), ad.get("ClusterId"), ad.get("ProcId")
             if not isinstance(tag, str) or not _is_int(cluster) or not _is_int(proc):
                 continue
             member = ad.get("JobbridgeMember")
-            if _is_int(member):
-                native = f"{cluster}.{proc}{_ALONE}{member}"
-            elif ad.get("JobbridgeArray") is True:
-                native = f"{cluster}.0{_ALONE}{_WHOLE}"
-            else:
-                native = f"{cluster}.{proc}"
-            ids = found.setdefault(tag, [])
-            if native not in ids:
-                ids.append(native)
+            mark = Mark(tag, member if _is_int(member) else None)
+            whole = ad.get("JobbridgeArray") is True
+            add_located(found, mark, str(cluster) if whole else f"{cluster}.{proc}")
         return found
 
     def scheduler_output_path(self, job: Job, stream: Stream) -> str | None:
@@ -498,25 +458,25 @@ def _json_ads(output: str) -> Iterator[Mapping[str, Any] | UnreadableRecord]:
 
 def _ad_by_ad(output: str) -> Iterator[Mapping[str, Any] | UnreadableRecord]:
     """The ads of an answer that is no valid JSON as a whole: each begins with a ``{`` at the
-    start of a line; after a broken one, reading resumes at the next."""
+    start of a line."""
     text = output.strip()
-    if not (text.startswith("[") and text.endswith("]")):
+    if not (text.startswith("[") and text.endswith("]")) or not _AD_START.search(text):
         raise ValueError("no JSON array of job ClassAds (or one cut short)")
-    starts = [match.start() for match in re.finditer(r"^\{", output, re.MULTILINE)]
-    if not starts:
-        raise ValueError("no job ClassAd in the answer")
-    for start in starts:
-        try:
-            ad, _ = _DECODER.raw_decode(output, start)
-        except json.JSONDecodeError as error:
-            found = re.compile(r'"ClusterId"\s*:\s*(\d+)').search(output, start)
-            yield UnreadableRecord(found[1] if found else "?", f"broken JSON object: {error}")
-            continue
-        yield ad if isinstance(ad, dict) else UnreadableRecord("?", "an ad that is no object")
+    yield from json_objects(output, output.index("[") + 1, _cluster_at)
+
+
+def _cluster_at(output: str, position: int) -> str:
+    found = _CLUSTER_FIELD.search(output, position)
+    return found[1] if found else "?"
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _ad_and_state(ad: Mapping[str, Any]) -> tuple[str, tuple[Mapping[str, Any], HTCondorState]]:
+    job_id = _job_id(ad)
+    return job_id, (ad, _state(ad, job_id))
 
 
 def _job_id(ad: Mapping[str, Any]) -> str:

@@ -30,7 +30,8 @@ from typing import Any, ClassVar, Final
 
 from jobbridge.backends.base import Stream
 from jobbridge.backends.batch.base import BatchBackend, NativeDependency, NativeState
-from jobbridge.backends.batch.script import directive_value, scheduler_name
+from jobbridge.backends.batch.marks import Mark, add_located, marked_name
+from jobbridge.backends.batch.records import UnreadableRecord, json_objects
 from jobbridge.errors import BackendError
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
@@ -53,24 +54,10 @@ _OPTIONS_FROM_THE_SPEC = frozenset(
 _CONDITIONS = {"afterok": "done", "afterany": "ended", "afternotok": "exit"}
 _NEVER_SATISFIED = "never satisfied"
 _GONE = ("already finished", "No matching job found", "is not found")
-_NAME_LIMIT = 64
-_MARKED = re.compile(r"(?:^|\.)(?P<tag>jb-[A-Za-z0-9_]+)(?:\.(?P<index>\d+))?$")
-_MARK_PART = re.compile(r"^jb-[A-Za-z0-9_]+$")
 _ELEMENT = re.compile(r"\[\d+\]$")
-_ALONE = "#"
-"""Joins the id of a member's submission of its own and the member's index, in what
-``parse_located`` returns: ``member_ids`` gives that submission to this member only."""
 _BHIST_STATES = 7
 """Columns of seconds after JOB_NAME in ``bhist``: PEND PSUSP RUN USUSP SSUSP UNKWN TOTAL."""
-_DECODER = json.JSONDecoder(strict=False)
-
-
-class UnreadableRecord(ValueError):
-    """One job's record could not be read; ``key`` names the job as far as it can be told."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(problem)
-        self.key = key
+_JOB_ID_FIELD = re.compile(r'"JOBID"\s*:\s*"([^"]*)"')
 
 
 @dataclass(frozen=True)
@@ -142,7 +129,7 @@ class LsfBackend(BatchBackend):
             lines.append("-env none")
         if spec.queue:
             lines.append(f"-q {self._value('queue', spec.queue)}")
-        project = self._project(spec.account, spec.project)
+        project = self.charged_to(spec, "project")
         if project:
             lines.append(f"-P {project}")
         if spec.reservation:
@@ -154,12 +141,7 @@ class LsfBackend(BatchBackend):
 
     def _job_name(self, job: Job, members: Sequence[Job]) -> str:
         """``name.MARK``, or for an array ``"name.MARK[2,4,6-8]%2"`` in LSF's numbering."""
-        tag = self.tag(job)
-        if not _MARK_PART.match(tag):
-            raise self.unsupported("id", f"{tag!r} cannot be part of an LSF job name")
-        alone = job.array_index is not None and len(members) == 1
-        mark = f"{tag}.{job.array_index}" if alone else tag
-        name = f"{scheduler_name(job.name, _NAME_LIMIT - len(mark) - 1)}.{mark}"
+        name = marked_name(job.name, self.mark(job, members))
         array = job.spec.array
         if array is None:
             return name
@@ -183,15 +165,6 @@ class LsfBackend(BatchBackend):
         if resources.walltime is not None:
             lines.append(f"-W {run_limit(resources.walltime.total_seconds())}")
         return lines
-
-    def _value(self, field: str, value: object) -> str:
-        return directive_value(self.scheduler, field, value)
-
-    def _project(self, account: str | None, project: str | None) -> str | None:
-        if project and account and project != account:
-            raise self.unsupported("project", "LSF charges projects only; give one of the two")
-        chosen = project or account
-        return self._value("project", chosen) if chosen else None
 
     def _dependency_expression(self, dependencies: Sequence[NativeDependency]) -> str:
         terms = []
@@ -250,9 +223,6 @@ class LsfBackend(BatchBackend):
         return match[1]
 
     def member_ids(self, native_id: str, members: Sequence[Job]) -> list[str]:
-        native_id, _, alone = native_id.partition(_ALONE)
-        if alone.isdigit():
-            members = [job for job in members if job.array_index == int(alone)]
         return [f"{native_id}[{(job.array_index or 0) + 1}]" for job in members]
 
     # -- asking about jobs ---------------------------------------------------------------------
@@ -265,17 +235,8 @@ class LsfBackend(BatchBackend):
         return ["bjobs", "-a", "-o", STATUS_FIELDS, "-json", *native_ids]
 
     def parse_status(self, output: str) -> dict[str, NativeState]:
-        states: dict[str, NativeState] = {}
-        for record in _records(output):
-            try:
-                if isinstance(record, UnreadableRecord):
-                    raise record
-                if "ERROR" in record:
-                    continue  # a job bjobs does not know (any more)
-                states[_record_id(record)] = _record_state(record)
-            except UnreadableRecord as bad:
-                self._unreadable(bad)
-        return states
+        entries = self.read_each(_records(output), _record_entry)
+        return dict(entry for entry in entries if entry is not None)
 
     def empty_answer_is_fine(self, result: CommandResult) -> bool:
         said = result.stdout + result.stderr
@@ -288,10 +249,6 @@ class LsfBackend(BatchBackend):
         # bhist -S reads times in the local time zone (bjobs's times are not read)
         return {"TZ": "UTC"}
 
-    def _unreadable(self, bad: UnreadableRecord) -> None:
-        """No news for that one job; said once."""
-        self.warn_once(bad.key, f"unreadable record of job {bad.key}, no news for it: {bad}")
-
     # -- finding submissions by their mark ---------------------------------------------------
 
     def locate_queue_command(self, tags: Sequence[str]) -> list[str]:
@@ -301,15 +258,12 @@ class LsfBackend(BatchBackend):
 
     def parse_located(self, output: str) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
-        for record in _records(output):
-            if isinstance(record, UnreadableRecord):
-                self._unreadable(record)
-                continue
+        for record in self.readable(_records(output)):
             if "ERROR" in record:
-                continue
+                continue  # a job bjobs does not know (any more)
             job_id = str(record.get("JOBID", "")).split("[")[0].strip()
             if job_id.isdigit():
-                _add_located(found, str(record.get("JOB_NAME", "")), job_id)
+                add_located(found, _mark_of(str(record.get("JOB_NAME", ""))), job_id)
         return found
 
     def locate_accounting_command(self, tags: Sequence[str], since: datetime) -> list[str]:
@@ -329,7 +283,7 @@ class LsfBackend(BatchBackend):
                 continue  # a heading
             job_id = words[0].split("[")[0]
             if job_id.isdigit():
-                _add_located(found, " ".join(words[2:-_BHIST_STATES]), job_id)
+                add_located(found, _mark_of(" ".join(words[2:-_BHIST_STATES])), job_id)
         return found
 
     def scheduler_output_path(self, job: Job, stream: Stream) -> str | None:
@@ -448,38 +402,22 @@ def _records(output: str) -> Iterator[Mapping[str, Any] | UnreadableRecord]:
 
 def _record_by_record(output: str, start: int) -> Iterator[Mapping[str, Any] | UnreadableRecord]:
     """The records of an answer that is no valid JSON as a whole. bjobs prints each record's
-    ``{`` on a line of its own, at the same indentation: after a broken record, reading
-    resumes at the next such line."""
+    ``{`` on a line of its own, at the same indentation."""
     opening = re.compile(r'"RECORDS"\s*:\s*\[').search(output, start)
     if opening is None or not output.rstrip().endswith("}"):
         raise ValueError("no bjobs -json answer (or one cut short)")
-    position = opening.end()
-    while True:
-        while position < len(output) and (output[position].isspace() or output[position] == ","):
-            position += 1
-        if position >= len(output) or output[position] != "{":
-            return
-        try:
-            record, position = _DECODER.raw_decode(output, position)
-        except json.JSONDecodeError as error:
-            job = re.compile(r'"JOBID"\s*:\s*"([^"]*)"').search(output, position)
-            key = job[1] if job else output[position : position + 40]
-            yield UnreadableRecord(key, f"broken JSON object: {error}")
-            line_start = output.rfind("\n", 0, position) + 1
-            indent = output[line_start:position]
-            if indent.strip():
-                raise ValueError(
-                    "records are not one per line: a broken one cannot be skipped"
-                ) from error
-            following = re.compile("\n" + re.escape(indent) + r"\{").search(output, position + 1)
-            if following is None:
-                return
-            position = following.end() - 1
-            continue
-        if isinstance(record, dict):
-            yield record
-        else:
-            yield UnreadableRecord(str(record)[:40], "a record that is no JSON object")
+    yield from json_objects(output, opening.end(), _job_at)
+
+
+def _job_at(output: str, position: int) -> str:
+    job = _JOB_ID_FIELD.search(output, position)
+    return job[1] if job else output[position : position + 40]
+
+
+def _record_entry(record: Mapping[str, Any]) -> tuple[str, NativeState] | None:
+    if "ERROR" in record:
+        return None  # a job bjobs does not know (any more)
+    return _record_id(record), _record_state(record)
 
 
 def _record_id(record: Mapping[str, Any]) -> str:
@@ -532,14 +470,6 @@ def _integer(text: object) -> int | None:
     return int(cleaned) if cleaned.lstrip("-").isdigit() else None
 
 
-def _add_located(found: dict[str, list[str]], name: str, native_id: str) -> None:
-    """Note ``native_id`` under the tag that ``name`` (an element's: ``name[3]``) ends with;
-    a member handed over alone as ``native_id#index``."""
-    marked = _MARKED.search(_ELEMENT.sub("", name.strip()))
-    if marked is None:
-        return
-    if marked["index"] is not None:
-        native_id = f"{native_id}{_ALONE}{marked['index']}"
-    ids = found.setdefault(marked["tag"], [])
-    if native_id not in ids:
-        ids.append(native_id)
+def _mark_of(name: str) -> Mark | None:
+    """The mark a job name ends with, an array element's (``name[3]``) included."""
+    return Mark.ending(_ELEMENT.sub("", name.strip()))

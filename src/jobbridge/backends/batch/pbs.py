@@ -70,9 +70,9 @@ from jobbridge.backends.batch.base import (
     NativeState,
     walltime_parts,
 )
+from jobbridge.backends.batch.marks import Mark, add_located, marked_name
 from jobbridge.backends.batch.pbs_records import (
     Record,
-    UnreadableRecord,
     exit_status,
     int_or_none,
     pbs_time,
@@ -80,13 +80,20 @@ from jobbridge.backends.batch.pbs_records import (
     pbspro_jobs,
     shell_exit_code,
 )
-from jobbridge.backends.batch.script import directive_value, scheduler_name
+from jobbridge.backends.batch.records import UnreadableRecord
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
 from jobbridge.spec import ArraySpec, JobSpec
 from jobbridge.transport.base import CommandResult
 
-__all__ = ["COMMON_STATES", "ArrayLayout", "PbsFamily", "PbsProBackend", "member_indices"]
+__all__ = [
+    "COMMON_EXIT_WORDS",
+    "COMMON_STATES",
+    "ArrayLayout",
+    "PbsFamily",
+    "PbsProBackend",
+    "member_indices",
+]
 
 ATTRIBUTE_PREFIX = "pbs"
 _RESOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -95,12 +102,6 @@ _JOB_ID = re.compile(r"^(?P<sequence>\d+)(?P<array>\[\d*\])?(?P<server>\.\S+)?$"
 _PROJECT_FORBIDDEN = re.compile(r'[/\[\]";:|<>+,?*]')
 _MIB = 2**20
 _SUBSTATE_TERMINATED = 91  # PBS Pro's substate of a deleted job (job.h)
-_NAME_LIMIT = 64
-_MARKED = re.compile(r"(?:^|\.)(?P<tag>jb-[A-Za-z0-9_]+)(?:\.(?P<index>\d+))?$")
-_MARK_PART = re.compile(r"^jb-[A-Za-z0-9_]+$")
-_ALONE = "#"
-"""Joins the id of a member's submission of its own and the member's index, in what
-``parse_located`` returns: ``member_ids`` gives that submission to this member only."""
 _TRUE = ("true", "1", "y", "yes")
 _SUFFIX = {"stdout": "out", "stderr": "err"}
 _DEFAULT_HISTORY = 14 * 86400.0
@@ -118,6 +119,16 @@ COMMON_STATES: dict[str, tuple[Phase, str | None]] = {
     "TERMINATED": (Phase.ABORTED, "CANCELLED"),
     "DEPENDENCY_DELETED": (Phase.ABORTED, "DEPENDENCY_NEVER_SATISFIED"),
 }
+COMMON_EXIT_WORDS: dict[int, str] = {
+    -1: "JOB_EXEC_FAIL1",
+    -2: "JOB_EXEC_FAIL2",
+    -3: "JOB_EXEC_RETRY",
+    -4: "JOB_EXEC_INITABT",
+    -5: "JOB_EXEC_INITRST",
+    -6: "JOB_EXEC_INITRMG",
+    -7: "JOB_EXEC_BADRESRT",
+}
+"""The negative exit statuses that PBS Pro and Torque both kept from PBS (job.h)."""
 
 
 @dataclass(frozen=True)
@@ -174,13 +185,8 @@ class PbsFamily(BatchBackend):
         return [f"#PBS {line}" for line in lines]
 
     def native_name(self, job: Job, members: Sequence[Job]) -> str:
-        """The readable name, shortened, then the mark: ``tag``, and the index of a member
-        handed over alone. PBS job names start with a letter or digit (Torque: a letter)."""
-        tag = self.tag(job)
-        if not _MARK_PART.match(tag):
-            raise self.unsupported("id", f"{tag!r} cannot be part of a PBS job name")
-        alone = job.array_index is not None and len(members) == 1
-        return _named(job.name, f"{tag}.{job.array_index}" if alone else tag)
+        """The readable name, shortened, then the submission's mark."""
+        return marked_name(job.name, self.mark(job, members), start=_letter_first)
 
     def output_lines(self, layout: ArrayLayout | None) -> list[str]:
         return ["-o pbs.out", "-e pbs.err"]
@@ -203,9 +209,6 @@ class PbsFamily(BatchBackend):
                 raise self.unsupported("depends_on", f"{dependency.native_id!r} is no PBS job id")
             by_condition.setdefault(dependency.condition, []).append(dependency.native_id)
         return ",".join(f"{kind}:{':'.join(ids)}" for kind, ids in by_condition.items())
-
-    def _value(self, field: str, value: object) -> str:
-        return directive_value(self.scheduler, field, value)
 
     def _attribute_lines(self, spec: JobSpec) -> list[str]:
         lines = []
@@ -272,9 +275,6 @@ class PbsFamily(BatchBackend):
         return lines[-1]
 
     def member_ids(self, native_id: str, members: Sequence[Job]) -> list[str]:
-        native_id, alone = _split_located(native_id)
-        if alone is not None:
-            members = [job for job in members if job.array_index == alone]
         match = _JOB_ID.match(native_id)
         if not members or match is None or match["array"] != "[]":
             return [native_id for _ in members]  # a plain job: a member handed over alone
@@ -311,19 +311,8 @@ class PbsFamily(BatchBackend):
 
     def parse_located(self, output: str) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
-        for job_id, attributes in self.job_records(output):
-            if isinstance(attributes, UnreadableRecord):
-                self._unreadable(attributes)
-                continue
-            marked = _MARKED.search(self.submitted_name(attributes))
-            if marked is None:
-                continue
-            native = job_id
-            if marked["index"] is not None:
-                native = f"{job_id}{_ALONE}{marked['index']}"
-            ids = found.setdefault(marked["tag"], [])
-            if native not in ids:
-                ids.append(native)
+        for job_id, attributes in self.readable(self.job_records(output)):
+            add_located(found, Mark.ending(self.submitted_name(attributes)), job_id)
         return found
 
     @abstractmethod
@@ -376,24 +365,30 @@ class PbsFamily(BatchBackend):
 
     def whole_array_name(self, job: Job) -> str:
         """The name an array submitted whole carries."""
-        return _named(job.name, self.tag(job))
-
-    def _unreadable(self, bad: UnreadableRecord) -> None:
-        """No news for that one job; said once."""
-        self.warn_once(bad.key, f"unreadable record of job {bad.key}, no news for it: {bad}")
+        return marked_name(job.name, Mark(self.tag(job)), start=_letter_first)
 
     # -- reading states --------------------------------------------------------------------
 
-    def native_state(
-        self,
-        letter: str,
-        attributes: Mapping[str, Any],
-        started: datetime | None,
-        ended: datetime | None,
-    ) -> NativeState:
+    def parse_status(self, output: str) -> dict[str, NativeState]:
+        return dict(self.read_each(self.job_records(output), self._job_state))
+
+    def _job_state(self, record: tuple[str, Mapping[str, Any]]) -> tuple[str, NativeState]:
+        job_id, attributes = record
+        try:
+            return job_id, self.native_state(attributes)
+        except ValueError as error:
+            raise UnreadableRecord(job_id, str(error)) from error
+
+    @abstractmethod
+    def times(self, attributes: Mapping[str, Any]) -> tuple[datetime | None, datetime | None]:
+        """When the job started and when it ended, as its record says."""
+
+    def native_state(self, attributes: Mapping[str, Any]) -> NativeState:
         """One job's state; ``ValueError`` if its record cannot be read."""
+        letter = str(attributes.get("job_state") or "").strip()
         if not letter:
             raise ValueError("no job_state")
+        started, ended = self.times(attributes)
         raw_exit = exit_status(attributes, self.exit_attribute)
         word = self._story(letter, attributes, raw_exit, started is not None)
         exit_code = raw_exit if word in self.exit_words.values() else shell_exit_code(raw_exit)
@@ -455,13 +450,7 @@ class PbsProBackend(PbsFamily):
     exit_attribute = "Exit_status"
     ended_letters = frozenset({"F", "X"})
     exit_words: ClassVar[Mapping[int, str]] = {
-        -1: "JOB_EXEC_FAIL1",
-        -2: "JOB_EXEC_FAIL2",
-        -3: "JOB_EXEC_RETRY",
-        -4: "JOB_EXEC_INITABT",
-        -5: "JOB_EXEC_INITRST",
-        -6: "JOB_EXEC_INITRMG",
-        -7: "JOB_EXEC_BADRESRT",
+        **COMMON_EXIT_WORDS,
         -10: "JOB_EXEC_FAILUID",
         -11: "JOB_EXEC_RERUN",
         -12: "JOB_EXEC_CHKP",
@@ -569,21 +558,9 @@ class PbsProBackend(PbsFamily):
     def status_command(self, native_ids: Sequence[str]) -> list[str]:
         return ["qstat", "-f", "-F", "json", "-x", "-t", *native_ids]
 
-    def parse_status(self, output: str) -> dict[str, NativeState]:
-        states = {}
-        for job_id, attributes in pbspro_jobs(output):
-            try:
-                if isinstance(attributes, UnreadableRecord):
-                    raise attributes
-                states[job_id] = self.native_state(
-                    str(attributes.get("job_state") or ""),
-                    attributes,
-                    pbs_time(attributes.get("stime")),
-                    pbs_time(attributes.get("obittime") or attributes.get("mtime")),
-                )
-            except ValueError as error:
-                self._unreadable(UnreadableRecord(job_id, str(error)))
-        return states
+    def times(self, attributes: Mapping[str, Any]) -> tuple[datetime | None, datetime | None]:
+        ended = attributes.get("obittime") or attributes.get("mtime")
+        return pbs_time(attributes.get("stime")), pbs_time(ended)
 
     def locate_queue_command(self, tags: Sequence[str]) -> list[str]:
         # -f takes no -u: every job the server shows, finished ones included (-x), arrays
@@ -642,22 +619,14 @@ def _indices_in_order(members: Sequence[Job]) -> list[int]:
     return [job.array_index for job in members if job.array_index is not None]
 
 
-def _named(name: str, mark: str) -> str:
-    room = _NAME_LIMIT - len(mark) - 1
-    readable = scheduler_name(name, room)
-    if not readable[0].isalpha():
-        readable = f"j{readable}"[:room]
-    return f"{readable}.{mark}"
+def _letter_first(readable: str) -> str:
+    """PBS Pro takes job names that start with a letter or digit, Torque a letter only."""
+    return readable if readable[0].isalpha() else f"j{readable}"
 
 
 def _whole(member: Job, array: ArraySpec) -> list[Job]:
     """Stand-ins for all members of ``member``'s array."""
     return [member.model_copy(update={"array_index": index}) for index in array.indices]
-
-
-def _split_located(native_id: str) -> tuple[str, int | None]:
-    native, _, index = native_id.partition(_ALONE)
-    return native, int(index) if index.isdigit() else None
 
 
 def _seconds(text: str) -> float:

@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 from typing import Any
 from xml.etree import ElementTree
 
+from jobbridge.backends.batch.records import UnreadableRecord, each_record
+
 __all__ = [
     "Record",
-    "UnreadableRecord",
     "element_value",
     "exit_status",
     "int_or_none",
@@ -31,15 +32,7 @@ _JOB_ID = re.compile(r"<Job_Id>\s*([^<\s]+)\s*</Job_Id>")
 _DECODER = json.JSONDecoder(strict=False)
 
 
-class UnreadableRecord(ValueError):
-    """One job's record could not be read; ``key`` names the job as far as it can be told."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(problem)
-        self.key = key
-
-
-Record = tuple[str, Mapping[str, Any] | UnreadableRecord]
+Record = tuple[str, Mapping[str, Any]] | UnreadableRecord
 """A job's id and its attributes, or why they could not be read."""
 
 
@@ -69,7 +62,7 @@ def pbspro_jobs(output: str) -> Iterator[Record]:
         if isinstance(attributes, dict):
             yield str(job_id), attributes
         else:
-            yield str(job_id), UnreadableRecord(str(job_id), "attributes are no JSON object")
+            yield UnreadableRecord(str(job_id), "attributes are no JSON object")
 
 
 def _pbspro_job_by_job(output: str) -> Iterator[Record]:
@@ -79,50 +72,31 @@ def _pbspro_job_by_job(output: str) -> Iterator[Record]:
     opening = re.search(r'"Jobs"\s*:\s*\{', output)
     if opening is None or not output.rstrip().endswith("}"):
         raise ValueError("no qstat -F json answer (or one cut short)")
-    position = opening.end()
-    while True:
-        position = _skip_space(output, position)
-        if position >= len(output) or output[position] == "}":
-            return
-        if output[position] == ",":
-            position += 1
-            continue
-        key, after = _DECODER.raw_decode(output, position)
-        if not isinstance(key, str):
-            raise ValueError(f"no job id at {position}")
-        colon = _skip_space(output, after)
-        if output[colon : colon + 1] != ":":
-            raise ValueError(f"no ':' after job {key}")
-        try:
-            attributes, position = _DECODER.raw_decode(output, _skip_space(output, colon + 1))
-        except json.JSONDecodeError as error:
-            yield key, UnreadableRecord(key, f"broken JSON object: {error}")
-            resumed = _next_key(output, position)
-            if resumed is None:
-                return
-            position = resumed
-            continue
-        if isinstance(attributes, dict):
-            yield key, attributes
-        else:
-            yield key, UnreadableRecord(key, "attributes are no JSON object")
+    yield from each_record(output, opening.end(), _job_at, r'"[^"\n]*"\s*:')
+
+
+def _job_at(output: str, position: int) -> tuple[Record, int]:
+    """The job whose key is at ``position``, and where its attributes end. A key that cannot
+    be read leaves the rest unreadable too (``ValueError``)."""
+    key, after = _DECODER.raw_decode(output, position)
+    if not isinstance(key, str):
+        raise ValueError(f"no job id at {position}")
+    colon = _skip_space(output, after)
+    if output[colon : colon + 1] != ":":
+        raise ValueError(f"no ':' after job {key}")
+    try:
+        attributes, end = _DECODER.raw_decode(output, _skip_space(output, colon + 1))
+    except json.JSONDecodeError as error:
+        raise UnreadableRecord(key, f"broken JSON object: {error}") from error
+    if not isinstance(attributes, dict):
+        return UnreadableRecord(key, "attributes are no JSON object"), end
+    return (key, attributes), end
 
 
 def _skip_space(text: str, position: int) -> int:
     while position < len(text) and text[position].isspace():
         position += 1
     return position
-
-
-def _next_key(output: str, key_start: int) -> int | None:
-    """The start of the next key indented as the one at ``key_start``."""
-    line_start = output.rfind("\n", 0, key_start) + 1
-    indent = output[line_start:key_start]
-    if indent.strip():
-        raise ValueError("jobs are not one per line: a broken one cannot be skipped")
-    pattern = re.compile("\n" + re.escape(indent) + r'"[^"\n]*"\s*:')
-    found = pattern.search(output, key_start + 1)
-    return None if found is None else found.start() + 1 + len(indent)
 
 
 def torque_jobs(output: str) -> Iterator[Record]:
@@ -154,7 +128,7 @@ def _torque_job_by_job(document: str) -> Iterator[Record]:
         except ElementTree.ParseError as error:
             found = _JOB_ID.search(chunk)
             key = found[1] if found else chunk[:60]
-            yield key, UnreadableRecord(key, f"not XML: {error}")
+            yield UnreadableRecord(key, f"not XML: {error}")
             continue
         yield _torque_record(element)
 
@@ -163,7 +137,7 @@ def _torque_record(element: ElementTree.Element) -> Record:
     attributes = {child.tag: element_value(child) for child in element}
     job_id = str(attributes.get("Job_Id", "")).strip()
     if not job_id:
-        return "?", UnreadableRecord("?", "a <Job> without <Job_Id>")
+        return UnreadableRecord("?", "a <Job> without <Job_Id>")
     return job_id, attributes
 
 

@@ -46,9 +46,9 @@ from jobbridge.backends.batch.base import (
     NativeState,
     walltime_parts,
 )
-from jobbridge.backends.batch.script import directive_value, scheduler_name
+from jobbridge.backends.batch.marks import Mark, add_located, marked_name
+from jobbridge.backends.batch.records import UnreadableRecord
 from jobbridge.backends.batch.sge_records import (
-    UnreadableRecord,
     accounting_records,
     accounting_word,
     int_or_none,
@@ -84,12 +84,6 @@ _DELETING = ["dr", "dt", "dRr", "dRt", "ds", "dS", "dT", "dRs", "dRS", "dRT"]
 
 _FLAGS = {"hold": "-h", "notify": "-notify"}
 """``sge.*`` attributes that are qsub switches (true or false); all others are ``-l``."""
-_NAME_LIMIT = 64
-_MARKED = re.compile(r"(?:^|\.)(?P<tag>jb-[A-Za-z0-9_]+)(?:\.(?P<index>\d+))?$")
-_MARK_PART = re.compile(r"^jb-[A-Za-z0-9_]+$")
-_ALONE = "#"
-"""Joins the id of a member's submission of its own and the member's index, in what
-``parse_located`` returns: ``member_ids`` gives that submission to this member only."""
 
 
 class SgeOptions(BatchOptions):
@@ -172,7 +166,7 @@ class SgeBackend(BatchBackend):
     ) -> list[str]:
         spec, resources = job.spec, job.spec.resources
         stem = "sge-$JOB_ID.$TASK_ID" if spec.array is not None else "sge-$JOB_ID"
-        name = _job_name(job.name, self._mark(job, members))
+        name = marked_name(job.name, self.mark(job, members), start=_no_leading_digit)
         lines = [f"-N {name}", f"-o {stem}.out", f"-e {stem}.err"]
         lines += ["-S /bin/bash", "-cwd"]
         if spec.inherit_environment:
@@ -203,14 +197,6 @@ class SgeBackend(BatchBackend):
             lines.append(f"-hold_jid {self._hold_list(dependencies)}")
         lines += self._attributes(spec, taken)
         return [f"#$ {line}" for line in lines]
-
-    def _mark(self, job: Job, members: Sequence[Job]) -> str:
-        """The submission's mark: ``tag``, and the index of a member handed over alone."""
-        tag = self.tag(job)
-        if not _MARK_PART.match(tag):
-            raise self.unsupported("id", f"{tag!r} cannot be part of a Grid Engine job name")
-        alone = job.array_index is not None and len(members) == 1
-        return f"{tag}.{job.array_index}" if alone else tag
 
     def _slots(self, spec: JobSpec) -> list[str]:
         resources = spec.resources
@@ -267,9 +253,6 @@ class SgeBackend(BatchBackend):
                 lines.append(f"-l {key}={self._value(field, text)}")
         return lines
 
-    def _value(self, field: str, value: object) -> str:
-        return directive_value(self.scheduler, field, value)
-
     def portable_variables(self, array: bool) -> dict[str, str]:
         variables = {
             "JOBBRIDGE_JOB_ID": '"$JOB_ID.$SGE_TASK_ID"' if array else '"$JOB_ID"',
@@ -311,9 +294,6 @@ class SgeBackend(BatchBackend):
         return job_id
 
     def member_ids(self, native_id: str, members: Sequence[Job]) -> list[str]:
-        native_id, alone = _split_located(native_id)
-        if alone is not None:
-            members = [job for job in members if job.array_index == alone]
         if not members:
             return []
         array = members[0].spec.array
@@ -327,12 +307,7 @@ class SgeBackend(BatchBackend):
 
     def parse_status(self, output: str) -> dict[str, NativeState]:
         states: dict[str, NativeState] = {}
-        for entry in job_list(output):
-            try:
-                ids, state = _queued_state(entry)
-            except UnreadableRecord as bad:
-                self._unreadable(bad)
-                continue
+        for ids, state in self.read_each(job_list(output), _queued_state):
             states.update(dict.fromkeys(ids, state))
         return states
 
@@ -343,19 +318,8 @@ class SgeBackend(BatchBackend):
         return ["qacct", "-E", "-b", stamp, "-j"]
 
     def parse_accounting(self, output: str) -> dict[str, NativeState]:
-        states = {}
-        for fields in accounting_records(output):
-            try:
-                key, state = _accounted_state(fields)
-            except UnreadableRecord as bad:
-                self._unreadable(bad)
-                continue
-            states[key] = state  # a rerun job has several records: the last counts
-        return states
-
-    def _unreadable(self, bad: UnreadableRecord) -> None:
-        """No news for that one job; said once."""
-        self.warn_once(bad.key, f"unreadable record of job {bad.key}, no news for it: {bad}")
+        # a rerun job has several records: the last counts
+        return dict(self.read_each(accounting_records(output), _accounted_state))
 
     # -- finding submissions by their mark ------------------------------------------------------
 
@@ -365,14 +329,11 @@ class SgeBackend(BatchBackend):
 
     def parse_located(self, output: str) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
-        for entry in job_list(output):
-            if isinstance(entry, UnreadableRecord):
-                self._unreadable(entry)
-                continue
+        for entry in self.readable(job_list(output)):
             name = entry.findtext("full_job_name") or entry.findtext("JB_name") or ""
             number = (entry.findtext("JB_job_number") or "").strip()
             if number.isdigit():
-                _add_located(found, name, number)
+                add_located(found, Mark.ending(name), number)
         return found
 
     def locate_accounting_command(self, tags: Sequence[str], since: datetime) -> list[str] | None:
@@ -388,7 +349,7 @@ class SgeBackend(BatchBackend):
         for fields in accounting_records(output):
             number = fields["jobnumber"]
             if number.isdigit():
-                _add_located(found, fields.get("jobname", ""), number)
+                add_located(found, Mark.ending(fields.get("jobname", "")), number)
         return found
 
     def cancel_command(self, native_ids: Sequence[str]) -> list[str]:
@@ -606,19 +567,12 @@ _NO_AFTERNOTOK = (
 _FIELDS = {"-q": "queue", "-A": "account", "-P": "project", "-ar": "reservation"}
 
 
-def _job_name(name: str, mark: str) -> str:
-    """The readable name, shortened, then the mark. Grid Engine refuses job names that
-    start with a digit."""
-    room = _NAME_LIMIT - len(mark) - 1
-    readable = scheduler_name(name, room)
-    if readable[0].isdigit():
-        readable = f"job_{readable}"[:room]
-    return f"{readable}.{mark}"
+def _no_leading_digit(readable: str) -> str:
+    """Grid Engine refuses job names that start with a digit."""
+    return f"job_{readable}" if readable[0].isdigit() else readable
 
 
-def _queued_state(entry: ElementTree.Element | UnreadableRecord) -> tuple[list[str], NativeState]:
-    if isinstance(entry, UnreadableRecord):
-        raise entry
+def _queued_state(entry: ElementTree.Element) -> tuple[list[str], NativeState]:
     number = (entry.findtext("JB_job_number") or "").strip()
     word = (entry.findtext("state") or "").strip()
     if not number.isdigit() or not word:
@@ -661,21 +615,3 @@ def _accounted_state(fields: Mapping[str, str]) -> tuple[str, NativeState]:
         started=qacct_time(fields.get("start_time", "")),
         ended=qacct_time(fields.get("end_time", "")),
     )
-
-
-def _add_located(found: dict[str, list[str]], name: str, native_id: str) -> None:
-    """Note ``native_id`` under the tag ``name`` ends with, if any; a member handed over
-    alone as ``native_id#index``."""
-    marked = _MARKED.search(name.strip())
-    if marked is None:
-        return
-    if marked["index"] is not None:
-        native_id = f"{native_id}{_ALONE}{marked['index']}"
-    ids = found.setdefault(marked["tag"], [])
-    if native_id not in ids:
-        ids.append(native_id)
-
-
-def _split_located(native_id: str) -> tuple[str, int | None]:
-    native, _, index = native_id.partition(_ALONE)
-    return native, int(index) if index.isdigit() else None

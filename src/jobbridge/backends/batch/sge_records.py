@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from xml.etree import ElementTree
 
 from jobbridge.backends.batch.base import NativeState
+from jobbridge.backends.batch.records import UnreadableRecord
 from jobbridge.transport.base import CommandResult
 
 __all__ = [
-    "UnreadableRecord",
     "accounting_records",
     "accounting_word",
     "int_or_none",
@@ -30,14 +30,6 @@ __all__ = [
 
 _JOB_LIST = re.compile(r"<job_list\b[^>]*>.*?</job_list>", re.DOTALL)
 _JOB_NUMBER = re.compile(r"<JB_job_number>\s*(\d+)\s*</JB_job_number>")
-
-
-class UnreadableRecord(ValueError):
-    """One job's record could not be read; ``key`` names the job as far as it can be told."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(problem)
-        self.key = key
 
 
 def job_list(output: str) -> Iterator[ElementTree.Element | UnreadableRecord]:

@@ -1,5 +1,11 @@
 """SLURM: sbatch, squeue for active jobs, sacct for ended ones (scontrol where accounting is
-off), scancel."""
+off), scancel.
+
+Every submission's job name ends with jobbridge's mark (``name.jb-ID``; a member handed over
+alone, as a one-task array keeping its index, also with that index: ``name.jb-ID.7``), which
+squeue and sacct both show: ``locate`` lists the user's jobs in the queue, then those in the
+accounting submitted since the search's start.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from jobbridge.backends.batch.base import (
     epoch_or_none,
     walltime_parts,
 )
-from jobbridge.backends.batch.script import directive_value, scheduler_name
+from jobbridge.backends.batch.marks import Mark, add_located, marked_name, split_located
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
 from jobbridge.spec import ArraySpec
@@ -28,8 +34,6 @@ __all__ = ["SlurmBackend"]
 
 _ATTRIBUTE = re.compile(r"^[a-z][a-z0-9-]*$")
 _HELD_REASONS = {"JobHeldUser", "JobHeldAdmin", "held"}
-_NAME_ROOM = 48
-"""Characters of the user's job name kept in front of the tag."""
 
 
 class SlurmBackend(BatchBackend):
@@ -80,7 +84,7 @@ class SlurmBackend(BatchBackend):
         spec, resources = job.spec, job.spec.resources
         array = spec.array is not None
         lines = [
-            f"--job-name={self.native_name(job)}",
+            f"--job-name={marked_name(job.name, self.mark(job, members))}",
             f"--output=slurm-{'%A_%a' if array else '%j'}.out",
             f"--error=slurm-{'%A_%a' if array else '%j'}.err",
             f"--nodes={resources.nodes}",
@@ -98,7 +102,7 @@ class SlurmBackend(BatchBackend):
             lines.append(f"--time={days}-{hours:02d}:{minutes:02d}:{seconds:02d}")
         if spec.queue:
             lines.append(f"--partition={self._value('queue', spec.queue)}")
-        account = self._account(spec.account, spec.project)
+        account = self.charged_to(spec, "account")
         if account:
             lines.append(f"--account={account}")
         if spec.reservation:
@@ -117,32 +121,28 @@ class SlurmBackend(BatchBackend):
                 lines.append(f"--{key}={self._value(f'attributes.slurm.{key}', setting)}")
         return [f"#SBATCH {line}" for line in lines]
 
-    def native_name(self, job: Job) -> str:
-        """The job's name as SLURM shows it: readable, and ending with its tag, which
-        squeue and sacct both return and filter on."""
-        return f"{scheduler_name(job.name, _NAME_ROOM)}.{self.tag(job)}"
-
     def locate_queue_command(self, tags: Sequence[str]) -> list[str]:
-        # The tag ends the name: list this user's jobs; locate() keeps the tags it asked for.
+        # The mark ends the name: list this user's jobs; locate() keeps the tags it asked for.
         return ["squeue", "--me", "--noheader", "--states=all", "--format=%F|%j"]
 
     def locate_accounting_command(self, tags: Sequence[str], since: datetime) -> list[str]:
         if not self.options.accounting:
             return ["scontrol", "--oneliner", "show", "job"]
+        # JobID, not JobIDRaw: an array's task shows its array's id (12_3), not its own
         return [
             "sacct", "--noheader", "--parsable2", "--allocations", "--duplicates",
-            "--format=JobIDRaw,JobName",
+            "--format=JobID,JobName",
             f"--starttime={since.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S')}",
         ]  # fmt: skip
 
     def parse_located(self, output: str) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
         for line in output.splitlines():
-            native_id, _, name = line.strip().partition("|")
-            tag = name.rpartition(".")[2]
-            if native_id.isdigit() and tag.startswith("jb-"):
-                found.setdefault(tag, []).append(native_id)
-        return {tag: sorted(set(ids), key=int) for tag, ids in found.items()}
+            job_id, _, name = line.strip().partition("|")
+            native_id = job_id.partition("_")[0]  # an array's id, for its tasks
+            if native_id.isdigit():
+                add_located(found, Mark.ending(name), native_id)
+        return {tag: sorted(ids, key=_submission_order) for tag, ids in found.items()}
 
     def parse_located_accounting(self, output: str) -> dict[str, list[str]]:
         if "JobId=" not in output:
@@ -161,15 +161,6 @@ class SlurmBackend(BatchBackend):
         array, _, index = job.native_id.partition("_")
         name = f"slurm-{array}_{index}.{word}" if index else f"slurm-{array}.{word}"
         return posixpath.join(self.job_dir(job), name)
-
-    def _value(self, field: str, value: object) -> str:
-        return directive_value(self.scheduler, field, value)
-
-    def _account(self, account: str | None, project: str | None) -> str | None:
-        if project and account and project != account:
-            raise self.unsupported("project", "SLURM has accounts only; give one of the two")
-        chosen = account or project
-        return directive_value(self.scheduler, "account", chosen) if chosen else None
 
     def portable_variables(self, array: bool) -> dict[str, str]:
         variables = {
@@ -291,6 +282,11 @@ def _array_line(array: ArraySpec, members: Sequence[Job]) -> str:
     if len(members) == len(array):
         return str(array)
     return str(ArraySpec(tuple(sorted(m.array_index or 0 for m in members))))
+
+
+def _submission_order(located: str) -> tuple[int, int]:
+    native, index = split_located(located)
+    return int(native), -1 if index is None else index
 
 
 def _expand(job_id: str) -> list[str]:

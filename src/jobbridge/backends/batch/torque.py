@@ -7,18 +7,21 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, ClassVar
 
 from pydantic import Field
 
 from jobbridge.backends.base import Stream
-from jobbridge.backends.batch.base import (
-    BatchOptions,
-    NativeState,
-    epoch_or_none,
+from jobbridge.backends.batch.base import BatchOptions, epoch_or_none
+from jobbridge.backends.batch.pbs import (
+    COMMON_EXIT_WORDS,
+    COMMON_STATES,
+    ArrayLayout,
+    PbsFamily,
+    member_indices,
 )
-from jobbridge.backends.batch.pbs import COMMON_STATES, ArrayLayout, PbsFamily, member_indices
-from jobbridge.backends.batch.pbs_records import Record, UnreadableRecord, torque_jobs
+from jobbridge.backends.batch.pbs_records import Record, torque_jobs
 from jobbridge.job import Job
 from jobbridge.phase import Phase
 from jobbridge.spec import ArraySpec, JobSpec
@@ -45,13 +48,7 @@ class TorqueBackend(PbsFamily):
     exit_attribute = "exit_status"
     ended_letters = frozenset({"C"})
     exit_words: ClassVar[Mapping[int, str]] = {
-        -1: "JOB_EXEC_FAIL1",
-        -2: "JOB_EXEC_FAIL2",
-        -3: "JOB_EXEC_RETRY",
-        -4: "JOB_EXEC_INITABT",
-        -5: "JOB_EXEC_INITRST",
-        -6: "JOB_EXEC_INITRMG",
-        -7: "JOB_EXEC_BADRESRT",
+        **COMMON_EXIT_WORDS,
         -8: "JOB_EXEC_CMDFAIL",
         -9: "JOB_EXEC_STDOUTFAIL",
         -10: "JOB_EXEC_OVERLIMIT_MEM",
@@ -100,11 +97,9 @@ class TorqueBackend(PbsFamily):
         if spec.reservation:
             # Torque has no reservations of its own; Moab's are requested this way
             lines.append(f"-l advres={self._value('reservation', spec.reservation)}")
-        if spec.project and spec.account and spec.project != spec.account:
-            raise self.unsupported("project", "Torque has accounts only; give one of the two")
-        account = spec.account or spec.project
+        account = self.charged_to(spec, "account")
         if account:
-            lines.append(f"-A {self._value('account', account)}")
+            lines.append(f"-A {account}")
         return lines
 
     def array_layout(self, spec: JobSpec, members: Sequence[Job]) -> ArrayLayout | None:
@@ -120,21 +115,9 @@ class TorqueBackend(PbsFamily):
         # all jobs, in one server request: with ids, qstat asks the server once per id
         return ["qstat", "-f", "-x", "-t"]
 
-    def parse_status(self, output: str) -> dict[str, NativeState]:
-        states = {}
-        for job_id, job in torque_jobs(output):
-            try:
-                if isinstance(job, UnreadableRecord):
-                    raise job
-                states[job_id] = self.native_state(
-                    str(job.get("job_state", "")).strip(),
-                    job,
-                    epoch_or_none(str(job.get("start_time", ""))),
-                    epoch_or_none(str(job.get("comp_time", ""))),
-                )
-            except ValueError as error:
-                self._unreadable(UnreadableRecord(job_id, str(error)))
-        return states
+    def times(self, attributes: Mapping[str, Any]) -> tuple[datetime | None, datetime | None]:
+        started = epoch_or_none(str(attributes.get("start_time", "")))
+        return started, epoch_or_none(str(attributes.get("comp_time", "")))
 
     def locate_queue_command(self, tags: Sequence[str]) -> list[str]:
         # every job the server shows, completed ones for keep_completed; arrays as one job
