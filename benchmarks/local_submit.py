@@ -4,8 +4,9 @@ against this machine's spawn limit measured in the same run: posix_spawn + waitp
 
     python benchmarks/local_submit.py [--jobs 1000]
 
-jobbridge is measured through ``submit()`` one by one and through ``submit_many()``.
-The last line is a JSON object of the figures.
+jobbridge is measured through ``submit()`` one by one and through ``submit_many()``;
+then one status query of the local backend over all the ended jobs (it reads their result
+files). The last line is a JSON object of the figures.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def spawn_limit(count: int, threads: int = 2) -> float:
     return (count // threads * threads) / (time.perf_counter() - started)
 
 
-def runner_startup_seconds(samples: int = 20) -> float:
-    """How long the interpreter that runs each local job takes to start."""
+def supervisor_startup_seconds(samples: int = 20) -> float:
+    """How long the interpreter of the local supervisor takes to start (paid once per
+    jobs directory, not once per job)."""
     started = time.perf_counter()
     for _ in range(samples):
         pid = os.posix_spawn(sys.executable, [sys.executable, "-I", "-S", "-c", "pass"], {})
@@ -63,6 +65,9 @@ def end_to_end(count: int, many: bool) -> dict[str, float]:
             submitted = time.perf_counter()
             jobs = engine.wait(ids, timeout=900)
             finished = time.perf_counter()
+            status_started = time.perf_counter()
+            engine.backend().status(jobs)
+            status_s = time.perf_counter() - status_started
             db_bytes = (Path(scratch) / "jobbridge.db").stat().st_size
     return {
         "completed": sum(job.phase is Phase.COMPLETED for job in jobs),
@@ -70,6 +75,7 @@ def end_to_end(count: int, many: bool) -> dict[str, float]:
         "end_to_end_jobs_per_s": round(count / (finished - started), 1),
         "end_to_end_s": round(finished - started, 2),
         "sqlite_bytes": db_bytes,
+        "status_query_ms": round(status_s * 1000, 1),
     }
 
 
@@ -87,7 +93,7 @@ def main() -> None:
         "submit_many": many,
         "submit_vs_limit": round(one_by_one["end_to_end_jobs_per_s"] / limit, 3),
         "submit_many_vs_limit": round(many["end_to_end_jobs_per_s"] / limit, 3),
-        "runner_startup_ms": round(runner_startup_seconds() * 1000, 1),
+        "supervisor_startup_ms": round(supervisor_startup_seconds() * 1000, 1),
         "cpus": os.cpu_count(),
     }
     print(

@@ -20,7 +20,7 @@ from jobbridge import (
     Phase,
     ResourcesNotSupportedError,
 )
-from jobbridge.backends import local_runner
+from jobbridge.backends import local_supervisor as sup
 
 HOSTILE = ["$(touch pwned)", "`touch pwned`", "a; touch pwned", 'it\'s "quoted"', "new\nline", "*"]
 
@@ -150,23 +150,23 @@ def test_a_job_that_ignores_term_is_killed_after_the_grace_period(
     engine.cancel(job.id)
     native = engine.get(job.id).native_id
     assert native
-    result = Path(native) / local_runner.RESULT_FILE
+    result = Path(native) / sup.RESULT_FILE
     deadline = time.monotonic() + 10
     while not result.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "detail=CANCELLED\n" in result.read_text()
 
 
-def test_a_runner_that_finds_a_cancel_mark_never_starts_the_program(tmp_path: Path) -> None:
+def test_a_job_cancelled_before_its_runner_claims_it_never_starts(
+    engine: Engine, tmp_path: Path, isolated_data_dir: Path
+) -> None:
     marker = tmp_path / "ran"
-    job_dir = tmp_path / "job"
-    job_dir.mkdir()
-    (job_dir / local_runner.CANCEL_MARK).write_text("")
-    outputs = [str(job_dir / "stdout"), str(job_dir / "stderr")]
-    runner = [sys.executable, "-I", "-S", local_runner.__file__, str(job_dir), str(tmp_path), ""]
-    runner += [*outputs, "", "", "1", "--", "touch", str(marker)]
-    subprocess.run(runner, check=True)
-    result = job_dir / local_runner.RESULT_FILE
+    job = engine.create(JobSpec(executable="touch", arguments=[str(marker)]))
+    job_dir = isolated_data_dir / "jobs" / job.id
+    job_dir.mkdir(parents=True)
+    (job_dir / sup.CANCEL_MARK).write_text("")
+    engine.start(job.id)
+    result = job_dir / sup.RESULT_FILE
     deadline = time.monotonic() + 10
     while not result.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -236,7 +236,7 @@ def test_memory_limit_is_enforced(engine: Engine) -> None:
 
 def test_a_runner_killed_from_outside_is_lost_not_completed(engine: Engine) -> None:
     job = engine.submit(JobSpec(executable="sleep", arguments=["301"]))
-    runner_file = Path(job.native_id or "") / local_runner.RUNNER_FILE
+    runner_file = Path(job.native_id or "") / sup.RUNNER_FILE
     while not runner_file.exists():
         time.sleep(0.05)
     os.kill(int(runner_file.read_text().split()[0]), signal.SIGKILL)
@@ -282,14 +282,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_the_runner_imports_nothing_slow() -> None:
-    """It starts once per job: modules such as typing, enum or json cost milliseconds each."""
-    directory = os.path.dirname(local_runner.__file__)
+def test_the_supervisor_stays_small() -> None:
+    """It forks a runner for every batch of jobs: it must not carry the engine's modules."""
+    directory = os.path.dirname(sup.__file__)
     probe = (
-        f"import sys; sys.path.insert(0, {directory!r}); import local_runner; print(*sys.modules)"
+        f"import sys; sys.path.insert(0, {directory!r}); import local_supervisor;"
+        " print(*sys.modules)"
     )
     loaded = subprocess.run(
         [sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, check=True
     ).stdout.split()
-    assert "local_runner" in loaded
-    assert not {"typing", "enum", "json", "re", "shutil", "signal", "subprocess"} & set(loaded)
+    assert "local_supervisor" in loaded
+    assert not {"jobbridge", "pydantic", "sqlalchemy", "subprocess", "threading"} & set(loaded)

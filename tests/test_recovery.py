@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from jobbridge import Engine, Phase, load_config
 
 SUBMITTER = textwrap.dedent(
@@ -76,3 +78,43 @@ def test_killing_the_submitter_loses_no_job(isolated_data_dir: Path) -> None:
         ("slow", Phase.ERROR, 143, "TIMEOUT"),
     }
     assert len(jobs) == 50
+
+
+MANY_SUBMITTER = textwrap.dedent(
+    """
+    import os, signal
+    from jobbridge import Engine, JobSpec
+
+    engine = Engine.from_config()
+    specs = [JobSpec(executable="sh", arguments=["-c", f"exit {i % 2}"], name=f"j-{i}")
+             for i in range(200)]
+    jobs = engine.submit_many(specs, wait=False)  # recorded; handed over in the background
+    print(" ".join(job.id for job in jobs), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # in the middle of handing them over
+    """
+)
+
+
+def test_killing_the_submitter_during_submit_many_loses_no_job(
+    isolated_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_file = tmp_path / "jobbridge.toml"
+    config_file.write_text("[engine]\nclaim_timeout = 1.0\nrefresh_interval = 0.1\n")
+    monkeypatch.setenv("JOBBRIDGE_CONFIG", str(config_file))
+    submitter = subprocess.run(
+        [sys.executable, "-c", MANY_SUBMITTER], capture_output=True, text=True, timeout=120
+    )
+    assert submitter.returncode == -signal.SIGKILL, submitter.stderr
+    ids = submitter.stdout.split()
+    assert len(ids) == 200
+
+    config = load_config()
+    with Engine.from_config(config) as engine:
+        jobs = engine.wait(ids, timeout=120)
+    assert len(jobs) == 200
+    outcomes = {(job.name, job.phase, job.exit_code) for job in jobs}
+    assert outcomes == {
+        (f"j-{i}", Phase.COMPLETED if i % 2 == 0 else Phase.ERROR, i % 2) for i in range(200)
+    }
+    runs = [p for p in (isolated_data_dir / "jobs").iterdir() if not p.name.startswith(".")]
+    assert len(runs) == 200  # one job directory each: nothing submitted twice

@@ -1,10 +1,13 @@
-"""Jobs as detached process groups on this machine."""
+"""Jobs as detached process groups on this machine, started by a per-directory supervisor."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +18,7 @@ from typing import Any
 from pydantic import Field
 
 from jobbridge import staging
-from jobbridge.backends import local_runner
+from jobbridge.backends import local_supervisor as sup
 from jobbridge.backends.base import (
     Backend,
     BackendContext,
@@ -34,7 +37,10 @@ from jobbridge.transport.local import LocalTransport
 
 __all__ = ["LocalBackend", "LocalOptions"]
 
-RUNNER = Path(local_runner.__file__)
+SUPERVISOR = Path(sup.__file__)
+STALL = 2.0
+"""Seconds a job may wait in the spool before a status query makes sure a supervisor runs."""
+WAITING = "waiting for the supervisor to start it"
 
 
 class LocalOptions(BackendOptions):
@@ -46,10 +52,15 @@ class LocalOptions(BackendOptions):
     cores: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="cores one job may ask for"
     )
+    supervisor_idle: float = Field(
+        30.0, gt=0, description="seconds without work after which the supervisor leaves"
+    )
 
 
 class LocalBackend(Backend):
-    """Each job is a detached runner process that survives whoever submitted it."""
+    """A submission leaves the job's plan on disk and wakes the supervisor of the jobs
+    directory (see ``local_supervisor``), which starts it under a runner that survives
+    whoever submitted it, and the supervisor too."""
 
     kind = "local"
     Options = LocalOptions
@@ -58,6 +69,7 @@ class LocalBackend(Backend):
     def __init__(self, name: str, options: BackendOptions, context: BackendContext) -> None:
         super().__init__(name, options, context)
         self.transport = LocalTransport()
+        self.supervisor = SupervisorClient(str(context.jobs_dir), self.options.supervisor_idle)
 
     def check(self, spec: JobSpec) -> None:
         unsupported = {
@@ -87,32 +99,43 @@ class LocalBackend(Backend):
         self.transport.make_dirs(job_dir)
         staging.stage_in(self.transport, job_dir, job.spec.stage_in)
         plan = self._plan(job, job_dir)
-        self.transport.write_bytes(os.path.join(job_dir, "job.json"), json.dumps(plan).encode())
-        self.transport.spawn(
-            [sys.executable, "-I", "-S", str(RUNNER), *_runner_arguments(plan)],
-            env=self._environment(job, plan["directory"]),
-            cwd=job_dir,
-        )
+        self.transport.write_bytes(os.path.join(job_dir, sup.PLAN_FILE), json.dumps(plan).encode())
+        self.supervisor.enqueue(job.id, job_dir)
         return job_dir
 
     def locate(self, jobs: Sequence[Job]) -> Located:
-        """A submission left the job's plan in its directory before starting the runner."""
+        """A submission left the job's plan in its directory before it queued the job; one
+        cut short in between is queued now, which is safe: a runner claims a job once."""
         found = {}
         for job in jobs:
             job_dir = self._job_dir(job)
-            if self.transport.exists(os.path.join(job_dir, "job.json")):
+            if self.transport.exists(os.path.join(job_dir, sup.PLAN_FILE)):
                 found[job.id] = [job_dir]
+                if not self.transport.exists(os.path.join(job_dir, sup.RUNNER_FILE)):
+                    self.supervisor.enqueue(job.id, job_dir, wake=False)
+        if found:
+            self.supervisor.wake()
         return Located(found, complete=True)
 
     def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus | Missing]:
-        return {job.id: self._status(job) for job in jobs if job.native_id}
+        answers: dict[str, JobStatus | Missing] = {}
+        stalled = False
+        for job in jobs:
+            if job.native_id:
+                answer = answers[job.id] = self._status(job)
+                stalled = stalled or answer.message == WAITING
+        if stalled:  # a job long in the spool: its supervisor may have died
+            self.supervisor.wake()
+        return answers
 
     def cancel(self, job: Job) -> None:
         assert job.native_id
-        self.transport.write_bytes(os.path.join(job.native_id, local_runner.CANCEL_MARK), b"")
+        self.transport.write_bytes(os.path.join(job.native_id, sup.CANCEL_MARK), b"")
         runner = self._runner(job.native_id)
         if runner is not None and self._alive(runner):
             self.transport.run(["kill", "-s", "TERM", "--", str(runner.pid)], check=False)
+        elif runner is None:  # still in the spool: its runner will find the mark
+            self.supervisor.wake()
 
     def read_output(
         self, job: Job, stream: Stream, offset: int = 0, size: int | None = None
@@ -133,9 +156,11 @@ class LocalBackend(Backend):
         return self.transport, self._job_dir(job)
 
     def free(self, job: Job) -> None:
+        self.supervisor.forget(job.id)
         self.transport.remove_tree(self._job_dir(job))
 
     def close(self) -> None:
+        self.supervisor.close()
         self.transport.close()
 
     # -- inside -----------------------------------------------------------------------------
@@ -162,6 +187,7 @@ class LocalBackend(Backend):
             "memory": spec.resources.memory,
             "grace": self.options.grace_period,
             "argv": argv,
+            "env": self._environment(job, directory),
             "submitted": time.time(),
         }
 
@@ -186,8 +212,11 @@ class LocalBackend(Backend):
             return result
         runner = self._runner(job_dir)
         if runner is None:
-            if time.time() - self._submitted_at(job_dir) < self.options.start_timeout:
+            waited = time.time() - self._submitted_at(job_dir)
+            if waited < STALL:
                 return JobStatus(phase=Phase.QUEUED)
+            if waited < self.options.start_timeout:
+                return JobStatus(phase=Phase.QUEUED, message=WAITING)
             said = (self._read_text(os.path.join(job_dir, "runner.log")) or "").strip()
             return JobStatus(
                 phase=Phase.ERROR, detail="LOST", message=f"the runner never started {said}".strip()
@@ -207,7 +236,7 @@ class LocalBackend(Backend):
         )
 
     def _result(self, job_dir: str) -> JobStatus | None:
-        text = self._read_text(os.path.join(job_dir, local_runner.RESULT_FILE))
+        text = self._read_text(os.path.join(job_dir, sup.RESULT_FILE))
         if text is None:
             return None
         head, _, message = text.partition("message=")
@@ -230,7 +259,7 @@ class LocalBackend(Backend):
         )
 
     def _runner(self, job_dir: str) -> _RunnerRecord | None:
-        text = self._read_text(os.path.join(job_dir, local_runner.RUNNER_FILE))
+        text = self._read_text(os.path.join(job_dir, sup.RUNNER_FILE))
         if not text:
             return None
         pid, ticks, started = text.split()
@@ -245,7 +274,7 @@ class LocalBackend(Backend):
         return fields[0] != "Z" and int(fields[19]) == runner.ticks
 
     def _submitted_at(self, job_dir: str) -> float:
-        text = self._read_text(os.path.join(job_dir, "job.json"))
+        text = self._read_text(os.path.join(job_dir, sup.PLAN_FILE))
         return float(json.loads(text)["submitted"]) if text else 0.0
 
     def _read_text(self, path: str) -> str | None:
@@ -255,19 +284,79 @@ class LocalBackend(Backend):
             return None
 
 
+class SupervisorClient:
+    """Queues jobs for the supervisor of one jobs directory, starting it when none runs."""
+
+    def __init__(self, jobs_dir: str, idle: float) -> None:
+        self.jobs_dir = jobs_dir
+        self.idle = idle
+        self.spool = os.path.join(jobs_dir, sup.SPOOL_DIR)
+        self.fifo = os.path.join(jobs_dir, sup.STATE_DIR, sup.WAKE_FIFO)
+        self._lock = threading.Lock()
+        self._started_at = float("-inf")
+
+    def enqueue(self, job_id: str, job_dir: str, *, wake: bool = True) -> None:
+        entry = os.path.join(self.spool, job_id)
+        try:
+            os.symlink(job_dir, entry)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            os.makedirs(self.spool, exist_ok=True)
+            os.symlink(job_dir, entry)
+        if wake:
+            self.wake()
+
+    def forget(self, job_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.spool, job_id))
+
+    def wake(self, message: bytes = b"j") -> bool:
+        """Tell the supervisor to look at the spool; start one if none listens. True if one
+        was listening."""
+        try:
+            fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as error:
+            if error.errno not in (errno.ENOENT, errno.ENXIO):
+                raise
+            if message != sup.QUIT:
+                self.start()
+            return False
+        try:
+            os.write(fd, message)
+        except BlockingIOError:  # full of wake-ups already
+            pass
+        except BrokenPipeError:  # it left just now
+            if message != sup.QUIT:
+                self.start()
+            return False
+        finally:
+            os.close(fd)
+        return True
+
+    def start(self) -> None:
+        """Start a supervisor, at most one every few seconds from this process; a second
+        one for the same directory gives way to the first (it holds a lock)."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._started_at < sup.LOCK_PATIENCE:
+                return
+            self._started_at = now
+        os.makedirs(self.spool, exist_ok=True)
+        command = [sys.executable, "-I", "-S", str(SUPERVISOR), self.jobs_dir, repr(self.idle)]
+        LocalTransport().spawn(command, cwd="/")
+
+    def close(self) -> None:
+        """Let the supervisor leave once the spool is empty (another process that submits
+        later starts a new one)."""
+        self.wake(sup.QUIT)
+
+
 @dataclass(frozen=True)
 class _RunnerRecord:
     pid: int
     ticks: int
     started: datetime
-
-
-def _runner_arguments(plan: dict[str, Any]) -> list[str]:
-    def text(value: object) -> str:
-        return "" if value is None else str(value)
-
-    fields = ("job_dir", "directory", "stdin", "stdout", "stderr", "walltime", "memory", "grace")
-    return [*(text(plan[field]) for field in fields), "--", *plan["argv"]]
 
 
 def _with_prologue(argv: list[str], prologue: str | None, epilogue: str | None) -> list[str]:

@@ -1,0 +1,153 @@
+"""The local supervisor: one per jobs directory, never the parent of a job, so that killing
+it loses nothing; a job handed over is started exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from jobbridge import Engine, JobSpec, Phase
+from jobbridge.backends import local_supervisor as sup
+from jobbridge.backends.local import LocalBackend
+
+
+def until(condition: Callable[[], bool], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.02)
+
+
+def supervisor_pid(jobs_dir: Path) -> int:
+    pid_file = jobs_dir / sup.STATE_DIR / sup.PID_FILE
+    until(pid_file.exists)
+    return int(pid_file.read_text().split()[0])
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_killing_the_supervisor_loses_no_job(
+    engine: Engine, isolated_data_dir: Path, tmp_path: Path
+) -> None:
+    jobs_dir = isolated_data_dir / "jobs"
+    gate = tmp_path / "gate"
+    wait_for_gate = f"while [ ! -e {gate} ]; do sleep 0.05; done"
+    specs = {
+        "ok": JobSpec(executable="sh", arguments=["-c", wait_for_gate]),
+        "fail": JobSpec(executable="sh", arguments=["-c", f"{wait_for_gate}; exit 5"]),
+        "slow": JobSpec(executable="sleep", arguments=["60"], resources={"walltime": 2}),
+        "cancelled": JobSpec(executable="sleep", arguments=["60"]),
+    }
+    running = {name: engine.submit(spec) for name, spec in specs.items()}
+    until(
+        lambda: all(Path(job.native_id or "", sup.RUNNER_FILE).exists() for job in running.values())
+    )
+    first = supervisor_pid(jobs_dir)
+    os.kill(first, signal.SIGSTOP)  # jobs handed over now wait in the spool...
+    queued = engine.submit(JobSpec(executable="sh", arguments=["-c", "exit 3"]))
+    os.kill(first, signal.SIGKILL)  # ...when the supervisor dies
+    until(lambda: not alive(first))
+
+    engine.cancel(running["cancelled"].id)
+    gate.write_text("")
+    ids = [job.id for job in [*running.values(), queued]]
+    done = {job.id: job for job in engine.wait(ids, timeout=30)}
+    outcomes = {name: (done[job.id].phase, done[job.id].exit_code, done[job.id].detail)
+                for name, job in running.items()}  # fmt: skip
+    assert outcomes == {
+        "ok": (Phase.COMPLETED, 0, None),
+        "fail": (Phase.ERROR, 5, None),
+        "slow": (Phase.ERROR, 143, "TIMEOUT"),
+        "cancelled": (Phase.ABORTED, None, "CANCELLED"),
+    }
+    assert (done[queued.id].phase, done[queued.id].exit_code) == (Phase.ERROR, 3)
+    assert supervisor_pid(jobs_dir) != first  # the spooled job needed a new supervisor
+    result = Path(running["cancelled"].native_id or "", sup.RESULT_FILE)
+    until(result.exists)
+    assert "detail=CANCELLED\n" in result.read_text()
+
+
+def test_jobs_are_not_children_of_the_supervisor(engine: Engine, isolated_data_dir: Path) -> None:
+    job = engine.submit(JobSpec(executable="sleep", arguments=["30"]))
+    runner_file = Path(job.native_id or "", sup.RUNNER_FILE)
+    until(runner_file.exists)
+    runner = int(runner_file.read_text().split()[0])
+    assert runner != supervisor_pid(isolated_data_dir / "jobs")
+    with open(f"/proc/{runner}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    assert int(fields[3]) == runner  # the runner leads a session of its own
+    engine.cancel(job.id)
+
+
+def test_only_one_supervisor_serves_a_directory(tmp_path: Path) -> None:
+    jobs_dir = tmp_path / "jobs"
+    command = [sys.executable, "-I", "-S", sup.__file__, str(jobs_dir), "2"]
+    candidates = [subprocess.Popen(command) for _ in range(4)]
+    try:
+        pid = supervisor_pid(jobs_dir)
+        until(lambda: sum(c.poll() is None for c in candidates) == 1)
+        [serving] = [c for c in candidates if c.poll() is None]
+        assert serving.pid == pid
+        assert sup.is_served(str(jobs_dir / sup.STATE_DIR / sup.WAKE_FIFO))
+        serving.wait(timeout=15)  # idle for its two seconds, it leaves
+        assert not (jobs_dir / sup.STATE_DIR / sup.PID_FILE).exists()
+    finally:
+        for candidate in candidates:
+            if candidate.poll() is None:
+                candidate.kill()
+                candidate.wait()
+
+
+def test_a_job_spooled_twice_runs_once(
+    engine: Engine, local_backend: LocalBackend, tmp_path: Path
+) -> None:
+    counter = tmp_path / "runs"
+    spec = JobSpec(executable="sh", arguments=["-c", f"echo run >> {counter}; sleep 0.5"])
+    job = engine.submit(spec)
+    for _ in range(5):  # what a resolved submission or a second supervisor would do
+        local_backend.supervisor.enqueue(job.id, job.native_id or "")
+    [done] = engine.wait([job.id], timeout=30)
+    assert done.phase is Phase.COMPLETED
+    assert counter.read_text() == "run\n"
+
+
+def test_locate_finishes_a_submission_cut_short(
+    engine: Engine, local_backend: LocalBackend
+) -> None:
+    """The plan was written but the submitter died before queueing the job."""
+    job = engine.create(JobSpec(executable="sh", arguments=["-c", "exit 4"]))
+    enqueue = local_backend.supervisor.enqueue
+    local_backend.supervisor.enqueue = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    local_backend.submit(job)
+    local_backend.supervisor.enqueue = enqueue  # type: ignore[method-assign]
+    assert not (local_backend.context.jobs_dir / sup.SPOOL_DIR / job.id).exists()
+    located = local_backend.locate([job])
+    assert located.complete and located.found == {job.id: [local_backend._job_dir(job)]}
+    native = job.model_copy(update={"native_id": local_backend._job_dir(job)})
+    until(lambda: local_backend.status([native])[job.id].phase is Phase.ERROR)
+    assert local_backend.status([native])[job.id].exit_code == 4  # type: ignore[union-attr]
+
+
+def test_closing_lets_the_supervisor_leave_and_a_later_submission_starts_one(
+    engine: Engine, local_backend: LocalBackend, isolated_data_dir: Path
+) -> None:
+    jobs_dir = isolated_data_dir / "jobs"
+    [done] = engine.wait([engine.submit(JobSpec(executable="true")).id], timeout=30)
+    first = supervisor_pid(jobs_dir)
+    local_backend.supervisor.close()
+    until(lambda: not alive(first))
+    local_backend.supervisor._started_at = float("-inf")  # this process may start one again
+    [again] = engine.wait([engine.submit(JobSpec(executable="true")).id], timeout=30)
+    assert (done.phase, again.phase) == (Phase.COMPLETED, Phase.COMPLETED)
+    assert supervisor_pid(jobs_dir) != first
