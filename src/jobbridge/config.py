@@ -60,6 +60,13 @@ class EngineSettings(BaseModel):
         description="first pause before a submission that failed for a passing"
         " reason is tried again; it doubles up to max_backoff",
     )
+    lease_duration: float = Field(
+        30.0,
+        gt=0,
+        description="running in the background (a service), a process polls a backend, and"
+        " destroys expired jobs, only under a lease in the store, renewed every third of this;"
+        " when its process dies, another takes the lease over this long after the last renewal",
+    )
 
 
 class ServiceSettings(BaseModel):

@@ -7,7 +7,9 @@ active jobs in one batched query, no more often than the backend allows. A faile
 ends a job: after repeated failures the jobs show UNKNOWN until the backend answers again.
 Running in the background, every backend has a thread of its own, so that a slow or dead
 cluster delays no other; stage-out and hooks run off the polling path. A new engine on the
-same store carries on where another stopped.
+same store carries on where another stopped. Of several engines running in the background on
+one store (replicas of a service), one at a time polls each backend and one destroys expired
+jobs, each under a lease in the store (see ``leases``); any of them may submit.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from jobbridge.errors import (
 )
 from jobbridge.hooks import Hooks
 from jobbridge.job import Job, JobStatus, new_job_id, utcnow
+from jobbridge.leases import DESTROY_LEASE, LeaseKeeper, backend_lease
 from jobbridge.phase import Phase
 from jobbridge.polling import Poller
 from jobbridge.spec import JobSpec
@@ -83,6 +86,7 @@ class Engine:
         self._changed = threading.Condition()
         self._stopping = threading.Event()
         self._loops: list[threading.Thread] = []
+        self._leases: LeaseKeeper | None = None
         self._hook_runner: ThreadPoolExecutor | None = None
         self._stager: ThreadPoolExecutor | None = None
         self._staging: set[str] = set()
@@ -590,10 +594,18 @@ class Engine:
 
     def start_background(self) -> None:
         """Refresh in threads of their own, one per backend, until ``stop_background``
-        (used by the service). Hooks and stage-out then run in workers of their own."""
+        (used by the service). Hooks and stage-out then run in workers of their own. Each
+        thread works only while this engine holds its lease, so that of several engines on
+        one store one at a time polls a backend (or destroys expired jobs)."""
         if self.running:
             return
         self._stopping.clear()
+        self._leases = LeaseKeeper(
+            self.store,
+            self.settings.lease_duration,
+            [*(backend_lease(name) for name in self.backends), DESTROY_LEASE],
+        )
+        self._leases.start()
         self._hook_runner = ThreadPoolExecutor(1, thread_name_prefix="jobbridge-hooks")
         self._stager = ThreadPoolExecutor(2, thread_name_prefix="jobbridge-stage-out")
         self._loops = [
@@ -613,6 +625,9 @@ class Engine:
         for loop in self._loops:
             loop.join()
         self._loops = []
+        if self._leases is not None:
+            self._leases.stop()
+            self._leases = None
         for pool in (self._stager, self._hook_runner):
             if pool is not None:
                 pool.shutdown(wait=True)
@@ -623,20 +638,27 @@ class Engine:
             _LOOP_TICK_FLOOR,
             min(self.settings.refresh_interval, backend.options.min_refresh_interval),
         )
+        lease = backend_lease(backend.name)
         while not self._stopping.is_set():
-            try:
-                self.refresh_backend(backend)
-            except Exception:
-                log.exception("refresh cycle of %s failed", backend.name)
+            if self._holds(lease):
+                try:
+                    self.refresh_backend(backend)
+                except Exception:
+                    log.exception("refresh cycle of %s failed", backend.name)
             self._stopping.wait(tick)
 
     def _run_destroyer(self) -> None:
         while not self._stopping.is_set():
-            try:
-                self._destroy_expired()
-            except Exception:
-                log.exception("destroying expired jobs failed")
+            if self._holds(DESTROY_LEASE):
+                try:
+                    self._destroy_expired()
+                except Exception:
+                    log.exception("destroying expired jobs failed")
             self._stopping.wait(self.settings.refresh_interval)
+
+    def _holds(self, lease: str) -> bool:
+        leases = self._leases
+        return leases is not None and leases.holds(lease)
 
     def close(self) -> None:
         self.stop_background()

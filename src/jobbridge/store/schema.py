@@ -105,6 +105,16 @@ dependencies = sa.Table(
     sa.Index("ix_dependencies_parent", "parent_id"),
 )
 
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("expires", UTCDateTime, nullable=False),
+)
+"""Shared work that one process at a time does (polling a backend, destroying expired jobs):
+who holds it, and until when unless renewed."""
+
 # -- the UWS service's own data, keyed by job id ------------------------------------------------
 
 uws_jobs = sa.Table(

@@ -6,7 +6,7 @@ import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +16,18 @@ from jobbridge.errors import JobNotFoundError
 from jobbridge.job import Event, Handover, Job, utcnow
 from jobbridge.phase import ACTIVE_PHASES, Phase
 from jobbridge.spec import JobSpec
-from jobbridge.store.schema import dependencies, events, jobs
+from jobbridge.store.schema import dependencies, events, jobs, leases
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
-__all__ = ["Store"]
+__all__ = ["JOB_CHANNEL", "Store"]
+
+JOB_CHANNEL = "jobbridge_jobs"
+"""On PostgreSQL, every phase change and deletion of a job is announced on this channel
+(``NOTIFY``; the payload is the job id and its new phase, or ``DELETED``, separated by a
+space), in the transaction that makes it: listeners hear of it once it is committed, and only
+then."""
 
 _MIGRATION_LOCK = 0x6A6F6262  # any constant shared by every jobbridge process
 _WRITE = "jobbridge_write"
@@ -203,6 +209,7 @@ class Store:
                     job_id, time, expected, new, fields.get("detail"), fields.get("message")
                 ),
             )
+            self._announce(conn, job_id, new.value)
             return moved
 
     def update(self, job_id: str, **fields: Any) -> Job:
@@ -418,6 +425,56 @@ class Store:
             conn.execute(dependencies.delete().where(dependencies.c.job_id == job_id))
             if conn.execute(jobs.delete().where(jobs.c.id == job_id)).rowcount != 1:
                 raise JobNotFoundError(job_id)
+            self._announce(conn, job_id, "DELETED")
+
+    def _announce(self, conn: sa.Connection, job_id: str, phase: str) -> None:
+        """Tell the listeners of ``JOB_CHANNEL`` once this transaction commits."""
+        if self.dialect == "postgresql":
+            conn.execute(sa.select(sa.func.pg_notify(JOB_CHANNEL, f"{job_id} {phase}")))
+
+    # -- leases --------------------------------------------------------------------------------
+
+    def take_lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Take the lease ``name`` for ``seconds`` if it is free, has expired or is
+        ``holder``'s already (then this renews it): a compare-and-set, so that of several
+        callers at most one holds it. True if ``holder`` holds it now. On PostgreSQL the
+        database's clock is the only one that counts, so the processes' clocks may differ."""
+        now, until = self._lease_times(seconds)
+        with self.writing() as conn:
+            renewed = conn.execute(
+                leases.update()
+                .where(
+                    leases.c.name == name,
+                    sa.or_(leases.c.holder == holder, leases.c.expires < now),
+                )
+                .values(holder=holder, expires=until)
+            )
+            if renewed.rowcount == 1:
+                return True
+            taken = conn.execute(sa.select(leases.c.name).where(leases.c.name == name)).first()
+            if taken is not None:
+                return False
+        try:
+            with self.writing() as conn:
+                conn.execute(leases.insert().values(name=name, holder=holder, expires=until))
+        except sa.exc.IntegrityError:
+            return False  # another caller created it first
+        return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up at once, if ``holder`` has it, for another process to take."""
+        with self.writing() as conn:
+            conn.execute(leases.delete().where(leases.c.name == name, leases.c.holder == holder))
+
+    def leases(self) -> dict[str, tuple[str, datetime]]:
+        """Every lease: its holder and when it expires unless renewed."""
+        with self.reading() as conn:
+            rows = conn.execute(sa.select(leases))
+            return {row.name: (row.holder, row.expires) for row in rows}
+
+    def _lease_times(self, seconds: float) -> tuple[Any, Any]:
+        now: Any = sa.func.clock_timestamp() if self.dialect == "postgresql" else utcnow()
+        return now, now + timedelta(seconds=seconds)
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The FastAPI application: the UWS routes, VOSI-style capabilities and availability, the
 error mapping, the web pages (``/ui``), the metrics (``/metrics``), and the engine refreshing
-in the background while the service runs."""
+in the background while the service runs. On PostgreSQL, the phase changes that other
+replicas make wake this one's waiting requests too."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from jobbridge.uws.body import BodyLimit
 from jobbridge.uws.definitions import Definitions, ParameterError, load_definitions
 from jobbridge.uws.metrics import ServiceMetrics, add_metrics
 from jobbridge.uws.models import utc_text
+from jobbridge.uws.notify import JobListener
 from jobbridge.uws.openapi import uws_openapi
 from jobbridge.uws.routes import ServiceContext, router
 from jobbridge.uws.service import UwsError, UwsService
@@ -77,7 +79,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        context.waiters = PhaseWaiters(asyncio.get_running_loop(), engine.hooks)
+        waiters = context.waiters = PhaseWaiters(asyncio.get_running_loop(), engine.hooks)
+        listener = None
+        if engine.store.dialect == "postgresql":
+            listener = JobListener(engine.store.url, waiters.poke, waiters.poke_all)
+            listener.start()
         await asyncio.to_thread(service.sweep_orphans)
         metrics.attach()
         engine.start_background()
@@ -85,6 +91,8 @@ def create_app(
             yield
         finally:
             engine.stop_background()
+            if listener is not None:
+                listener.close()
             metrics.detach()
             context.waiters.close()
             context.waiters = None
