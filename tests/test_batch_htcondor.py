@@ -430,7 +430,7 @@ def test_parsing_condor_q_json() -> None:
         "12.0": (Phase.QUEUED, None, None),
         "13.0": (Phase.EXECUTING, None, None),
         "14.0": (Phase.HELD, "UserRequest", None),
-        "15.0": (Phase.HELD, "JobOutOfResources", None),
+        "15.0": (Phase.ERROR, "OUT_OF_MEMORY", None),  # held by HTCondor itself
         "16.0": (Phase.SUSPENDED, None, None),
         "17.0": (Phase.EXECUTING, None, None),
         "18.0": (Phase.UNKNOWN, "JobStatus=9", None),
@@ -444,6 +444,8 @@ def test_parsing_condor_q_json() -> None:
     }
     assert queue["13.0"].started == datetime(2026, 1, 1, 0, 1, tzinfo=UTC)
     assert backend.to_status(queue["15.0"]).message.startswith("Error from slot1_3@node7")  # type: ignore[union-attr]
+    assert backend.to_status(queue["15.0"]).stop_native  # removed from the queue
+    assert not backend.to_status(queue["14.0"]).stop_native
     assert backend.parse_status("") == {} == backend.parse_status("[]\n")
     with pytest.raises(ValueError):
         backend.parse_status('{"ClusterId": 1}')

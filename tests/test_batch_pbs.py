@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ from tests.batch_support import (
     new_job,
     render_case,
     run_rendered_script,
+    wait_until_ended,
 )
 from tests.fakes.fakesched import ENDED, FakeScheduler
 
@@ -133,11 +135,17 @@ def test_one_refresh_of_100_active_jobs_runs_one_status_command(
 ) -> None:
     backend = pbs_backend(flavour, isolated_data_dir)
     counting = CountingTransport.around(backend)
+    round_trips = Path(os.environ["FAKESCHED_DIR"]) / "roundtrips"
     with make_engine(backend, isolated_data_dir) as engine:
         spec = JobSpec(executable="true", attributes={"pbs.h": True})
         jobs = [engine.submit(spec) for _ in range(100)]
+        engine.refresh()  # PBS Pro: learns that the server keeps no job history
+        time.sleep(backend.options.min_refresh_interval)
+        round_trips.unlink()
         commands = commands_of_one_refresh(engine, counting)
         assert [command[0] for command in commands] == ["qstat"]
+        # and one request to the server, not one per job id
+        assert round_trips.read_text() == "qstat\n"
         assert all(engine.get(job.id).phase is Phase.HELD for job in jobs)
 
 
@@ -266,7 +274,7 @@ def test_the_job_gets_what_it_asked_for(flavour: Backends, isolated_data_dir: Pa
 FAKE_ANSWERS = {
     "pbspro": (
         ["-f", "-F", "json"],
-        '"Hold_Types": "u"',
+        '"Hold_Types":\t"u"',
         ["-f", "-x"],
         "job_state = F",
         (35, "qdel: Job {id} has finished\n"),
@@ -283,10 +291,15 @@ FAKE_ANSWERS = {
 
 @pytest.mark.parametrize("flavour_name", ["pbspro", "torque"])
 def test_the_fake_tools_answer_as_documented(
-    flavour_name: str, cluster: Callable[[str], Path], tmp_path: Path
+    flavour_name: str,
+    cluster: Callable[[str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     held_query, held_shows, ended_query, ended_shows, finished = FAKE_ANSWERS[flavour_name]
     cluster(flavour_name)
+    monkeypatch.setenv("FAKESCHED_PBS_HISTORY", "1")  # sites that keep ended jobs a while
+    monkeypatch.setenv("FAKESCHED_TORQUE_KEEP_COMPLETED", "300")
     script = tmp_path / "job.sh"
     script.write_text("#!/bin/bash\n#PBS -N from_script\n#PBS -l walltime=00:01:00\ntrue\n")
 
@@ -513,8 +526,9 @@ def test_parsing_torque_qstat_xml(tmp_path: Path) -> None:
 def test_the_per_refresh_commands(tmp_path: Path) -> None:
     pbspro, torque = pbs_backend(PbsProBackend, tmp_path), pbs_backend(TorqueBackend, tmp_path)
     assert pbspro.status_command(["7[].s", "8.s"]) == [
-        "qstat", "-f", "-F", "json", "-x", "-t", "7[].s", "8.s"
+        "qstat", "-f", "-F", "json", "-x", "-t", "-E", "7[].s", "8.s"
     ]  # fmt: skip
+    assert pbspro.status_environment() == {"TZ": "UTC"}
     assert torque.status_command(["7[].s"]) == ["qstat", "-f", "-x", "-t"]
     assert pbspro.accounting_command(["8.s"]) is None
     assert (pbspro.cancel_command(["8.s"]), torque.hold_command(["8.s"])) == (
@@ -527,6 +541,9 @@ def test_the_per_refresh_commands(tmp_path: Path) -> None:
 
 
 class PbsBackendScenarios(BackendScenarios):
+    """On sites that keep ended jobs a while (PBS Pro's job history, Torque's
+    keep_completed): otherwise an ended job cannot be found by its mark at all."""
+
     hold_attribute = "pbs.h"
     queue_down = Outage("qstat", "qstat: cannot connect to server srv (errno=111)", returncode=2)
     accounting_down = Outage("qstat", "qstat: cannot connect to server srv", "-B", 2)
@@ -534,9 +551,14 @@ class PbsBackendScenarios(BackendScenarios):
 
     @pytest.fixture
     def backend(
-        self, isolated_data_dir: Path, cluster: Callable[[str], Path]
+        self,
+        isolated_data_dir: Path,
+        cluster: Callable[[str], Path],
+        monkeypatch: pytest.MonkeyPatch,
     ) -> PbsProBackend | TorqueBackend:
         cluster(self.backend_class.kind)
+        monkeypatch.setenv("FAKESCHED_PBS_HISTORY", "1")
+        monkeypatch.setenv("FAKESCHED_TORQUE_KEEP_COMPLETED", "300")
         return pbs_backend(self.backend_class, isolated_data_dir)
 
 
@@ -550,16 +572,47 @@ class TestTorqueBackend(PbsBackendScenarios):
     last_member_id = r"^\d+\[4\]"
 
 
+def test_without_history_the_job_directory_proves_absence(
+    flavour: Backends, isolated_data_dir: Path
+) -> None:
+    # the sites' defaults: PBS Pro keeps no job history, Torque no completed jobs
+    backend = pbs_backend(flavour, isolated_data_dir)
+    held = new_job(JobSpec(executable="true", attributes={"pbs.h": True}))
+    ended = new_job(JobSpec(executable="true"))
+    never = new_job(JobSpec(executable="true"))
+    native, ended_native = backend.submit(held), backend.submit(ended)
+    try:
+        wait_until_ended(backend, ended.model_copy(update={"native_id": ended_native}))
+        # a job the server does not show and whose directory holds nothing a job script
+        # leaves was never made; one that ran noted its native id
+        located = backend.locate([held, ended, never])
+        assert located.found == {held.id: [native], ended.id: [ended_native]}
+        assert located.complete
+        # an exit-code file without the noted id: absence proves nothing
+        Path(backend.exit_code_path(ended) + ".id").unlink()
+        located = backend.locate([held, ended, never])
+        assert (located.found, located.complete) == ({held.id: [native]}, False)
+    finally:
+        backend.cancel(held.model_copy(update={"native_id": native}))
+
+
 def test_locate_is_incomplete_when_the_server_keeps_no_finished_jobs(
     flavour: Backends, monkeypatch: pytest.MonkeyPatch, isolated_data_dir: Path
 ) -> None:
+    monkeypatch.setenv("FAKESCHED_PBS_HISTORY", "1")
+    monkeypatch.setenv("FAKESCHED_PBS_HISTORY_DURATION", "1")
+    monkeypatch.setenv("FAKESCHED_TORQUE_KEEP_COMPLETED", "1")
     backend = pbs_backend(flavour, isolated_data_dir)
     job = new_job(JobSpec(executable="true", attributes={"pbs.h": True}))
+    old = new_job(JobSpec(executable="true"), created=datetime.now(UTC) - timedelta(hours=1))
+    (Path(backend.job_dir(old)) / "exitcode").parent.mkdir(parents=True)
+    (Path(backend.job_dir(old)) / "exitcode").write_text("0 1 2\n")
     native = backend.submit(job)
-    monkeypatch.setenv("FAKESCHED_PBS_HISTORY", "0")
-    monkeypatch.setenv("FAKESCHED_TORQUE_KEEP_COMPLETED", "0")
-    located = backend.locate([job])
-    assert (located.found, located.complete) == ({job.id: [native]}, False)
+    try:
+        located = backend.locate([job, old])
+        assert (located.found, located.complete) == ({job.id: [native]}, False)
+    finally:
+        backend.cancel(job.model_copy(update={"native_id": native}))
 
 
 # -- one unreadable record is no news for its job only -----------------------------------------
@@ -592,7 +645,11 @@ TORQUE_GARBLED = (
     ("cls", "answer", "good"),
     [
         (PbsProBackend, PBSPRO_GARBLED, {"10.srv": Phase.EXECUTING, "12.srv": Phase.COMPLETED}),
-        (TorqueBackend, TORQUE_GARBLED, {"30.srv": Phase.EXECUTING, "32.srv": Phase.COMPLETED}),
+        (
+            TorqueBackend,
+            TORQUE_GARBLED,
+            {"30.srv": Phase.EXECUTING, "31.srv": Phase.QUEUED, "32.srv": Phase.COMPLETED},
+        ),
     ],
     ids=["pbspro", "torque"],
 )
@@ -609,7 +666,8 @@ def test_an_unreadable_job_record_leaves_out_that_job_only(
         backend.parse_status(answer)
     assert {native: backend.to_status(s).phase for native, s in states.items()} == good
     warned = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
-    assert len(warned) == 3, warned  # once per unreadable job, not at every query
+    # once per unreadable job, not at every query (Torque's bare "<" is recovered)
+    assert len(warned) == (3 if cls is PbsProBackend else 2), warned
     assert backend.parse_located(answer) == {}  # no marks in these names, and no exception
 
 
@@ -676,11 +734,15 @@ def test_the_fake_servers_show_how_long_they_keep_finished_jobs(
     document = json.loads(run("qstat", "-B", "-f", "-F", "json"))
     assert set(document) == {"timestamp", "pbs_version", "pbs_server", "Server"}
     [server] = document["Server"].values()
-    assert (server["job_history_enable"], server["job_history_duration"]) == ("True", "336:00:00")
-    monkeypatch.setenv("FAKESCHED_PBS_HISTORY", "0")
+    assert "job_history_enable" not in server  # off as shipped; unset attributes not shown
+    monkeypatch.setenv("FAKESCHED_PBS_HISTORY", "1")
     [server] = json.loads(run("qstat", "-B", "-f", "-F", "json"))["Server"].values()
-    assert "job_history_enable" not in server  # unset attributes are not shown
+    assert (server["job_history_enable"], server["job_history_duration"]) == ("True", "336:00:00")
     cluster("torque")
     text = run("qstat", "-B", "-f")
-    assert text.startswith("Server: ") and "\n    keep_completed = 300\n" in text
+    assert text.startswith("Server: ") and "keep_completed" not in text  # 0 before 6.1
+    assert pbs_backend(TorqueBackend, Path("/x")).history_kept(text) == 0
+    monkeypatch.setenv("FAKESCHED_TORQUE_KEEP_COMPLETED", "300")
+    text = run("qstat", "-B", "-f")
+    assert "\n    keep_completed = 300\n" in text
     assert pbs_backend(TorqueBackend, Path("/x")).history_kept(text) == 300

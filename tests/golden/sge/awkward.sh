@@ -17,12 +17,20 @@ export TRICKY='$(touch pwned) '"'"'single'"'"' "double" `tick` ;
 next line \'
 jobbridge_exit_file='/scratch/jobbridge jobs/jb0case0awkw'/exitcode
 jobbridge_started=$(date +%s)
+# the native id, for finding this submission where the scheduler forgets ended jobs
+printf '%s\n' "$JOBBRIDGE_JOB_ID" >> "$jobbridge_exit_file.id"
+jobbridge_record() {
+    printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$2.tmp"
+    mv -f "$2.tmp" "$2"
+}
 jobbridge_exit() {
-    printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
-    mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
+    jobbridge_record "$1" "$jobbridge_exit_file"
     if [ "$1" -eq 0 ]; then exit 0; fi
     exit 100
 }
+# a scheduler ends a job (walltime, cancellation) with TERM, and KILL a little later: noted
+# apart from the exit code, so that the scheduler's own word on the end still comes first
+trap 'jobbridge_record 143 "$jobbridge_exit_file.term"; exit 143' TERM
 cd '/data/my dir/$(x)/it'"'"'s' || jobbridge_exit 127
 jobbridge_prologue() {
 module load gcc

@@ -18,11 +18,19 @@ export JOBBRIDGE_JOB_NAME='mpi run'
 export JOBBRIDGE_WORKDIR='/scratch/jobbridge jobs/jb0case0reso'
 jobbridge_exit_file='/scratch/jobbridge jobs/jb0case0reso'/exitcode
 jobbridge_started=$(date +%s)
+# the native id, for finding this submission where the scheduler forgets ended jobs
+printf '%s\n' "$JOBBRIDGE_JOB_ID" >> "$jobbridge_exit_file.id"
+jobbridge_record() {
+    printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$2.tmp"
+    mv -f "$2.tmp" "$2"
+}
 jobbridge_exit() {
-    printf '%s %s %s\n' "$1" "$jobbridge_started" "$(date +%s)" > "$jobbridge_exit_file.tmp"
-    mv -f "$jobbridge_exit_file.tmp" "$jobbridge_exit_file"
+    jobbridge_record "$1" "$jobbridge_exit_file"
     exit "$1"
 }
+# a scheduler ends a job (walltime, cancellation) with TERM, and KILL a little later: noted
+# apart from the exit code, so that the scheduler's own word on the end still comes first
+trap 'jobbridge_record 143 "$jobbridge_exit_file.term"; exit 143' TERM
 cd '/scratch/jobbridge jobs/jb0case0reso' || jobbridge_exit 127
 mpirun -np 8 mpi_app --steps 100 > '/scratch/jobbridge jobs/jb0case0reso/stdout' 2> '/scratch/jobbridge jobs/jb0case0reso/stderr'
 jobbridge_status=$?

@@ -26,9 +26,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from jobbridge.backends.base import Stream
 from jobbridge.backends.batch.base import (
     BatchBackend,
+    BatchOptions,
     NativeDependency,
     NativeState,
     epoch_or_none,
@@ -124,6 +127,29 @@ _AD_START = re.compile(r"^\{", re.MULTILINE)
 _CLUSTER_FIELD = re.compile(r'"ClusterId"\s*:\s*(\d+)')
 
 
+_SYSTEM_HOLDS: Mapping[int, str] = {
+    6: "FAILED_TO_START",
+    7: "OUTPUT_UNWRITABLE",
+    8: "INPUT_UNREADABLE",
+    12: "TRANSFER_FAILED",
+    13: "TRANSFER_FAILED",
+    14: "IWD_ERROR",
+    34: "OUT_OF_MEMORY",
+    46: "TIMEOUT",
+    47: "TIMEOUT",
+}
+"""Holds that HTCondor itself puts on a job that failed (HoldReasonCode): the job would sit
+held until someone looked; jobbridge ends it ERROR with the reason and removes it."""
+
+
+class HTCondorOptions(BatchOptions):
+    getenv: bool = Field(
+        False,
+        description="write getenv = True for jobs that inherit the submitter's environment;"
+        " pools with SUBMIT_ALLOW_GETENV = false refuse it",
+    )
+
+
 @dataclass(frozen=True)
 class HTCondorState(NativeState):
     """A job as condor_q or condor_history shows it; a held job also says why."""
@@ -134,6 +160,8 @@ class HTCondorState(NativeState):
 class HTCondorBackend(BatchBackend):
     kind = "htcondor"
     scheduler = "htcondor"
+    Options = HTCondorOptions
+    options: HTCondorOptions
     native_dependencies = False
     submit_name: ClassVar[str] = "job.sub"
     submission_entry = "job.sub"
@@ -172,7 +200,9 @@ class HTCondorBackend(BatchBackend):
             ("log", "htcondor.log"),
             ("batch_name", scheduler_name(job.name)),
             *self._mark(job, members),
-            ("getenv", "True" if spec.inherit_environment else "False"),
+            # the job's own environment is in its script; the submitter's only where the
+            # pool lets a job take it
+            ("getenv", "True" if spec.inherit_environment and self.options.getenv else "False"),
             ("environment", _environment_command(spec.array is not None)),
             *_requests(spec.resources),
         ]
@@ -378,6 +408,11 @@ class HTCondorBackend(BatchBackend):
         if state.word == "Removed" and _POLICY_REMOVAL in reason:
             return status.model_copy(update={"phase": Phase.ERROR, "detail": _POLICY_REMOVAL})
         if state.word == "Held" and isinstance(state, HTCondorState) and state.hold_code:
+            failure = _SYSTEM_HOLDS.get(state.hold_code)
+            if failure is not None:
+                return status.model_copy(
+                    update={"phase": Phase.ERROR, "detail": failure, "stop_native": True}
+                )
             label = _HOLD_CODES.get(state.hold_code, f"HoldReasonCode {state.hold_code}")
             return status.model_copy(update={"detail": label})
         return status

@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
 
+from pydantic import Field
+
 from jobbridge.backends.base import Stream
-from jobbridge.backends.batch.base import BatchBackend, NativeDependency, NativeState
+from jobbridge.backends.batch.base import BatchBackend, BatchOptions, NativeDependency, NativeState
 from jobbridge.backends.batch.marks import Mark, add_located, marked_name
 from jobbridge.backends.batch.records import UnreadableRecord, json_objects
 from jobbridge.errors import BackendError
@@ -38,7 +40,7 @@ from jobbridge.phase import Phase
 from jobbridge.spec import JobSpec
 from jobbridge.transport.base import CommandResult
 
-__all__ = ["LsfBackend", "LsfState"]
+__all__ = ["LsfBackend", "LsfOptions", "LsfState"]
 
 STATUS_FIELDS: Final = "jobid jobindex stat exit_code exit_reason pend_reason"
 LOCATE_FIELDS: Final = "jobid jobindex job_name"
@@ -54,6 +56,16 @@ _OPTIONS_FROM_THE_SPEC = frozenset(
 _CONDITIONS = {"afterok": "done", "afterany": "ended", "afternotok": "exit"}
 _NEVER_SATISFIED = "never satisfied"
 _GONE = ("already finished", "No matching job found", "is not found")
+_INDEX_LIST_LIMIT = 255
+"""Characters of an array's index list that bsub takes."""
+
+
+class LsfOptions(BatchOptions):
+    max_job_array_size: int = Field(
+        1000, ge=1, description="the site's MAX_JOB_ARRAY_SIZE (lsb.params), 1000 unless set"
+    )
+
+
 _ELEMENT = re.compile(r"\[\d+\]$")
 _BHIST_STATES = 7
 """Columns of seconds after JOB_NAME in ``bhist``: PEND PSUSP RUN USUSP SSUSP UNKWN TOTAL."""
@@ -70,6 +82,8 @@ class LsfState(NativeState):
 
 
 class LsfBackend(BatchBackend):
+    Options = LsfOptions
+    options: LsfOptions
     kind = "lsf"
     scheduler = "lsf"
     native_dependencies = True
@@ -147,7 +161,21 @@ class LsfBackend(BatchBackend):
             return name
         indices = [member.array_index for member in members if member.array_index is not None]
         cap = f"%{array.max_concurrent}" if array.max_concurrent and len(indices) > 1 else ""
-        return f'"{name}[{lsf_index_list(indices)}]{cap}"'
+        listed = lsf_index_list(indices)
+        most = self.options.max_job_array_size
+        if len(indices) > most or max(indices) + 1 > most:
+            raise self.unsupported(
+                "array",
+                f"LSF arrays take at most {most} elements, numbered up to {most}"
+                " (MAX_JOB_ARRAY_SIZE; set max_job_array_size to the site's)",
+            )
+        if len(listed) > _INDEX_LIST_LIMIT:
+            raise self.unsupported(
+                "array",
+                f"LSF takes an index list of {_INDEX_LIST_LIMIT} characters at the"
+                f" most; this one needs {len(listed)} (submit fewer, or more regular, indices)",
+            )
+        return f'"{name}[{listed}]{cap}"'
 
     def _resource_lines(self, spec: JobSpec) -> list[str]:
         resources = spec.resources

@@ -58,10 +58,10 @@ import time
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from jobbridge.backends.base import Stream
+from jobbridge.backends.base import Located, Missing, Stream
 from jobbridge.backends.batch.base import (
     _LOCATE_SLACK,
     UNTOLD,
@@ -81,6 +81,7 @@ from jobbridge.backends.batch.pbs_records import (
     shell_exit_code,
 )
 from jobbridge.backends.batch.records import UnreadableRecord
+from jobbridge.errors import JobbridgeError, SubmissionError, SubmitOutcome
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
 from jobbridge.spec import ArraySpec, JobSpec
@@ -106,6 +107,14 @@ _TRUE = ("true", "1", "y", "yes")
 _SUFFIX = {"stdout": "out", "stderr": "err"}
 _DEFAULT_HISTORY = 14 * 86400.0
 """PBS Pro keeps finished jobs this long when job_history_duration is not set."""
+_NO_HISTORY = "not configured to maintain job history"
+"""What qstat says when the server rejects a -x request (PBSE_JOBHISTNOTSET)."""
+_TERM_EXIT = 128 + 15
+"""What the job script's TERM trap records: the scheduler (or qdel) killed it."""
+_WALLTIME_SLACK = 0.9
+"""A job killed with TERM after this share of its walltime ran into its limit."""
+_TRACES = re.compile(r"^(exitcode|stdout|stderr|pbs\.)|\.[oe]\d+(-\d+)?$")
+"""Files that only a job script that ran leaves in its job directory."""
 
 COMMON_STATES: dict[str, tuple[Phase, str | None]] = {
     "Q": (Phase.QUEUED, None),
@@ -157,6 +166,8 @@ class PbsFamily(BatchBackend):
     """The scheduler's own negative exit statuses, by name."""
     _history_needed: float = 0.0
     """Seconds back to the start of the latest search (see ``locate_accounting_command``)."""
+    _history_short: bool = False
+    """The latest search found that the server no longer shows jobs ended since its start."""
 
     # -- directives ------------------------------------------------------------------------
 
@@ -274,6 +285,41 @@ class PbsFamily(BatchBackend):
             raise ValueError(f"not a job id: {output!r}")
         return lines[-1]
 
+    def submit(self, job: Job, dependencies: Sequence[NativeDependency] = ()) -> str:
+        self._parents_known(dependencies)
+        return super().submit(job, dependencies)
+
+    def submit_array(
+        self, jobs: Sequence[Job], dependencies: Sequence[NativeDependency] = ()
+    ) -> list[str]:
+        self._parents_known(dependencies)
+        return super().submit_array(jobs, dependencies)
+
+    def _parents_known(self, dependencies: Sequence[NativeDependency]) -> None:
+        """The server aborts a job whose parent it does not know, and it forgets an ended
+        job at once where it keeps no history: a parent that ended just now would abort its
+        child whatever its outcome. Such a child is not submitted yet (nothing was made);
+        the next attempt finds its parent's end and decides without the scheduler."""
+        if not dependencies:
+            return
+        parents = list(dict.fromkeys(_array_of(d.native_id) for d in dependencies))
+        try:
+            result = self._run(self.status_command(parents), check=False, idempotent=True)
+            if result.returncode != 0 and not self.empty_answer_is_fine(result):
+                raise ValueError(result.stderr.strip() or f"exit status {result.returncode}")
+            known = {_array_of(native) for native in self.parse_status(result.stdout)}
+        except (JobbridgeError, ValueError) as error:
+            raise SubmissionError(
+                f"{self.scheduler}: cannot ask about the parents: {error}", SubmitOutcome.NOT_MADE
+            ) from error
+        gone = [parent for parent in parents if parent not in known]
+        if gone:
+            raise SubmissionError(
+                f"{self.scheduler} no longer shows parent job(s) {', '.join(gone)}; the job"
+                " waits for jobbridge to learn how they ended",
+                SubmitOutcome.NOT_MADE,
+            )
+
     def member_ids(self, native_id: str, members: Sequence[Job]) -> list[str]:
         match = _JOB_ID.match(native_id)
         if not members or match is None or match["array"] != "[]":
@@ -337,6 +383,7 @@ class PbsFamily(BatchBackend):
     def parse_located_accounting(self, output: str) -> dict[str, list[str]]:
         kept = self.history_kept(output)
         needed = self._history_needed
+        self._history_short = kept < needed
         if kept < needed:
             raise ValueError(
                 f"the server shows finished jobs for {kept:.0f} s only: jobs ended since the"
@@ -347,6 +394,81 @@ class PbsFamily(BatchBackend):
     @abstractmethod
     def history_kept(self, output: str) -> float:
         """Seconds for which the server shows finished jobs, from its settings."""
+
+    def locate(self, jobs: Sequence[Job]) -> Located:
+        """As every scheduler, except where the server forgets ended jobs before the search's
+        start: a submission that was made is either in the queue or has run. A job the
+        server does not show is certainly absent if its directory holds nothing that only a
+        job script that ran leaves (an exit-code file, outputs); one that ran is found by
+        the native id its script noted."""
+        self._history_short = False
+        located = super().locate(jobs)
+        if located.complete or not self._history_short:
+            return located
+        found = dict(located.found)
+        for job in jobs:
+            if job.id in found or not self._left_traces(job):
+                continue
+            recorded = self._recorded_ids(job)
+            if not recorded:
+                return located
+            found[job.id] = recorded
+        return Located(found, complete=True)
+
+    def _recorded_ids(self, job: Job) -> list[str]:
+        """The native ids that the job's scripts noted when they started (see job.sh.j2)."""
+        path = self.exit_code_path(job) + ".id"
+        try:
+            content = self.transport.read_many([path], limit=4096).get(path, b"")
+        except (JobbridgeError, OSError):
+            return []
+        ids = content.decode(errors="replace").split()
+        return list(dict.fromkeys(native for native in ids if _JOB_ID.match(native)))
+
+    def _left_traces(self, job: Job) -> bool:
+        try:
+            files = self.transport.list_files(self.job_dir(job))
+        except FileNotFoundError:
+            return False
+        except (JobbridgeError, OSError):
+            return True  # no evidence either way
+        return any(_TRACES.search(posixpath.basename(found.path)) for found in files)
+
+    def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus | Missing]:
+        """As every scheduler; a job whose script recorded a TERM (its trap ran) after it
+        ran into its walltime was killed for it, where the server no longer says so."""
+        answers = super().status(jobs)
+        answers.update(self._terminated([job for job in jobs if _missing(answers, job)]))
+        for job in jobs:
+            status = answers.get(job.id)
+            if isinstance(status, JobStatus) and _timed_out(job, status):
+                answers[job.id] = status.model_copy(update={"detail": "TIMEOUT"})
+        return answers
+
+    def _terminated(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
+        """Jobs the server forgot whose script noted a TERM (``.term`` next to the exit-code
+        file, see job.sh.j2): they were killed, for their walltime or by qdel."""
+        if not jobs:
+            return {}
+        files = {self.exit_code_path(job) + ".term": job for job in jobs}
+        try:
+            contents = self.transport.read_many(list(files), limit=256)
+        except (JobbridgeError, OSError):
+            return {}
+        ended = {}
+        for path, content in contents.items():
+            fields = content.decode(errors="replace").split()
+            if len(fields) < 3 or not all(field.isdigit() for field in fields[:3]):
+                continue
+            started, stopped = (datetime.fromtimestamp(int(f), UTC) for f in fields[1:3])
+            ended[files[path].id] = JobStatus(
+                phase=Phase.ERROR,
+                exit_code=int(fields[0]),
+                started=started,
+                ended=stopped,
+                message=f"{self.scheduler} ended the job script with TERM",
+            )
+        return ended
 
     def scheduler_output_path(self, job: Job, stream: Stream) -> str | None:
         """Where PBS puts what the job script printed outside the program (``-o``/``-e``)."""
@@ -555,8 +677,38 @@ class PbsProBackend(PbsFamily):
                 )
         return super().dependency_list(dependencies)
 
+    _history: bool = True
+    """Whether the server keeps job history, until it says it does not."""
+
     def status_command(self, native_ids: Sequence[str]) -> list[str]:
-        return ["qstat", "-f", "-F", "json", "-x", "-t", *native_ids]
+        # -E: one server request for all ids, not one each
+        return ["qstat", "-f", "-F", "json", *self._history_flag(), "-t", "-E", *native_ids]
+
+    def _history_flag(self) -> list[str]:
+        """``-x`` where the server keeps job history; without it, it rejects the request."""
+        return ["-x"] if self._history else []
+
+    def status_environment(self) -> dict[str, str]:
+        # qstat prints times in its own time zone, which over SSH is the login node's
+        return {"TZ": "UTC"}
+
+    def _run(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        check: bool = True,
+        idempotent: bool = False,
+    ) -> CommandResult:
+        """A server without job history rejects a whole ``qstat -x`` (saying so on stderr,
+        with exit status 0): the query is asked again without ``-x``, as are later ones."""
+        result = super()._run(argv, cwd=cwd, env=env, check=check, idempotent=idempotent)
+        if argv[0] == "qstat" and "-x" in argv and _NO_HISTORY in result.stderr:
+            self._history = False
+            again = [word for word in argv if word != "-x"]
+            return super()._run(again, cwd=cwd, env=env, check=check, idempotent=idempotent)
+        return result
 
     def times(self, attributes: Mapping[str, Any]) -> tuple[datetime | None, datetime | None]:
         ended = attributes.get("obittime") or attributes.get("mtime")
@@ -565,7 +717,7 @@ class PbsProBackend(PbsFamily):
     def locate_queue_command(self, tags: Sequence[str]) -> list[str]:
         # -f takes no -u: every job the server shows, finished ones included (-x), arrays
         # as one job each (no -t); parse_located keeps the tags asked for
-        return ["qstat", "-f", "-F", "json", "-x"]
+        return ["qstat", "-f", "-F", "json", *self._history_flag()]
 
     def job_records(self, output: str) -> Iterable[Record]:
         return pbspro_jobs(output)
@@ -598,6 +750,21 @@ class PbsProBackend(PbsFamily):
 
     def was_deleted(self, attributes: Mapping[str, Any]) -> bool:
         return int_or_none(attributes.get("substate")) == _SUBSTATE_TERMINATED
+
+
+def _missing(answers: Mapping[str, JobStatus | Missing], job: Job) -> bool:
+    return isinstance(answers.get(job.id), Missing)
+
+
+def _timed_out(job: Job, status: JobStatus) -> bool:
+    """Ended by TERM (or by PBS's old 256+15) with no other word, after its walltime."""
+    walltime = job.spec.resources.walltime
+    if walltime is None or status.detail is not None or status.exit_code != _TERM_EXIT:
+        return False
+    if status.phase is not Phase.ERROR or status.started is None or status.ended is None:
+        return False
+    ran = (status.ended - status.started).total_seconds()
+    return ran >= walltime.total_seconds() * _WALLTIME_SLACK
 
 
 def _waits_for_dependencies(attributes: Mapping[str, Any]) -> bool:

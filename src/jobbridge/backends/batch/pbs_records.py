@@ -22,6 +22,8 @@ __all__ = [
     "pbspro_jobs",
     "shell_exit_code",
     "torque_jobs",
+    "torque_sanitised",
+    "without_variable_lists",
 ]
 
 _XML_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
@@ -30,6 +32,12 @@ _DATA = re.compile(r"<Data>.*?</Data>|<Data\s*/>", re.DOTALL)
 _JOB = re.compile(r"<Job>.*?</Job>", re.DOTALL)
 _JOB_ID = re.compile(r"<Job_Id>\s*([^<\s]+)\s*</Job_Id>")
 _DECODER = json.JSONDecoder(strict=False)
+_VARIABLE_LIST = re.compile(
+    r'^([ \t]*)("Variable_List")[ \t]*:[ \t]*\{.*?^\1\}', re.MULTILINE | re.DOTALL
+)
+_BARE_AMPERSAND = re.compile(r"&(?!(?:amp|lt|gt|quot|apos|#\d+|#x[0-9A-Fa-f]+);)")
+_BARE_LESS_THAN = re.compile(r"<(?![A-Za-z_/?!])")
+_TORQUE_VARIABLES = re.compile(r"<Variable_List>.*?</Variable_List>", re.DOTALL)
 
 
 Record = tuple[str, Mapping[str, Any]] | UnreadableRecord
@@ -44,12 +52,23 @@ def pbspro_document(output: str) -> dict[str, Any]:
     return document
 
 
+def without_variable_lists(output: str) -> str:
+    """The answer without its ``Variable_List`` objects. Released OpenPBS (up to 23.06)
+    writes their values as they are: ``"N":005``, bare ``inf``, stray backslashes, whole
+    exported bash functions; jobbridge reads nothing there. qstat prints each key on a line
+    of its own, so an object ends at the first line that closes it at its key's indentation
+    (its values are one level deeper)."""
+    return _VARIABLE_LIST.sub(r"\1\2:\t{}", output)
+
+
 def pbspro_jobs(output: str) -> Iterator[Record]:
-    """Each job of ``qstat -f -F json``. Values copied from the environment may hold control
-    characters (hence ``strict=False``); a job whose object is broken anyway comes as an
-    ``UnreadableRecord``, and the jobs after it are still read."""
+    """Each job of ``qstat -f -F json``, read without the ``Variable_List`` values (see
+    ``without_variable_lists``). Values may hold control characters (hence ``strict=False``);
+    a job whose object is broken anyway comes as an ``UnreadableRecord``, and the jobs after
+    it are still read."""
     if not output.strip():
         return
+    output = without_variable_lists(output)
     try:
         document = pbspro_document(output)
     except json.JSONDecodeError:
@@ -105,9 +124,7 @@ def torque_jobs(output: str) -> Iterator[Record]:
     an ``UnreadableRecord``; an answer without a whole ``<Data>`` raises ``ValueError``."""
     if not output.strip():
         return  # Torque before 6.1.0 printed nothing at all when there were no jobs
-    # -V copies the submitter's environment into Variable_List, control characters included,
-    # and qstat writes them as they are; XML 1.0 allows none of them
-    cleaned = _XML_FORBIDDEN.sub("", output)
+    cleaned = torque_sanitised(output)
     documents = _DATA.findall(cleaned)
     if not documents or len(documents) < cleaned.count("<Data"):
         raise ValueError("no qstat -x answer (or one cut short)")
@@ -121,10 +138,21 @@ def torque_jobs(output: str) -> Iterator[Record]:
             yield _torque_record(element)
 
 
+def torque_sanitised(output: str) -> str:
+    """``qstat -x`` made well-formed where it can be. Torque writes values unescaped (an
+    exported shell function's ``&&`` or ``<`` breaks the document), and ``-V`` copies the
+    submitter's environment, control characters included, which XML 1.0 forbids: a bare
+    ``&`` or a ``<`` that opens no tag is escaped, control characters are dropped."""
+    cleaned = _XML_FORBIDDEN.sub("", output)
+    cleaned = _BARE_AMPERSAND.sub("&amp;", cleaned)
+    return _BARE_LESS_THAN.sub("&lt;", cleaned)
+
+
 def _torque_job_by_job(document: str) -> Iterator[Record]:
     for chunk in _JOB.findall(document):
         try:
-            element = ElementTree.fromstring(chunk)  # noqa: S314
+            # what is left broken is most likely in the copied environment, never read
+            element = ElementTree.fromstring(_TORQUE_VARIABLES.sub("", chunk))  # noqa: S314
         except ElementTree.ParseError as error:
             found = _JOB_ID.search(chunk)
             key = found[1] if found else chunk[:60]
@@ -173,10 +201,11 @@ def shell_exit_code(code: int | None) -> int | None:
 
 
 def pbs_time(value: object) -> datetime | None:
-    """qstat prints times as ctime(3) does, in the server's local time."""
+    """qstat prints times as ctime(3) does, in its own time zone: jobbridge runs it with
+    ``TZ=UTC`` (see ``PbsProBackend.status_environment``)."""
     if not value:
         return None
     try:
-        return datetime.strptime(str(value).strip(), _PBS_TIME).astimezone(UTC)
+        return datetime.strptime(str(value).strip(), _PBS_TIME).replace(tzinfo=UTC)
     except ValueError:
         return None

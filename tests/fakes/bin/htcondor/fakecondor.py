@@ -14,6 +14,16 @@ literals, attribute references (names match whatever their case), ``==`` and ``!
 type and value, case counts), ``<``, ``<=``, ``>``, ``>=``, ``&&``, ``||``, ``!`` and
 parentheses, with UNDEFINED's three-valued logic. A job matches if the expression is TRUE.
 Anything else is refused as a syntax error, as the real tools refuse what they cannot parse.
+
+Site settings, the real defaults unless a test switches them:
+- ``FAKESCHED_CONDOR_SUBMIT_ALLOW_GETENV`` (``true``): ``false`` makes ``getenv = true`` a
+  submit error, as the pool setting SUBMIT_ALLOW_GETENV does.
+- ``FAKESCHED_CONDOR_SYSTEM_HOLD`` (unset): a HoldReasonCode (34 memory exceeded, 12/13
+  file transfer failures, ...) with which the system holds every job once it has run a
+  second, as a startd or shadow does, with the reason HTCondor gives.
+- ``FAKESCHED_CONDOR_HISTORY_KEEP`` (unset: every job): how many ended jobs the rotated
+  history files still hold (MAX_HISTORY_LOG times MAX_HISTORY_ROTATIONS, 20 MB and 2 by default,
+  which a busy schedd fills in days); older ones are gone from condor_history.
 """
 
 from __future__ import annotations
@@ -69,7 +79,38 @@ def session() -> Iterator[list[Task]]:
         scheduler = FakeScheduler()
         with scheduler.session() as tasks:
             materialize(tasks)
+            _system_holds(scheduler, tasks)
             yield tasks
+
+
+SYSTEM_HOLD_REASONS = {
+    34: "Error from slot1@{host}: Job has gone over cgroup memory limit of 1 megabytes."
+    " Peak usage: 12 megabytes.  Consider resubmitting with a higher request_memory.",
+    12: "Error from slot1@{host}: STARTER at 10.0.0.2 failed to send file(s) to"
+    " <10.0.0.1:9618>: error reading from {iwd}/results.tar: (errno 2) No such file or"
+    " directory",
+    13: "Error from slot1@{host}: SHADOW at 10.0.0.1 failed to send file(s) to"
+    " <10.0.0.2:9618>: error reading from {iwd}/input.dat: (errno 2) No such file or"
+    " directory",
+}
+
+
+def _system_holds(scheduler: FakeScheduler, tasks: list[Task]) -> None:
+    code = os.environ.get("FAKESCHED_CONDOR_SYSTEM_HOLD")
+    if not code:
+        return
+    now = time.time()
+    for task in tasks:
+        if task.state != "running" or not task.started or now - task.started < 1:
+            continue
+        _evict(scheduler, task)
+        reason = SYSTEM_HOLD_REASONS.get(int(code), f"held by the system ({code})")
+        task.state = "held"
+        task.extra.update(
+            hold_code=int(code),
+            hold_reason=reason.format(host=socket.gethostname(), iwd=task.workdir),
+            entered=now,
+        )
 
 
 @contextlib.contextmanager
@@ -109,6 +150,15 @@ def in_queue(task: Task) -> bool:
 
 def in_history(task: Task) -> bool:
     return materialized(task) and task.state in HISTORY
+
+
+def still_in_history(ended: list[Task]) -> list[Task]:
+    """The ended jobs the rotated history files still hold: the newest ones."""
+    keep = os.environ.get("FAKESCHED_CONDOR_HISTORY_KEEP")
+    if keep is None:
+        return ended
+    newest = sorted(ended, key=lambda t: t.ended or 0, reverse=True)[: int(keep)]
+    return [t for t in ended if t in newest]
 
 
 def materialize(tasks: list[Task]) -> None:

@@ -210,7 +210,14 @@ def _tasks(options: dict, script: str, sched: FakeScheduler) -> list[Task]:
     return tasks
 
 
+MAX_JOB_ARRAY_SIZE = int(os.environ.get("FAKESCHED_LSF_MAX_JOB_ARRAY_SIZE", "1000"))
+"""lsb.params: the most elements an array may have, and its highest index (1,000 unless
+the site set it); an array's index list may take 255 characters at the most."""
+
+
 def _indices(text: str) -> list[int]:
+    if len(text) > 255:
+        raise Refused("Bad job name. Job not submitted.")
     indices: list[int] = []
     for part in text.split(","):
         match = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", part.strip())
@@ -224,6 +231,8 @@ def _indices(text: str) -> list[int]:
         indices.extend(range(start, end + 1, step))
     if len(set(indices)) != len(indices):
         raise Refused("Bad job name. Job not submitted.")
+    if len(indices) > MAX_JOB_ARRAY_SIZE or max(indices) > MAX_JOB_ARRAY_SIZE:
+        raise Refused("Job array index too large. Job not submitted.")
     return indices
 
 

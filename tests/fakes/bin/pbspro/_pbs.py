@@ -27,11 +27,26 @@ Torque, as documented (qsub.1, qstat.1 of Torque and Adaptive Computing's guides
 - ``qstat -B -f`` prints ``Server: name`` and indented ``attribute = value`` lines (no XML
   for servers), ``keep_completed`` among them when it is set.
 
-What the fake does differently, on purpose:
-- ``FAKESCHED_PBS_HISTORY`` (PBS Pro's job_history_enable, default ``1`` here although the
-  real default is off) and ``FAKESCHED_PBS_HISTORY_DURATION`` (default two weeks) decide how
-  long ``qstat -x`` shows finished jobs; ``FAKESCHED_TORQUE_KEEP_COMPLETED`` (default 300 s)
-  is Torque's keep_completed.
+Site settings, the real defaults unless a test switches them (``FAKESCHED_*``):
+- ``FAKESCHED_PBS_HISTORY``: PBS Pro's ``job_history_enable``, off (``0``) as shipped. Then
+  the server rejects every ``qstat -x``/``-H`` request as a whole (PBSE_JOBHISTNOTSET,
+  15140): qstat prints the JSON prologue only, says "PBS is not configured to maintain job
+  history" on stderr and exits 0. ``FAKESCHED_PBS_HISTORY_DURATION`` (two weeks).
+- ``FAKESCHED_PBS_JSON``: ``broken`` (released OpenPBS up to 23.06 writes ``Variable_List``
+  values as they are: ``"N":005``, stray backslashes, ``inf``/``nan``, exported bash
+  functions; ``-V`` puts the whole environment there) or ``fixed``.
+- ``FAKESCHED_PBS_VERSION``: ``23.06`` (walltime kills end with -29); below ``22.05`` they end
+  with 256 + the signal (271), as older servers report them.
+- ``FAKESCHED_LOGIN_TZ``: the time zone of the login node (a POSIX TZ string, ``IST-5:30``
+  unless set), in which qstat prints ctime(3) times unless its own ``TZ`` says otherwise.
+- Every ``qstat`` appends to ``$FAKESCHED_DIR/roundtrips`` one line per server request: one
+  per job id named, unless ``-E`` groups them into one request.
+- A dependency on a job the server does not know (any more) aborts the new job: it ends at
+  once, deleted as a result of that dependency.
+- ``FAKESCHED_TORQUE_KEEP_COMPLETED``: Torque's ``keep_completed``, unset (0) as before 6.1:
+  an ended job leaves ``qstat`` at once. ``FAKESCHED_TORQUE_XML``: ``raw`` (Torque writes
+  values into ``qstat -x`` unescaped, so a ``&`` or ``<`` in any attribute makes the XML
+  ill-formed) or ``escaped``.
 - Resources are checked for syntax, not enforced; ``%N`` is recorded, not enforced (the fake
   runs ``FAKESCHED_SLOTS`` tasks at once, whatever their size). Dependencies know afterok,
   afterany and afternotok; one on a member of an array waits for the whole array.
@@ -57,9 +72,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))  # tests/
 from fakesched import ENDED, FakeScheduler, Task
 
 PBSPRO, TORQUE = "pbspro", "torque"
-HISTORY = os.environ.get("FAKESCHED_PBS_HISTORY", "1") != "0"
+HISTORY = os.environ.get("FAKESCHED_PBS_HISTORY", "0") != "0"
 HISTORY_DURATION = float(os.environ.get("FAKESCHED_PBS_HISTORY_DURATION", 14 * 86400))
-KEEP_COMPLETED = float(os.environ.get("FAKESCHED_TORQUE_KEEP_COMPLETED", "300"))
+BROKEN_JSON = os.environ.get("FAKESCHED_PBS_JSON", "broken") != "fixed"
+PBS_VERSION = os.environ.get("FAKESCHED_PBS_VERSION", "23.06")
+KEEP_COMPLETED_SET = os.environ.get("FAKESCHED_TORQUE_KEEP_COMPLETED")
+KEEP_COMPLETED = float(KEEP_COMPLETED_SET or "0")
+RAW_XML = os.environ.get("FAKESCHED_TORQUE_XML", "raw") != "escaped"
+NO_HISTORY = 15140  # PBSE_JOBHISTNOTSET
+if "TZ" not in os.environ:  # qstat formats times in the login node's zone
+    os.environ["TZ"] = os.environ.get("FAKESCHED_LOGIN_TZ", "IST-5:30")
+time.tzset()
 
 QSUB_OPTIONS = {
     PBSPRO: "a:A:c:C:e:fGhIj:J:k:l:m:M:N:o:p:P:q:r:R:S:u:v:VW:XzK:",
@@ -72,6 +95,7 @@ UNKNOWN = 15001  # PBSE_UNKJOBID: exit status 153
 BADSTATE = 15018  # PBSE_BADSTATE: 170
 HISTJOBID = 15139  # PBSE_HISTJOBID: 35
 EXIT_WALLTIME = {PBSPRO: -29, TORQUE: -11}
+OLD_WALLTIME = 256 + 15  # PBS Pro before 22.05: the signal that ended the job
 KILLED_BY_SIGTERM = 256 + 15
 TORQUE_TIMES = ("ctime", "etime", "mtime", "qtime", "start_time", "comp_time")  # epochs in XML
 
@@ -137,11 +161,24 @@ def qsub(flavour: str, argv: list[str]) -> int:
     settings = _settings(flavour, _directives(flavour, script, prefix) + options)
     job = _Submission(flavour, settings, script_path, script)
     with streams_detached():
-        number = FakeScheduler().submit(job.tasks())
+        tasks = job.tasks()
+        if _unknown_parents(flavour, job.depends):
+            for task in tasks:  # the server aborts a job whose parent it does not know
+                task.state, task.ended = "never", time.time()
+        number = FakeScheduler().submit(tasks)
     if "-z" not in settings:
         array = "[]" if job.indices is not None else ""
         print(f"{number}{array}.{server_name()}")
     return 0
+
+
+def _unknown_parents(flavour: str, depends: list[list[object]]) -> bool:
+    if not depends:
+        return False
+    now = time.time()
+    with FakeScheduler().session() as tasks:
+        visible = {t.number for t in tasks if not _forgotten(flavour, t, tasks, now)}
+    return any(number not in visible for _kind, number in depends)
 
 
 def _getopt(argv: list[str], spec: str) -> tuple[list[tuple[str, str]], list[str]]:
@@ -527,6 +564,10 @@ class _Submission:
                 if name in ("HOME", "LANG", "LOGNAME", "PATH", "MAIL", "SHELL", "TZ")
             },
         }
+        if "-V" in self.settings:  # the whole environment lands in Variable_List
+            extra["exported"] = {
+                name: value for name, value in os.environ.items() if not name.startswith("PBS_")
+            }
         for option, key in (("-A", "account"), ("-P", "project"), ("-j", "join"), ("-m", "mail")):
             if self.settings.get(option):
                 extra[key] = self.settings[option]
@@ -539,7 +580,9 @@ class _Submission:
 
 
 def escape(text: str) -> str:
-    """XML text, as qstat writes it."""
+    """XML text, as qstat writes it: Torque as it is (``raw``), or escaped."""
+    if RAW_XML:
+        return text
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
@@ -577,12 +620,18 @@ def _exit_status(flavour: str, task: Task) -> int | None:
     if task.state == "done":
         return task.exit_code
     if task.state == "timeout":
+        if flavour == PBSPRO and _version(PBS_VERSION) < (22, 5):
+            return OLD_WALLTIME
         return EXIT_WALLTIME[flavour]
     if task.state == "cancelled":
         return KILLED_BY_SIGTERM if (task.started or flavour == TORQUE) else None
     if task.state == "never":
         return KILLED_BY_SIGTERM if flavour == TORQUE else None
     return None
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:2])
 
 
 def _holds(task: Task, tasks: list[Task]) -> str:
@@ -655,6 +704,7 @@ def _pbspro_attributes(task: Task, tasks: list[Task]) -> dict[str, object]:
         "Resource_List": resources,
         "substate": _substate(task, letter, holds),
         "Variable_List": {
+            **dict(extra.get("exported", {})),
             **{f"PBS_O_{k}": v for k, v in dict(extra.get("variables", {})).items()},
             "PBS_O_WORKDIR": extra.get("cwd"),
             "PBS_O_HOST": host,
@@ -748,7 +798,8 @@ def _torque_attributes(task: Task, tasks: list[Task]) -> dict[str, object]:
     letter = _letter(TORQUE, task, tasks)
     extra = task.extra
     host = str(extra.get("submit_host", host_name()))
-    variables = {f"PBS_O_{k}": v for k, v in dict(extra.get("variables", {})).items()}
+    variables = dict(extra.get("exported", {}))
+    variables.update({f"PBS_O_{k}": v for k, v in dict(extra.get("variables", {})).items()})
     variables.update(PBS_O_WORKDIR=extra.get("cwd"), PBS_O_HOST=host, PBS_O_QUEUE=task.queue)
     attributes: dict[str, object] = {
         "Job_Name": task.name if task.index is None else f"{task.name}-{task.index}",
@@ -822,6 +873,12 @@ def qstat(flavour: str, argv: list[str]) -> int:
     flags = {option for option, _ in options}
     if "-B" in flags:
         return _server_status(flavour, options, flags)
+    _count_round_trips(operands, flags)
+    if flavour == PBSPRO and not HISTORY and flags & {"-x", "-H"}:
+        # the server rejects the whole request; qstat still prints its prologue
+        _print_pbspro([], options, flags)
+        print("qstat: PBS is not configured to maintain job history", file=sys.stderr)
+        return 0
     now = time.time()
     errors: list[tuple[str, int]] = []
     with streams_detached(), FakeScheduler().session() as tasks:
@@ -837,6 +894,15 @@ def qstat(flavour: str, argv: list[str]) -> int:
     for message, _status in errors:
         print(f"qstat: {message}", file=sys.stderr)
     return max((status % 256 for _, status in errors), default=0)
+
+
+def _count_round_trips(operands: list[str], flags: set[str]) -> None:
+    """qstat sends one request per job id, unless -E groups them (one per server)."""
+    requests = 1 if "-E" in flags or not operands else len(operands)
+    root = Path(os.environ["FAKESCHED_DIR"])
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "roundtrips", "a") as counter:
+        counter.write("qstat\n" * requests)
 
 
 def _server_status(flavour: str, options: list[tuple[str, str]], flags: set[str]) -> int:
@@ -871,14 +937,15 @@ def _server_status(flavour: str, options: list[tuple[str, str]], flags: set[str]
             hours, rest = divmod(int(HISTORY_DURATION), 3600)
             attributes["job_history_enable"] = "True"
             attributes["job_history_duration"] = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
-        attributes["pbs_version"] = "23.06.06"
+        attributes["pbs_version"] = PBS_VERSION
     else:
-        attributes["keep_completed"] = int(KEEP_COMPLETED)
-        attributes["pbs_version"] = "6.1.3"
+        if KEEP_COMPLETED_SET is not None:  # shown only where the site set it
+            attributes["keep_completed"] = int(KEEP_COMPLETED)
+        attributes["pbs_version"] = "6.0.4"
     if flavour == PBSPRO and _option(options, "-F") == "json":
         document = {
             "timestamp": int(time.time()),
-            "pbs_version": "23.06.06",
+            "pbs_version": PBS_VERSION,
             "pbs_server": server,
             "Server": {server: attributes},
         }
@@ -963,12 +1030,12 @@ def _print_pbspro(
     if "-f" in flags and output_format == "json":
         document: dict[str, object] = {
             "timestamp": int(time.time()),
-            "pbs_version": "23.06.06",
+            "pbs_version": PBS_VERSION,
             "pbs_server": server_name(),
         }
         if records:
             document["Jobs"] = {job_id: _drop_none(attributes) for job_id, attributes in records}
-        print(json.dumps(document, indent=4))
+        print(_cjson(document, 0))
     elif "-f" in flags:
         for job_id, attributes in records:
             print(f"Job Id: {job_id}")
@@ -983,6 +1050,30 @@ def _print_pbspro(
                 f"{job_id[:16]:<17}{str(a['Job_Name'])[:16]:<17}{str(a['euser'])[:16]:<17}"
                 f"{'0':>8} {a['job_state']} {a['queue']}"
             )
+
+
+def _cjson(value: object, depth: int, raw: bool = False) -> str:
+    """JSON as qstat prints it: tab-indented, one key per line. Values of ``Variable_List``
+    (``raw``) go out as released OpenPBS writes them: a number-like or ``inf``/``nan`` value
+    bare, anything else between quotes with only the quotes escaped."""
+    if isinstance(value, dict):
+        inner = "\t" * (depth + 1)
+        items = [
+            f"{inner}{json.dumps(str(key))}:\t{_cjson(item, depth + 1, key == 'Variable_List')}"
+            if not raw
+            else f"{inner}{json.dumps(str(key))}:\t{_raw_value(str(item))}"
+            for key, item in value.items()
+        ]
+        return "{\n" + ",\n".join(items) + "\n" + "\t" * depth + "}"
+    return json.dumps(value)
+
+
+def _raw_value(text: str) -> str:
+    if not BROKEN_JSON:
+        return json.dumps(text)
+    if re.fullmatch(r"-?\d+(\.\d+)?|inf|nan|-inf", text):
+        return text
+    return '"' + text.replace('"', '\\"') + '"'
 
 
 def _flat(attributes: dict[str, object]) -> list[tuple[str, object]]:
