@@ -12,6 +12,7 @@ from jobbridge import Engine, JobSpec, JobStatus, Phase
 from jobbridge.backends.base import BackendContext, Missing
 from jobbridge.backends.batch.base import NativeState
 from jobbridge.backends.batch.slurm import SlurmBackend
+from jobbridge.job import Job, utcnow
 from tests.batch_support import (
     CASES,
     BackendScenarios,
@@ -255,3 +256,103 @@ def test_a_vanished_job_is_missing_only_when_accounting_answered(tmp_path: Path)
               created=now(), native_id="78", phase=Phase.QUEUED)  # fmt: skip
     assert isinstance(backend._decide(job, None, None, None, searched=True), Missing)
     assert backend._decide(job, None, None, None, searched=False) is None
+
+
+def _submitted(native_id: str, phase: Phase = Phase.QUEUED, **fields: object) -> Job:
+    return Job(id=f"jb{native_id:0>10}", spec=JobSpec(executable="true"), backend="slurm",
+               created=utcnow(), native_id=native_id, phase=phase, **fields)  # fmt: skip
+
+
+def test_one_squeue_names_few_jobs_and_lists_the_users_jobs_for_many(tmp_path: Path) -> None:
+    backend = slurm_backend(tmp_path, max_ids_per_query=3)
+    listing = "".join(f"{n}|PENDING|Priority|0|0\n" for n in range(10, 20))
+    backend.transport = scripted = ScriptedTransport({"squeue": listing})  # type: ignore[assignment]
+    few = [_submitted(str(n)) for n in (11, 12, 13)]
+    many = [_submitted(str(n)) for n in range(10, 20)]
+    assert backend.status(few).keys() == {job.id for job in few}
+    assert backend.status(many).keys() == {job.id for job in many[:1] + many[4:]}
+    named, listed = scripted.commands
+    assert "--jobs=11,12,13" in named and "--me" not in named
+    assert "--me" in listed and not any(word.startswith("--jobs") for word in listed)
+    # the members of one array are one id: named, however many they are
+    members = [_submitted(f"30_{index}") for index in range(8)]
+    scripted.answers["squeue"] = "30_[0-7]|PENDING|Priority|0|0\n"
+    assert len(backend.status(members)) == 8
+    assert "--jobs=30" in scripted.commands[-1]
+
+
+def test_jobs_in_one_state_share_what_it_means(tmp_path: Path) -> None:
+    backend = slurm_backend(tmp_path)
+    queue = backend.parse_status(
+        "12|PENDING|JobHeldUser|0|0\n13|PENDING|JobHeldUser|0|0\n14|RUNNING|None|1767225600|0\n"
+    )
+    assert queue["12"] is queue["13"] and queue["14"] is not queue["12"]
+    answer = "12|PENDING|JobHeldUser|0|0\n13|PENDING|JobHeldUser|0|0\n"
+    backend.transport = ScriptedTransport({"squeue": answer, "sacct": ""})  # type: ignore[assignment]
+    told = backend.status([_submitted("12"), _submitted("13")])
+    again = backend.status([_submitted("14"), _submitted("12")])
+    said = [status for status in [*told.values(), *again.values()] if isinstance(status, JobStatus)]
+    assert len(said) == 3 and len({id(status) for status in said}) == 1
+
+
+def test_a_job_that_shows_its_unchanged_queue_state_has_no_news(tmp_path: Path) -> None:
+    backend = slurm_backend(tmp_path)
+    backend.transport = scripted = ScriptedTransport(  # type: ignore[assignment]
+        {"squeue": "12|PENDING|JobHeldUser|0|0\n13|RUNNING|None|1767225600|0\n", "sacct": ""}
+    )
+    held, running = _submitted("12"), _submitted("13")
+    first = backend.status([held, running])
+    assert (first[held.id].phase, first[running.id].phase) == (Phase.HELD, Phase.EXECUTING)
+    # not yet applied: the same news again
+    assert backend.status([held, running]).keys() == {held.id, running.id}
+    shown = [
+        held.model_copy(update={"phase": Phase.HELD, "detail": "JobHeldUser"}),
+        running.model_copy(update={"phase": Phase.EXECUTING, "started": utcnow()}),
+    ]
+    assert backend.status(shown) == {}
+    # the store's row changed behind the backend's back: news again
+    unknown = shown[0].model_copy(update={"phase": Phase.UNKNOWN})
+    missed = shown[1].model_copy(update={"misses": 1})
+    assert backend.status([unknown, missed]).keys() == {held.id, running.id}
+    # the queue state changed
+    scripted.answers["squeue"] = "12|PENDING|Priority|0|0\n13|RUNNING|None|1767225600|0\n"
+    assert backend.status(shown).keys() == {held.id}
+    # a fresh backend (a restart) tells everything once
+    fresh = slurm_backend(tmp_path)
+    fresh.transport = scripted  # type: ignore[assignment]
+    assert fresh.status(shown).keys() == {held.id, running.id}
+
+
+def test_an_unchanged_requeueable_word_still_ends_the_job_after_its_grace(tmp_path: Path) -> None:
+    backend = slurm_backend(tmp_path, requeue_grace=0.2)
+    answers = {"squeue": "12|PREEMPTED|None|0|0\n", "sacct": ""}
+    backend.transport = ScriptedTransport(answers)  # type: ignore[assignment]
+    job = _submitted("12", phase=Phase.EXECUTING)
+    first = backend.status([job])[job.id]
+    assert isinstance(first, JobStatus) and first.phase is Phase.SUSPENDED
+    suspended = job.model_copy(update={"phase": Phase.SUSPENDED, "detail": "PREEMPTED"})
+    time.sleep(0.3)
+    ended = backend.status([suspended])[job.id]
+    assert isinstance(ended, JobStatus)
+    assert (ended.phase, ended.detail, ended.stop_native) == (Phase.ERROR, "PREEMPTED", True)
+
+
+@pytest.mark.slurm
+def test_many_active_jobs_are_refreshed_with_one_listing(isolated_data_dir: Path) -> None:
+    cluster_env("slurm")
+    backend = slurm_backend(isolated_data_dir, max_ids_per_query=10)
+    counting = CountingTransport.around(backend)
+    with make_engine(backend, isolated_data_dir) as engine:
+        spec = JobSpec(executable="true", attributes={"slurm.hold": True})
+        jobs = engine.submit_many([spec] * 25)
+        try:
+            commands = commands_of_one_refresh(engine, counting)
+            status_commands = [c for c in commands if c[0] in ("squeue", "sacct", "scontrol")]
+            assert len(status_commands) == 1 and "--me" in status_commands[0], status_commands
+            assert all(engine.get(job.id).phase is Phase.HELD for job in jobs)
+            engine.release(jobs[0].id)
+            done = engine.wait([jobs[0].id], timeout=60)
+            assert done[0].phase is Phase.COMPLETED
+            assert all(engine.get(job.id).phase is Phase.HELD for job in jobs[1:])
+        finally:
+            backend._run(["scancel", *[job.native_id or "" for job in jobs]], check=False)

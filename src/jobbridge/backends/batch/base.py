@@ -58,6 +58,8 @@ _PASSING_TROUBLE = ("No space left on device", "Disk quota exceeded", "Resource 
 _LOCATE_SLACK = timedelta(minutes=5)
 """Clocks of the store's host and the scheduler's may differ this much."""
 _WORDS_LIMIT = 4096
+_REMEMBERED = 10_000
+"""Distinct native states whose reading a backend keeps at the most."""
 
 
 class BatchOptions(BackendOptions):
@@ -76,7 +78,12 @@ class BatchOptions(BackendOptions):
         description="seconds a job may show a requeueable state (preempted, node failure)"
         " in the queue before jobbridge takes that state as its end",
     )
-    max_ids_per_query: int = Field(1000, ge=1)
+    max_ids_per_query: int = Field(
+        1000,
+        ge=1,
+        description="jobs named in one status query; for more, one listing of the user's jobs"
+        " where the scheduler has one, else one query per so many",
+    )
     submit_arguments: list[str] = Field(
         default_factory=list, description="extra arguments for every submission command"
     )
@@ -133,6 +140,11 @@ class BatchBackend(Backend):
         self._ended_seen: dict[str, float] = {}
         self._requeued_seen: dict[str, float] = {}
         self._warned: set[tuple[str, str]] = set()
+        self._readings: dict[NativeState, tuple[JobStatus, bool]] = {}
+        self._told: dict[str, tuple[NativeState, JobStatus, Job | None]] = {}
+        """By native id: the queue state a job was last told about, what it was told, and
+        the job as last seen showing it."""
+        self._command_env: dict[str, str] | None = None
 
     # -- hooks a scheduler fills in --------------------------------------------------------
 
@@ -160,6 +172,12 @@ class BatchBackend(Backend):
 
     @abstractmethod
     def status_command(self, native_ids: Sequence[str]) -> list[str]: ...
+
+    def status_listing_command(self) -> list[str] | None:
+        """One command that lists every job of this user that the queue holds, answering as
+        ``status_command`` does: asked instead of it for more than ``max_ids_per_query``
+        jobs. None if the scheduler has no such listing."""
+        return None
 
     @abstractmethod
     def parse_status(self, output: str) -> dict[str, NativeState]: ...
@@ -199,7 +217,8 @@ class BatchBackend(Backend):
         return None
 
     def command_environment(self) -> dict[str, str]:
-        """Variables every one of the scheduler's commands needs (e.g. where it lives)."""
+        """Variables every one of the scheduler's commands needs (e.g. where it lives); asked
+        once, before the backend's first command."""
         return {}
 
     def status_environment(self) -> dict[str, str]:
@@ -207,6 +226,8 @@ class BatchBackend(Backend):
         return {}
 
     def to_status(self, state: NativeState) -> JobStatus:
+        """What a native state means; a function of the state alone, so that jobs in the
+        same state share one answer."""
         phase, detail = self.STATES.get(state.word, (Phase.UNKNOWN, state.word))
         if state.word not in self.STATES:
             self.warn_once(state.word, f"unknown state {state.word!r}, shown as UNKNOWN")
@@ -303,7 +324,7 @@ class BatchBackend(Backend):
                 command,
                 feed=self.submission_entry if self.submit_stdin else None,
                 timeout=self.options.command_timeout,
-                env=self.command_environment() or None,
+                env=self._commands_environment() or None,
             )
         except OSError as error:
             raise SubmissionError(f"{program}: {error}", SubmitOutcome.NOT_MADE) from error
@@ -384,29 +405,83 @@ class BatchBackend(Backend):
         return shell(posixpath.join(job_dir, stream)) + suffix
 
     def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus | Missing]:
-        """One queue query (per chunk of ids); for jobs it leaves unclear, the exit-code files
-        their scripts wrote; for those without one, one accounting query. The queue's failure
-        fails the query; a failing accounting or file read leaves only the jobs that needed
-        it without news, and a record that cannot be read, only its own job."""
+        """One queue query; for jobs it leaves unclear, the exit-code files their scripts
+        wrote; for those without one, one accounting query. The queue's failure fails the
+        query; a failing accounting or file read leaves only the jobs that needed it without
+        news, and a record that cannot be read, only its own job. A job that the queue shows
+        as it did when it was last told, and that already shows what it was told, has no
+        news."""
         by_native = {job.native_id: job for job in jobs if job.native_id}
         env = self.status_environment()
-        states: dict[str, NativeState] = {}
-        for chunk in _chunks(self.query_ids(list(by_native)), self.options.max_ids_per_query):
-            result = self._run(self.status_command(chunk), env=env, check=False, idempotent=True)
-            states.update(self._answer(result, self.parse_status))
+        states = self._queue_states(list(by_native), env)
         now = time.monotonic()
-        for native_id in by_native:
-            if native_id in states:
-                self._last_seen[native_id] = now
+        answers: dict[str, JobStatus | Missing] = {}
+        answered: list[str] = []
+        unclear: list[str] = []
+        last_seen, remembered = self._last_seen, self._told
+        for native_id, job in by_native.items():
+            state = states.get(native_id)
+            if state is None:
+                unclear.append(native_id)
+                continue
+            last_seen[native_id] = now
+            told = remembered.get(native_id)
+            if told is not None and (told[0] is state or told[0] == state):
+                if told[2] is job:  # frozen: still shows it
+                    continue
+                if _shows(job, told[1]):
+                    self._told[native_id] = (told[0], told[1], job)
+                    continue
+            if self._reading(state)[1]:
+                unclear.append(native_id)
+                continue
+            status = self._weighed(job, state, in_queue=True)
+            self._told[native_id] = (state, status, None)
+            answers[job.id] = status
+            answered.append(native_id)
+        for native_id in unclear:
+            self._told.pop(native_id, None)
+        if len(self._told) > 2 * len(by_native) + 1000:
+            self._told = {native: t for native, t in self._told.items() if native in by_native}
         # A script that ran to its end recorded its outcome; only the rest need accounting.
-        unclear = [native for native in by_native if self._unclear(states.get(native))]
         exit_files = self._exit_files([by_native[native] for native in unclear])
-        if exit_files is None:
-            return self._answers(by_native, states, {}, {}, searched=False, skip=set(unclear))
-        unrecorded = [native for native in unclear if native not in exit_files]
-        accounted, searched = self._accounted(unrecorded, env)
-        answers = self._answers(by_native, states, exit_files, accounted, searched=searched)
+        if exit_files is not None:
+            unrecorded = [native for native in unclear if native not in exit_files]
+            accounted, searched = self._accounted(unrecorded, env)
+            for native_id in unclear:
+                job = by_native[native_id]
+                decided = self._decide(
+                    job, states.get(native_id), exit_files.get(native_id),
+                    accounted.get(native_id), searched=searched,
+                )  # fmt: skip
+                if decided is not None:
+                    answers[job.id] = decided
+                    answered.append(native_id)
+        for native_id in answered:
+            said = answers[by_native[native_id].id]
+            if isinstance(said, JobStatus) and said.phase.is_final:
+                self._forget(native_id)
+        if exit_files is None:  # only what the queue tells in full is news
+            return answers
         return self._with_scheduler_words(by_native, answers)
+
+    def _queue_states(
+        self, native_ids: Sequence[str], env: Mapping[str, str]
+    ) -> dict[str, NativeState]:
+        """What the queue says of these jobs: one query naming them, or for more than
+        ``max_ids_per_query``, one listing of the user's jobs where the scheduler has one
+        (else one query per so many)."""
+        ids = self.query_ids(native_ids)
+        if not ids:
+            return {}
+        limit = self.options.max_ids_per_query
+        listing = self.status_listing_command() if len(ids) > limit else None
+        commands = [listing] if listing else [self.status_command(c) for c in _chunks(ids, limit)]
+        states: dict[str, NativeState] = {}
+        for command in commands:
+            result = self._run(command, env=env, check=False, idempotent=True)
+            states.update(self._answer(result, self.parse_status))
+        return states
 
     def _accounted(
         self, unrecorded: Sequence[str], env: Mapping[str, str]
@@ -425,33 +500,8 @@ class BatchBackend(Backend):
             return {}, False
         return {native: found[native] for native in unrecorded if native in found}, True
 
-    def _answers(
-        self,
-        by_native: Mapping[str, Job],
-        states: Mapping[str, NativeState],
-        exit_files: Mapping[str, JobStatus],
-        accounted: Mapping[str, NativeState],
-        *,
-        searched: bool,
-        skip: set[str] | None = None,
-    ) -> dict[str, JobStatus | Missing]:
-        answers: dict[str, JobStatus | Missing] = {}
-        for native_id, job in by_native.items():
-            if skip and native_id in skip:
-                continue
-            status = self._decide(
-                job, states.get(native_id), exit_files.get(native_id),
-                accounted.get(native_id), searched=searched,
-            )  # fmt: skip
-            if status is None:
-                continue
-            answers[job.id] = status
-            if isinstance(status, JobStatus) and status.phase.is_final:
-                self._forget(native_id)
-        return answers
-
     def _forget(self, native_id: str) -> None:
-        for seen in (self._last_seen, self._ended_seen, self._requeued_seen):
+        for seen in (self._last_seen, self._ended_seen, self._requeued_seen, self._told):
             seen.pop(native_id, None)
 
     def _decide(
@@ -467,10 +517,11 @@ class BatchBackend(Backend):
         ``searched``: the accounting (if the scheduler has one) answered, so that a job it
         does not know is missing rather than without news."""
         native_id = job.native_id or ""
-        if state is not None and not self._unclear(state):
-            return self._weighed(job, state, in_queue=True)
-        if state is not None:  # the queue says it ended, but not how
-            told = self.to_status(state)
+        if state is not None:
+            told, unclear = self._reading(state)
+            if not unclear:
+                return self._weighed(job, state, in_queue=True)
+            # the queue says it ended, but not how
             if exit_file is not None and state.word not in self.REQUEUEABLE:
                 return _merged(told, exit_file)
             if accounted is not None:
@@ -497,7 +548,7 @@ class BatchBackend(Backend):
         SUSPENDED until it runs again, and ends only if the word stands for
         ``requeue_grace`` seconds (its native job cancelled first) or the queue forgets it."""
         native_id = job.native_id or ""
-        status = self.to_status(state)
+        status = self._reading(state)[0]
         if state.word not in self.REQUEUEABLE:
             self._requeued_seen.pop(native_id, None)
             return status
@@ -511,6 +562,20 @@ class BatchBackend(Backend):
             detail=state.word,
             message=f"{self.scheduler} says {state.word}; it may run the job again",
         )
+
+    def _reading(self, state: NativeState) -> tuple[JobStatus, bool]:
+        """What a native state means (``to_status``) and whether it leaves the job unclear,
+        worked out once per distinct state: a ``JobStatus`` is frozen, so jobs in the same
+        state share one."""
+        try:
+            known = self._readings.get(state)
+        except TypeError:  # a state with fields that cannot be hashed
+            return self.to_status(state), self._unclear(state)
+        if known is None:
+            if len(self._readings) >= _REMEMBERED:
+                self._readings.clear()
+            known = self._readings[state] = (self.to_status(state), self._unclear(state))
+        return known
 
     def _unclear(self, state: NativeState | None) -> bool:
         """Not seen, or seen ended without the exit code that tells how."""
@@ -699,6 +764,11 @@ class BatchBackend(Backend):
     ) -> dict[str, JobStatus | Missing]:
         """Jobs that end in ERROR get the end of what the scheduler captured on stderr in
         their message (a script that could not even start the program says why there)."""
+        if not any(
+            isinstance(status, JobStatus) and status.phase is Phase.ERROR
+            for status in answers.values()
+        ):
+            return answers
         paths = {}
         for job in by_native.values():
             status = answers.get(job.id)
@@ -761,6 +831,11 @@ class BatchBackend(Backend):
     def _member_suffix(job: Job) -> str:
         return "" if job.array_index is None else f".{job.array_index}"
 
+    def _commands_environment(self) -> dict[str, str]:
+        if self._command_env is None:
+            self._command_env = self.command_environment()
+        return self._command_env
+
     def _run(
         self,
         argv: Sequence[str],
@@ -770,7 +845,7 @@ class BatchBackend(Backend):
         check: bool = True,
         idempotent: bool = False,
     ) -> CommandResult:
-        env = {**self.command_environment(), **(env or {})}
+        env = {**self._commands_environment(), **(env or {})}
         try:
             return self.transport.run(
                 argv,
@@ -823,6 +898,16 @@ def _transport(options: BatchOptions) -> Transport:
         config_file=options.ssh_config,
         options=options.ssh_options,
         connect_timeout=min(30.0, options.command_timeout),
+    )
+
+
+def _shows(job: Job, status: JobStatus) -> bool:
+    """Whether the job already shows what ``status`` says, with no misses to clear."""
+    return (
+        job.phase is status.phase
+        and job.detail == status.detail
+        and not job.misses
+        and (job.started is not None or status.started is None)
     )
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from jobbridge.backends.base import Stream
+from jobbridge.backends.base import BackendContext, BackendOptions, Stream
 from jobbridge.backends.batch.base import (
     BatchBackend,
     NativeDependency,
@@ -34,6 +34,7 @@ __all__ = ["SlurmBackend"]
 
 _ATTRIBUTE = re.compile(r"^[a-z][a-z0-9-]*$")
 _HELD_REASONS = {"JobHeldUser", "JobHeldAdmin", "held"}
+_STATUS_FORMAT = "--format=%i|%T|%r|%S|%e"
 
 
 class SlurmBackend(BatchBackend):
@@ -77,6 +78,10 @@ class SlurmBackend(BatchBackend):
         "Socket timed out on send/recv operation",
         "Zero Bytes were transmitted or received",
     )
+
+    def __init__(self, name: str, options: BackendOptions, context: BackendContext) -> None:
+        super().__init__(name, options, context)
+        self._described: dict[str, NativeState] = {}
 
     def directives(
         self, job: Job, members: Sequence[Job], dependencies: Sequence[NativeDependency]
@@ -187,38 +192,53 @@ class SlurmBackend(BatchBackend):
 
     def query_ids(self, native_ids: Sequence[str]) -> list[str]:
         # Pending members of an array are not found by their own ids; their array is.
-        return list(dict.fromkeys(native.split("_")[0] for native in native_ids))
+        return list(dict.fromkeys(native.partition("_")[0] for native in native_ids))
 
     def status_environment(self) -> dict[str, str]:
         return {"SLURM_TIME_FORMAT": "%s"}
 
     def status_command(self, native_ids: Sequence[str]) -> list[str]:
         return [
-            "squeue",
-            "--noheader",
-            "--array",
-            "--states=all",
-            "--format=%i|%T|%r|%S|%e",
+            "squeue", "--noheader", "--array", "--states=all", _STATUS_FORMAT,
             f"--jobs={','.join(native_ids)}",
-        ]
+        ]  # fmt: skip
+
+    def status_listing_command(self) -> list[str]:
+        return ["squeue", "--me", "--noheader", "--array", "--states=all", _STATUS_FORMAT]
 
     def parse_status(self, output: str) -> dict[str, NativeState]:
         states = {}
-        for line in output.splitlines():
-            if not line.strip():
+        lines = output.splitlines()
+        if len(self._described) > 2 * len(lines) + 1000:
+            self._described.clear()  # descriptions of jobs gone from the queue
+        described = self._described
+        for line in lines:
+            text = line.strip()
+            if not text:
                 continue
+            job_id, _, description = text.partition("|")
             try:
-                job_id, word, reason, start, end = line.strip().split("|")
-                state = NativeState(
-                    word=word,
-                    reason=None if reason in ("None", "") else reason,
-                    started=epoch_or_none(start),
-                    ended=epoch_or_none(end),
-                )
-                states.update(dict.fromkeys(_expand(job_id), state))
+                state = described.get(description) or self._describe(description)
+                if "[" in job_id:
+                    states.update(dict.fromkeys(_expand(job_id), state))
+                else:
+                    states[job_id] = state
             except ValueError:
                 self.warn_once(line[:40], f"squeue line unreadable, its job has no news: {line!r}")
         return states
+
+    def _describe(self, description: str) -> NativeState:
+        """One squeue line after its job id, read once while the queue shows it: many jobs
+        share their state, and a job's state rarely changes between two queries."""
+        word, reason, start, end = description.split("|")
+        state = NativeState(
+            word=word,
+            reason=None if reason in ("None", "") else reason,
+            started=epoch_or_none(start),
+            ended=epoch_or_none(end),
+        )
+        self._described[description] = state
+        return state
 
     def empty_answer_is_fine(self, result: CommandResult) -> bool:
         return "Invalid job id" in result.stderr
@@ -291,6 +311,8 @@ def _submission_order(located: str) -> tuple[int, int]:
 
 def _expand(job_id: str) -> list[str]:
     """``12_[3-5,8]`` (pending array members, shown together) as ``12_3 12_4 12_5 12_8``."""
+    if "[" not in job_id:
+        return [job_id]
     match = re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", job_id)
     if not match:
         return [job_id]
