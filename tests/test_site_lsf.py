@@ -30,8 +30,9 @@ class TestLsfForgettingAtOnce(LsfScenarios):
 
     @pytest.mark.xfail(
         strict=True,
-        reason="a walltime kill that bjobs has forgotten leaves only the script's .term note,"
-        " which the LSF backend does not read yet",
+        reason="with bjobs forgetting at once, only the script's TERM note is left, and the"
+        " fake runs LSF's minute walltimes in seconds: a TERM after 2 s of a 60 s walltime"
+        " reads as a kill, not a timeout (the job ends ERROR 143, not LOST)",
     )
     def test_walltime_ends_a_job_as_timeout(self, engine: Engine) -> None:
         super().test_walltime_ends_a_job_as_timeout(engine)

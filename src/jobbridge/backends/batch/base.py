@@ -463,7 +463,39 @@ class BatchBackend(Backend):
                 self._forget(native_id)
         if exit_files is None:  # only what the queue tells in full is news
             return answers
+        missing = [job for job in jobs if isinstance(answers.get(job.id), Missing)]
+        answers.update(self._terminated(missing))
+        for job in jobs:
+            verdict = answers.get(job.id)
+            if isinstance(verdict, JobStatus) and _timed_out(job, verdict):
+                answers[job.id] = verdict.model_copy(update={"detail": "TIMEOUT"})
         return self._with_scheduler_words(by_native, answers)
+
+    def _terminated(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
+        """Jobs that no source knows any more whose script noted a TERM (``.term`` next to
+        the exit-code file, see job.sh.j2): the scheduler killed them, for their walltime
+        or on a cancel, at a site that forgets ended jobs at once."""
+        if not jobs:
+            return {}
+        files = {self.exit_code_path(job) + ".term": job for job in jobs}
+        try:
+            contents = self.transport.read_many(list(files), limit=256)
+        except (JobbridgeError, OSError):
+            return {}
+        ended = {}
+        for path, content in contents.items():
+            fields = content.decode(errors="replace").split()
+            if len(fields) < 3 or not all(field.isdigit() for field in fields[:3]):
+                continue
+            started, stopped = (datetime.fromtimestamp(int(f), UTC) for f in fields[1:3])
+            ended[files[path].id] = JobStatus(
+                phase=Phase.ERROR,
+                exit_code=int(fields[0]),
+                started=started,
+                ended=stopped,
+                message=f"{self.scheduler} ended the job script with TERM",
+            )
+        return ended
 
     def _queue_states(
         self, native_ids: Sequence[str], env: Mapping[str, str]
@@ -909,6 +941,23 @@ def _shows(job: Job, status: JobStatus) -> bool:
         and not job.misses
         and (job.started is not None or status.started is None)
     )
+
+
+_TERM_EXIT = 128 + 15
+"""What the job script's TERM trap records: the scheduler (or a cancel) killed it."""
+_WALLTIME_SLACK = 0.9
+"""A job killed with TERM after this share of its walltime ran into its limit."""
+
+
+def _timed_out(job: Job, status: JobStatus) -> bool:
+    """Ended by TERM with no other word, after its walltime."""
+    walltime = job.spec.resources.walltime
+    if walltime is None or status.detail is not None or status.exit_code != _TERM_EXIT:
+        return False
+    if status.phase is not Phase.ERROR or status.started is None or status.ended is None:
+        return False
+    ran = (status.ended - status.started).total_seconds()
+    return ran >= walltime.total_seconds() * _WALLTIME_SLACK
 
 
 def _merged(scheduler: JobStatus, exit_file: JobStatus) -> JobStatus:

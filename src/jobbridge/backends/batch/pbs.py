@@ -58,10 +58,10 @@ import time
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar
 
-from jobbridge.backends.base import Located, Missing, Stream
+from jobbridge.backends.base import Located, Stream
 from jobbridge.backends.batch.base import (
     _LOCATE_SLACK,
     UNTOLD,
@@ -109,10 +109,6 @@ _DEFAULT_HISTORY = 14 * 86400.0
 """PBS Pro keeps finished jobs this long when job_history_duration is not set."""
 _NO_HISTORY = "not configured to maintain job history"
 """What qstat says when the server rejects a -x request (PBSE_JOBHISTNOTSET)."""
-_TERM_EXIT = 128 + 15
-"""What the job script's TERM trap records: the scheduler (or qdel) killed it."""
-_WALLTIME_SLACK = 0.9
-"""A job killed with TERM after this share of its walltime ran into its limit."""
 _TRACES = re.compile(r"^(exitcode|stdout|stderr|pbs\.)|\.[oe]\d+(-\d+)?$")
 """Files that only a job script that ran leaves in its job directory."""
 
@@ -434,42 +430,6 @@ class PbsFamily(BatchBackend):
             return True  # no evidence either way
         return any(_TRACES.search(posixpath.basename(found.path)) for found in files)
 
-    def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus | Missing]:
-        """As every scheduler; a job whose script recorded a TERM (its trap ran) after it
-        ran into its walltime was killed for it, where the server no longer says so."""
-        answers = super().status(jobs)
-        answers.update(self._terminated([job for job in jobs if _missing(answers, job)]))
-        for job in jobs:
-            status = answers.get(job.id)
-            if isinstance(status, JobStatus) and _timed_out(job, status):
-                answers[job.id] = status.model_copy(update={"detail": "TIMEOUT"})
-        return answers
-
-    def _terminated(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
-        """Jobs the server forgot whose script noted a TERM (``.term`` next to the exit-code
-        file, see job.sh.j2): they were killed, for their walltime or by qdel."""
-        if not jobs:
-            return {}
-        files = {self.exit_code_path(job) + ".term": job for job in jobs}
-        try:
-            contents = self.transport.read_many(list(files), limit=256)
-        except (JobbridgeError, OSError):
-            return {}
-        ended = {}
-        for path, content in contents.items():
-            fields = content.decode(errors="replace").split()
-            if len(fields) < 3 or not all(field.isdigit() for field in fields[:3]):
-                continue
-            started, stopped = (datetime.fromtimestamp(int(f), UTC) for f in fields[1:3])
-            ended[files[path].id] = JobStatus(
-                phase=Phase.ERROR,
-                exit_code=int(fields[0]),
-                started=started,
-                ended=stopped,
-                message=f"{self.scheduler} ended the job script with TERM",
-            )
-        return ended
-
     def scheduler_output_path(self, job: Job, stream: Stream) -> str | None:
         """Where PBS puts what the job script printed outside the program (``-o``/``-e``)."""
         if job.native_id is None:
@@ -750,21 +710,6 @@ class PbsProBackend(PbsFamily):
 
     def was_deleted(self, attributes: Mapping[str, Any]) -> bool:
         return int_or_none(attributes.get("substate")) == _SUBSTATE_TERMINATED
-
-
-def _missing(answers: Mapping[str, JobStatus | Missing], job: Job) -> bool:
-    return isinstance(answers.get(job.id), Missing)
-
-
-def _timed_out(job: Job, status: JobStatus) -> bool:
-    """Ended by TERM (or by PBS's old 256+15) with no other word, after its walltime."""
-    walltime = job.spec.resources.walltime
-    if walltime is None or status.detail is not None or status.exit_code != _TERM_EXIT:
-        return False
-    if status.phase is not Phase.ERROR or status.started is None or status.ended is None:
-        return False
-    ran = (status.ended - status.started).total_seconds()
-    return ran >= walltime.total_seconds() * _WALLTIME_SLACK
 
 
 def _waits_for_dependencies(attributes: Mapping[str, Any]) -> bool:
