@@ -19,9 +19,10 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from _spawn import spawn_limit
 
 from jobbridge import Engine, EngineSettings, Phase, Store
 from jobbridge.backends.base import BackendContext
@@ -38,23 +39,6 @@ from jobbridge.pilot import (
 )
 
 TEST_ENV = Path(os.environ.get("JOBBRIDGE_TEST_ENV_DIR", "/var/tmp/jobbridge-test"))
-
-
-def spawn_limit(count: int, threads: int = 2) -> float:
-    """Processes per second that posix_spawn + waitpid start and reap here."""
-
-    def spawn(share: int) -> None:
-        for _ in range(share):
-            pid = os.posix_spawn("/bin/true", ["true"], os.environ)
-            os.waitpid(pid, 0)
-
-    workers = [threading.Thread(target=spawn, args=(count // threads,)) for _ in range(threads)]
-    started = time.perf_counter()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    return (count // threads * threads) / (time.perf_counter() - started)
 
 
 def agent_memory(pid: int) -> dict[str, float]:
