@@ -201,7 +201,7 @@ def test_dependents_are_found_by_their_parent(store: Store) -> None:
 def test_upgrading_an_older_store_keeps_every_dependency(store_url: str) -> None:
     from alembic import command
 
-    from jobbridge.store.store import _alembic_config
+    from jobbridge.store.connection import alembic_config as _alembic_config
 
     old = Store(store_url, migrate=False)
     with old._writer.begin() as conn:

@@ -12,7 +12,7 @@ import pytest
 from jobbridge import Engine, EngineSettings, JobSpec, Phase, Store
 from jobbridge.backends.base import BackendOptions
 from jobbridge.job import Handover
-from jobbridge.store.store import _head_revision
+from jobbridge.store.connection import head_revision as _head_revision
 from tests.doubles import FakeBackend, FakeCluster
 from tests.test_store import make_job
 
@@ -156,6 +156,6 @@ def test_a_write_by_another_process_is_seen(url: str) -> None:
 def test_the_head_revision_is_alembics() -> None:
     from alembic.script import ScriptDirectory
 
-    from jobbridge.store.store import _alembic_config
+    from jobbridge.store.connection import alembic_config as _alembic_config
 
     assert _head_revision() == ScriptDirectory.from_config(_alembic_config()).get_current_head()

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -16,10 +13,11 @@ from jobbridge.errors import JobNotFoundError
 from jobbridge.job import Event, Handover, Job, utcnow
 from jobbridge.phase import ACTIVE_PHASES, Phase
 from jobbridge.spec import JobSpec
+from jobbridge.store.connection import WRITE_OPTION, alembic_config, create_engine, head_revision
 from jobbridge.store.schema import dependencies, events, jobs, leases
 
 if TYPE_CHECKING:
-    from alembic.config import Config as AlembicConfig
+    pass
 
 __all__ = ["JOB_CHANNEL", "Store"]
 
@@ -30,7 +28,6 @@ space), in the transaction that makes it: listeners hear of it once it is commit
 then."""
 
 _MIGRATION_LOCK = 0x6A6F6262  # any constant shared by every jobbridge process
-_WRITE = "jobbridge_write"
 _JOB_FIELDS = frozenset(jobs.c.keys()) - {"id", "spec", "name", "version"}
 _INTERNAL = ("name", "submitting_since", "claim_token", "heartbeat", "not_before", "version")
 """Columns that the store keeps for its own bookkeeping, not part of a ``Job``."""
@@ -43,8 +40,8 @@ class Store:
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         self.url = url
-        self._engine = _create_engine(url)
-        self._writer = self._engine.execution_options(**{_WRITE: True})
+        self._engine = create_engine(url)
+        self._writer = self._engine.execution_options(**{WRITE_OPTION: True})
         self._parsed: dict[str, tuple[int, Job]] = {}
         self._specs: dict[str, tuple[Any, JobSpec]] = {}
         if migrate:
@@ -59,14 +56,14 @@ class Store:
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision; concurrent callers take turns."""
-        if self._current_revision() == _head_revision():
+        if self._current_revision() == head_revision():
             return
         from alembic import command  # only when the schema must change: it is slow to load
 
         with self._writer.begin() as conn:
             if self.dialect == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
-            config = _alembic_config()
+            config = alembic_config()
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
 
@@ -641,61 +638,6 @@ class Store:
     def count(self) -> int:
         with self.reading() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one())
-
-
-def _create_engine(url: str) -> sa.Engine:
-    parsed = sa.make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 60})
-    sa.event.listen(engine, "connect", _configure_sqlite)
-    sa.event.listen(engine, "begin", _begin_sqlite)
-    return engine
-
-
-def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
-    # jobbridge issues BEGIN itself, so that writers can take the lock up front
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=60000")
-    cursor.close()
-
-
-def _begin_sqlite(conn: sa.Connection) -> None:
-    # A deferred transaction that reads and then writes fails at once under contention;
-    # BEGIN IMMEDIATE waits for the write lock instead.
-    writes = conn.get_execution_options().get(_WRITE, False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
-
-
-def _alembic_config() -> AlembicConfig:
-    from alembic.config import Config as AlembicConfig
-
-    config = AlembicConfig()
-    config.set_main_option("script_location", "jobbridge.store:migrations")
-    return config
-
-
-_REVISION = re.compile(r"^(down_revision|revision)\s*=\s*(None|['\"]([^'\"]+)['\"])", re.MULTILINE)
-
-
-@functools.cache
-def _head_revision() -> str | None:
-    """The newest migration, read from the scripts' own words without loading Alembic
-    (a linear history: the one revision that no other revises)."""
-    revisions, revised = set(), set()
-    for script in (Path(__file__).parent / "migrations" / "versions").glob("*.py"):
-        found = dict((key, value) for key, _, value in _REVISION.findall(script.read_text()))
-        if found.get("revision"):
-            revisions.add(found["revision"])
-        if found.get("down_revision"):
-            revised.add(found["down_revision"])
-    heads = revisions - revised
-    return heads.pop() if len(heads) == 1 else None
 
 
 def _check_fields(fields: dict[str, Any]) -> None:

@@ -1,0 +1,74 @@
+"""Connections to the store's database: SQLite tuned for several processes (WAL, writers
+that take the lock up front), PostgreSQL with a pre-ping pool; and where the migrations are."""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
+__all__ = ["WRITE_OPTION", "alembic_config", "create_engine", "head_revision"]
+
+WRITE_OPTION = "jobbridge_write"
+"""The execution option that marks a connection as a writer (BEGIN IMMEDIATE on SQLite)."""
+
+
+def create_engine(url: str) -> sa.Engine:
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 60})
+    sa.event.listen(engine, "connect", _configure_sqlite)
+    sa.event.listen(engine, "begin", _begin_sqlite)
+    return engine
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    # jobbridge issues BEGIN itself, so that writers can take the lock up front
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.close()
+
+
+def _begin_sqlite(conn: sa.Connection) -> None:
+    # A deferred transaction that reads and then writes fails at once under contention;
+    # BEGIN IMMEDIATE waits for the write lock instead.
+    writes = conn.get_execution_options().get(WRITE_OPTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+
+
+def alembic_config() -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", "jobbridge.store:migrations")
+    return config
+
+
+_REVISION = re.compile(r"^(down_revision|revision)\s*=\s*(None|['\"]([^'\"]+)['\"])", re.MULTILINE)
+
+
+@functools.cache
+def head_revision() -> str | None:
+    """The newest migration, read from the scripts' own words without loading Alembic
+    (a linear history: the one revision that no other revises)."""
+    revisions, revised = set(), set()
+    for script in (Path(__file__).parent / "migrations" / "versions").glob("*.py"):
+        found = dict((key, value) for key, _, value in _REVISION.findall(script.read_text()))
+        if found.get("revision"):
+            revisions.add(found["revision"])
+        if found.get("down_revision"):
+            revised.add(found["down_revision"])
+    heads = revisions - revised
+    return heads.pop() if len(heads) == 1 else None
