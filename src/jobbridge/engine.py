@@ -19,7 +19,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,6 +28,7 @@ from sqlalchemy import Connection
 from jobbridge import staging
 from jobbridge.backends.base import Backend, BackendContext, Stream
 from jobbridge.backends.registry import create_backend
+from jobbridge.background import LOOP_TICK_FLOOR, Background
 from jobbridge.config import Config, EngineSettings, load_config
 from jobbridge.dependencies import met
 from jobbridge.dispatch import Dispatcher
@@ -41,7 +41,6 @@ from jobbridge.errors import (
 )
 from jobbridge.hooks import Hooks
 from jobbridge.job import Job, JobStatus, new_job_id, utcnow
-from jobbridge.leases import DESTROY_LEASE, LeaseKeeper, backend_lease
 from jobbridge.phase import Phase
 from jobbridge.polling import Poller
 from jobbridge.spec import JobSpec
@@ -51,8 +50,6 @@ from jobbridge.transport.base import Transport
 __all__ = ["Engine"]
 
 log = logging.getLogger(__name__)
-
-_LOOP_TICK_FLOOR = 0.05
 
 
 class Engine:
@@ -84,11 +81,9 @@ class Engine:
         self._backend_locks = {name: threading.Lock() for name in self.backends}
         self._destroy_lock = threading.Lock()
         self._changed = threading.Condition()
-        self._stopping = threading.Event()
-        self._loops: list[threading.Thread] = []
-        self._leases: LeaseKeeper | None = None
-        self._hook_runner: ThreadPoolExecutor | None = None
-        self._stager: ThreadPoolExecutor | None = None
+        self._background = Background(
+            store, self.settings, self.refresh_backend, self._destroy_expired
+        )
         self._staging: set[str] = set()
         self._staging_lock = threading.Lock()
 
@@ -406,7 +401,8 @@ class Engine:
     def _offload_stage_out(self, job: Job, old: Phase) -> None:
         """Bring outputs back, then announce the ending: in a worker of its own when the
         engine runs in the background, so that polling never waits for a transfer."""
-        if self._stager is None:
+        stager = self._background.stager
+        if stager is None:
             self._announce(self._stage_out(job), old)
             return
         with self._staging_lock:
@@ -421,7 +417,7 @@ class Engine:
                 with self._staging_lock:
                     self._staging.discard(job.id)
 
-        self._stager.submit(work)
+        stager.submit(work)
 
     def _stage_out(self, job: Job) -> Job:
         """Bring the job's declared outputs back; a failure is recorded, the phase stays."""
@@ -440,10 +436,11 @@ class Engine:
     def _announce(self, job: Job, old: Phase) -> None:
         with self._changed:
             self._changed.notify_all()
-        if self._hook_runner is None:
+        hook_runner = self._background.hook_runner
+        if hook_runner is None:
             self.hooks.run_phase_change(job, old)
         else:  # in order, and never on a polling thread
-            self._hook_runner.submit(self.hooks.run_phase_change, job, old)
+            hook_runner.submit(self.hooks.run_phase_change, job, old)
 
     # -- acting on jobs -------------------------------------------------------------------------
 
@@ -584,81 +581,22 @@ class Engine:
             for job in jobs
             if job.backend in self.backends
         ]
-        return max(_LOOP_TICK_FLOOR, min([self.settings.refresh_interval, *intervals]))
+        return max(LOOP_TICK_FLOOR, min([self.settings.refresh_interval, *intervals]))
 
     # -- running in the background --------------------------------------------------------------
 
     @property
     def running(self) -> bool:
-        return any(loop.is_alive() for loop in self._loops)
+        return self._background.running
 
     def start_background(self) -> None:
         """Refresh in threads of their own, one per backend, until ``stop_background``
-        (used by the service). Hooks and stage-out then run in workers of their own. Each
-        thread works only while this engine holds its lease, so that of several engines on
-        one store one at a time polls a backend (or destroys expired jobs)."""
-        if self.running:
-            return
-        self._stopping.clear()
-        self._leases = LeaseKeeper(
-            self.store,
-            self.settings.lease_duration,
-            [*(backend_lease(name) for name in self.backends), DESTROY_LEASE],
-        )
-        self._leases.start()
-        self._hook_runner = ThreadPoolExecutor(1, thread_name_prefix="jobbridge-hooks")
-        self._stager = ThreadPoolExecutor(2, thread_name_prefix="jobbridge-stage-out")
-        self._loops = [
-            threading.Thread(
-                target=self._run_backend, args=(backend,), name=f"jobbridge-{name}", daemon=True
-            )
-            for name, backend in self.backends.items()
-        ]
-        self._loops.append(
-            threading.Thread(target=self._run_destroyer, name="jobbridge-destroy", daemon=True)
-        )
-        for loop in self._loops:
-            loop.start()
+        (used by the service); hooks and stage-out then run in workers of their own (see
+        ``background``)."""
+        self._background.start(self.backends)
 
     def stop_background(self) -> None:
-        self._stopping.set()
-        for loop in self._loops:
-            loop.join()
-        self._loops = []
-        if self._leases is not None:
-            self._leases.stop()
-            self._leases = None
-        for pool in (self._stager, self._hook_runner):
-            if pool is not None:
-                pool.shutdown(wait=True)
-        self._stager = self._hook_runner = None
-
-    def _run_backend(self, backend: Backend) -> None:
-        tick = max(
-            _LOOP_TICK_FLOOR,
-            min(self.settings.refresh_interval, backend.options.min_refresh_interval),
-        )
-        lease = backend_lease(backend.name)
-        while not self._stopping.is_set():
-            if self._holds(lease):
-                try:
-                    self.refresh_backend(backend)
-                except Exception:
-                    log.exception("refresh cycle of %s failed", backend.name)
-            self._stopping.wait(tick)
-
-    def _run_destroyer(self) -> None:
-        while not self._stopping.is_set():
-            if self._holds(DESTROY_LEASE):
-                try:
-                    self._destroy_expired()
-                except Exception:
-                    log.exception("destroying expired jobs failed")
-            self._stopping.wait(self.settings.refresh_interval)
-
-    def _holds(self, lease: str) -> bool:
-        leases = self._leases
-        return leases is not None and leases.holds(lease)
+        self._background.stop()
 
     def close(self) -> None:
         self.stop_background()
