@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import re
+import sqlite3
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +16,9 @@ if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 __all__ = ["WRITE_OPTION", "alembic_config", "create_engine", "head_revision"]
+
+_WAL_PATIENCE = 60.0
+"""Seconds a new connection waits for its turn to switch the database to WAL."""
 
 WRITE_OPTION = "jobbridge_write"
 """The execution option that marks a connection as a writer (BEGIN IMMEDIATE on SQLite)."""
@@ -35,10 +40,25 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     # jobbridge issues BEGIN itself, so that writers can take the lock up front
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=60000")
+    _use_wal(cursor)
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _use_wal(cursor: Any) -> None:
+    """Switch a database to WAL. The switch needs the database to itself and SQLite does not
+    wait for that (no busy handler), so several processes opening a new file at once take
+    turns here instead of failing."""
+    deadline = time.monotonic() + _WAL_PATIENCE
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _begin_sqlite(conn: sa.Connection) -> None:
