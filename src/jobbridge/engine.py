@@ -44,11 +44,11 @@ from jobbridge.hooks import Hooks
 from jobbridge.job import Job, JobStatus, new_job_id, utcnow
 from jobbridge.phase import ACTIVE_PHASES, Phase
 from jobbridge.polling import Poller
-from jobbridge.preparation import Preparer, admit
+from jobbridge.preparation import Preparer, admit, define_workflow
 from jobbridge.secrets import Secrets
 from jobbridge.spec import JobSpec
 from jobbridge.store import Store
-from jobbridge.store.workflows import WorkflowStore
+from jobbridge.store.workflows import Workflow, WorkflowStore
 from jobbridge.transport.base import Transport
 
 __all__ = ["Engine"]
@@ -477,6 +477,20 @@ class Engine:
             if moved is not None:
                 return moved
         raise JobStateError(f"job {job_id} kept changing phase; try again")
+
+    def define_workflow(
+        self,
+        name: str,
+        *,
+        owner: str | None = None,
+        workspace: str | None = None,
+        cache: bool | None = None,
+        backend: str | None = None,
+    ) -> Workflow:
+        """Record a workflow before its jobs: its shared workspace (default: one beside the
+        job directories of ``backend``), and whether the job cache serves all its jobs."""
+        target = self.backend(backend)
+        return define_workflow(self.workflows, target, name, owner, workspace, cache)
 
     def cancel_workflow(self, workflow: str, *, owner: str | None = None) -> list[Job]:
         """Cancel every active job of a workflow (of ``owner``, if given), each as ``cancel``

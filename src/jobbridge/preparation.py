@@ -39,7 +39,7 @@ from jobbridge.transport.base import Transport
 if TYPE_CHECKING:
     from jobbridge.dispatch import Mover
 
-__all__ = ["Prepared", "Preparer", "admit", "preparation_failure"]
+__all__ = ["Prepared", "Preparer", "admit", "define_workflow", "preparation_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +65,43 @@ def admit(
             raise SecretError(f"backend {backend.name!r} keeps no job directory for secrets")
     if spec.workflow is None:
         return spec
-    known = workflows.get(spec.workflow, owner)
-    if known is None:
-        workspace = spec.workspace or _default_workspace(backend, spec, owner)
-        known = workflows.add(
-            Workflow(name=spec.workflow, owner=owner, workspace=workspace, created=utcnow())
-        )
-    if spec.workspace is not None and spec.workspace != known.workspace:
-        raise SpecError(
-            f"workflow {spec.workflow!r} has the workspace {known.workspace!r},"
-            f" not {spec.workspace!r}"
-        )
+    known = define_workflow(workflows, backend, spec.workflow, owner, spec.workspace)
     changes: dict[str, Any] = {"workspace": known.workspace}
     if known.cache and spec.array is None:
         changes["cache"] = True
     return spec.model_copy(update=changes)
+
+
+def define_workflow(
+    workflows: WorkflowStore,
+    backend: Backend,
+    name: str,
+    owner: str | None,
+    workspace: str | None = None,
+    cache: bool | None = None,
+) -> Workflow:
+    """The workflow, recorded now if it is new (with ``workspace``, or one beside the
+    backend's job directories); ``cache``, if given, turns the cache on or off for its jobs."""
+    known = workflows.get(name, owner)
+    if known is None:
+        probe = JobSpec(executable="true", workflow=name, workspace=workspace)
+        known = workflows.add(
+            Workflow(
+                name=name,
+                owner=owner,
+                workspace=workspace or _default_workspace(backend, probe, owner),
+                cache=bool(cache),
+                created=utcnow(),
+            )
+        )
+    if workspace is not None and workspace != known.workspace:
+        raise SpecError(
+            f"workflow {name!r} has the workspace {known.workspace!r}, not {workspace!r}"
+        )
+    if cache is not None and cache != known.cache:
+        workflows.set_cache(name, owner, cache)
+        known = known.model_copy(update={"cache": cache})
+    return known
 
 
 def _probe(spec: JobSpec, backend: Backend) -> Job:
