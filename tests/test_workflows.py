@@ -3,6 +3,7 @@ engine on the local backend."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,3 +126,84 @@ def test_a_raising_hook_is_an_event_and_the_job_completes(wf_engine: Engine) -> 
     assert any("phase-change" in m and "phase-hook broke" in m for m in failures)
     # the engine goes on: the next job runs too
     assert run(wf_engine, JobSpec(executable="true")).phase is Phase.COMPLETED
+
+
+@pytest.mark.slurm
+def test_a_workflow_on_slurm_shares_its_workspace_and_gets_a_secret(
+    isolated_data_dir: Path,
+) -> None:
+    from jobbridge.config import SecretsSettings
+    from jobbridge.secrets import SecretKind, new_key
+    from tests.conftest import cluster_env
+    from tests.test_batch_slurm import slurm_backend
+
+    cluster_env("slurm")
+    backend = slurm_backend(isolated_data_dir)
+    engine = Engine(
+        Store(f"sqlite:///{isolated_data_dir / 'jobbridge.db'}"),
+        {backend.name: backend},
+        settings=EngineSettings(refresh_interval=0.2),
+        default_backend=backend.name,
+        secrets=SecretsSettings(key=new_key()),
+    )
+    try:
+        engine.secrets.add("alice", "PASSWORD", SecretKind.ENV, b"on slurm; $(id) 'x'")
+        write = JobSpec(
+            executable="sh",
+            arguments=["-c", 'printf %s "$PASSWORD" | wc -c > "$JOBBRIDGE_WORKSPACE/n"'],
+            workflow="onslurm",
+            secrets=["PASSWORD"],
+        )
+        first = engine.submit(write, owner="alice")
+        read = JobSpec(
+            executable="cat",
+            arguments=["n"],
+            workflow="onslurm",
+            directory=first.spec.workspace,
+            depends_on=[first.id],
+        )
+        second = engine.submit(read, owner="alice")
+        done = engine.wait([first.id, second.id], timeout=120)
+        assert [job.phase for job in done] == [Phase.COMPLETED, Phase.COMPLETED], done
+        assert first.spec.workspace == str(isolated_data_dir / "workspaces" / "alice" / "onslurm")
+        assert engine.read_output(second.id).decode().strip() == "19"
+        assert [job.id for job in engine.store.find(workflow="onslurm")] == [second.id, first.id]
+        script = (isolated_data_dir / "jobs" / first.id).rglob("*")
+        assert not any(b"on slurm; $(id)" in p.read_bytes() for p in script if p.is_file())
+    finally:
+        for job in engine.store.active():
+            if job.is_submitted:
+                engine.backend().cancel(job)
+        engine.close()
+
+
+def test_the_command_line_lists_and_cancels_a_workflow(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from jobbridge.cli import cli
+
+    def invoke(*args: str) -> str:
+        result = CliRunner().invoke(cli, list(args))
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    space = tmp_path / "space"
+    ids = [
+        invoke("submit", "-q", "--workflow", "wf", "--workspace", str(space), "--", "sleep", "60"),
+        invoke("submit", "-q", "--workflow", "wf", "--", "sleep", "60"),
+    ]
+    ids = [text.strip() for text in ids]
+    other = invoke("submit", "-q", "--", "sleep", "60").strip()
+    try:
+        listed = json.loads(invoke("list", "--workflow", "wf", "--json"))
+        assert sorted(job["id"] for job in listed) == sorted(ids)
+        assert {job["workflow"] for job in listed} == {"wf"}
+        assert {job["spec"]["workspace"] for job in listed} == {str(space)}
+        said = invoke("cancel", "--workflow", "wf")
+        assert all(job_id in said for job_id in ids) and other not in said
+        status = json.loads(invoke("status", *ids, other, "--json"))
+        assert [job["phase"] for job in status[:2]] == ["ABORTED", "ABORTED"]
+        assert status[2]["phase"] in {"QUEUED", "EXECUTING"}
+        assert "no active jobs" in CliRunner().invoke(cli, ["cancel", "--workflow", "wf"]).output
+    finally:
+        CliRunner().invoke(cli, ["cancel", other])
