@@ -256,3 +256,22 @@ def test_users_manage_their_own_secrets_over_the_service(
     assert [s["name"] for s in client.get("/secrets", headers=alice).json()["secrets"]] == [
         "KEYTAB"
     ]
+
+
+def test_a_backend_without_job_directories_refuses_secrets(tmp_path: Path) -> None:
+    from tests.doubles import FakeBackend, FakeCluster
+
+    cluster = FakeCluster()
+    engine = Engine(
+        Store(f"sqlite:///{tmp_path / 'store.db'}"),
+        {"fake": FakeBackend(cluster)},
+        default_backend="fake",
+        secrets=SecretsSettings(key=new_key()),
+    )
+    try:
+        engine.secrets.add("alice", "TOKEN", SecretKind.ENV, b"x")
+        with pytest.raises(SecretError, match="keeps no job directory"):
+            engine.submit(JobSpec(executable="true", secrets=["TOKEN"]), owner="alice")
+        assert cluster.submit_calls == 0 and engine.store.count() == 0
+    finally:
+        engine.close()
