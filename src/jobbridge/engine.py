@@ -601,6 +601,8 @@ class Engine:
             return job
 
     def _hook_failed(self, job: Job, hook: str, error: BaseException) -> None:
+        if hook == "delete":
+            return  # the job and its events are gone; the log has it
         message = f"a {hook} hook raised {type(error).__name__}: {error}"
         with contextlib.suppress(JobNotFoundError):
             self.store.note(job.id, job.phase, "HOOK_FAILED", message)
