@@ -40,7 +40,7 @@ from jobbridge.errors import (
     SpecError,
     UnknownBackendError,
 )
-from jobbridge.hooks import Hooks
+from jobbridge.hooks import Hook, Hooks
 from jobbridge.job import Job, JobStatus, new_job_id, utcnow
 from jobbridge.phase import ACTIVE_PHASES, Phase
 from jobbridge.polling import Poller
@@ -600,8 +600,8 @@ class Engine:
         except JobNotFoundError:
             return job
 
-    def _hook_failed(self, job: Job, hook: str, error: BaseException) -> None:
-        if hook == "delete":
+    def _hook_failed(self, job: Job, hook: Hook, error: BaseException) -> None:
+        if hook is Hook.DELETE:
             return  # the job and its events are gone; the log has it
         message = f"a {hook} hook raised {type(error).__name__}: {error}"
         with contextlib.suppress(JobNotFoundError):

@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from enum import StrEnum
 from typing import TypeVar
 
 from jobbridge.job import Job
 from jobbridge.phase import Phase
 
-__all__ = ["FailureCallback", "Hooks", "JobCallback", "PhaseCallback"]
+__all__ = ["FailureCallback", "Hook", "Hooks", "JobCallback", "PhaseCallback"]
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,15 @@ PhaseCallback = Callable[[Job, Phase], object]
 """Called with the job as it is now and the phase it left. For a callback set with
 ``Hooks.watch``, returning False removes it."""
 
-FailureCallback = Callable[[Job, str, BaseException], object]
+
+class Hook(StrEnum):
+    BEFORE_SUBMIT = "before-submit"
+    AFTER_SUBMIT = "after-submit"
+    PHASE_CHANGE = "phase-change"
+    DELETE = "delete"
+
+
+FailureCallback = Callable[[Job, Hook, BaseException], object]
 """Told of a callback that raised: the job, which hook it was, and the exception."""
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -68,28 +77,28 @@ class Hooks:
 
     def run_before_submit(self, job: Job) -> None:
         for callback in list(self.before_submit):
-            self._call("before-submit", callback, job)
+            self._call(Hook.BEFORE_SUBMIT, callback, job)
 
     def run_after_submit(self, job: Job) -> None:
         for callback in list(self.after_submit):
-            self._call("after-submit", callback, job)
+            self._call(Hook.AFTER_SUBMIT, callback, job)
 
     def run_deleted(self, job: Job) -> None:
         for callback in list(self.deleted):
-            self._call("delete", callback, job)
+            self._call(Hook.DELETE, callback, job)
         with self._lock:
             self._watchers.pop(job.id, None)
 
     def run_phase_change(self, job: Job, old: Phase) -> None:
         for callback in list(self.phase_change):
-            self._call("phase-change", callback, job, old)
+            self._call(Hook.PHASE_CHANGE, callback, job, old)
         with self._lock:
             watchers = list(self._watchers.get(job.id, []))
         for callback in watchers:
-            if self._call("phase-change", callback, job, old) is False:
+            if self._call(Hook.PHASE_CHANGE, callback, job, old) is False:
                 self.unwatch(job.id, callback)
 
-    def _call(self, hook: str, callback: Callable[..., object], job: Job, *args: object) -> object:
+    def _call(self, hook: Hook, callback: Callable[..., object], job: Job, *args: object) -> object:
         try:
             return callback(job, *args)
         except Exception as error:
@@ -97,7 +106,7 @@ class Hooks:
             self._report(job, hook, error)
             return None
 
-    def _report(self, job: Job, hook: str, error: BaseException) -> None:
+    def _report(self, job: Job, hook: Hook, error: BaseException) -> None:
         if self.on_failure is None:
             return
         try:
