@@ -125,7 +125,7 @@ def test_the_document_has_no_status_the_service_never_sends(
             if method == "parameters":
                 continue
             assert "422" not in operation["responses"], (path, method)
-            if method in ("post", "delete", "put"):
+            if method in ("post", "delete", "put") and path.startswith("/jobs"):
                 assert "303" in operation["responses"], (path, method)
     job_list = schema["paths"]["/jobs/{definition}"]
     assert {p["name"] for p in job_list["get"]["parameters"]} == {"PHASE", "AFTER", "LAST"}

@@ -29,6 +29,7 @@ from jobbridge.errors import (
 from jobbridge.hooks import Hooks
 from jobbridge.job import Event, Job, JobStatus
 from jobbridge.phase import Phase
+from jobbridge.secrets import SecretError, SecretKind
 from jobbridge.spec import (
     ArraySpec,
     Dependency,
@@ -39,6 +40,7 @@ from jobbridge.spec import (
     Resources,
 )
 from jobbridge.store import Store
+from jobbridge.store.workflows import Workflow
 
 __version__ = "0.1.0"
 
@@ -72,9 +74,12 @@ __all__ = [
     "PullPolicy",
     "Resources",
     "ResourcesNotSupportedError",
+    "SecretError",
+    "SecretKind",
     "SpecError",
     "Store",
     "TransportError",
     "UnknownBackendError",
+    "Workflow",
     "load_config",
 ]

@@ -27,7 +27,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from jobbridge.errors import ConfigError
 from jobbridge.spec import format_validation_error
 
-__all__ = ["BackendConfig", "Config", "EngineSettings", "ServiceSettings", "load_config"]
+__all__ = [
+    "BackendConfig",
+    "Config",
+    "EngineSettings",
+    "SecretsSettings",
+    "ServiceSettings",
+    "load_config",
+]
 
 CONFIG_ENV = "JOBBRIDGE_CONFIG"
 DATABASE_ENV = "JOBBRIDGE_DATABASE_URL"
@@ -126,6 +133,17 @@ class ServiceSettings(BaseModel):
         return self
 
 
+class SecretsSettings(BaseModel):
+    """The ``[secrets]`` table: the Fernet key that encrypts users' secrets at rest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key_file: Path | None = Field(
+        None, description="a file holding the key (``jobbridge secrets keygen FILE`` makes one)"
+    )
+    key: str | None = Field(None, description="the key itself, if no key_file is named")
+
+
 class BackendConfig(BaseModel):
     """``kind`` picks the backend class; every other key is one of that class's options."""
 
@@ -146,6 +164,7 @@ class Config(BaseModel):
     default_backend: str = "local"
     engine: EngineSettings = Field(default_factory=EngineSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
+    secrets: SecretsSettings = Field(default_factory=SecretsSettings)
     backends: dict[str, BackendConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from jobbridge.backends.base import Backend, NativeDependency
 from jobbridge.claims import ClaimKeeper, new_token
@@ -29,7 +29,11 @@ from jobbridge.errors import JobNotFoundError, SubmitOutcome, submit_outcome
 from jobbridge.hooks import Hooks
 from jobbridge.job import Handover, Job, JobStatus, utcnow
 from jobbridge.phase import Phase
+from jobbridge.preparation import preparation_failure
 from jobbridge.store import Store
+
+if TYPE_CHECKING:
+    from jobbridge.preparation import Prepared
 
 __all__ = ["Dispatcher", "Mover"]
 
@@ -45,6 +49,12 @@ class Mover(Protocol):
     def __call__(
         self, job: Job, new: Phase, news: JobStatus, *, token: str | None = None, **fields: Any
     ) -> Job | None: ...
+
+
+class Preparing(Protocol):
+    """Readies a claimed job for its backend (see ``preparation.Preparer``)."""
+
+    def __call__(self, backend: Backend, job: Job, token: str) -> Prepared: ...
 
 
 _RELEASED: dict[str, Any] = {
@@ -63,9 +73,11 @@ class Dispatcher:
         settings: EngineSettings,
         *,
         max_concurrent_submissions: int = 4,
+        prepare: Preparing | None = None,
     ) -> None:
         self.store = store
         self.hooks = hooks
+        self._prepare = prepare
         self.settings = settings
         self._move = move
         self._keeper = ClaimKeeper(store, settings.claim_timeout / 4)
@@ -260,8 +272,17 @@ class Dispatcher:
         self, backend: Backend, job: Job, token: str, native: Sequence[NativeDependency]
     ) -> Job:
         self.hooks.run_before_submit(job)
+        handed = job
+        if self._prepare is not None:
+            try:
+                prepared = self._prepare(backend, job, token)
+            except Exception as error:
+                return self._not_submitted(backend, job, token, preparation_failure(error))
+            if prepared.done is not None:
+                return prepared.done
+            handed = prepared.job
         try:
-            native_id = backend.submit(job, native)
+            native_id = backend.submit(handed, native)
         except Exception as error:
             return self._not_submitted(backend, job, token, error)
         return self._submitted(backend, job, token, native_id)
@@ -275,8 +296,15 @@ class Dispatcher:
     ) -> list[Job]:
         for job in members:
             self.hooks.run_before_submit(job)
+        handed = list(members)
+        if self._prepare is not None:  # no cache nor secrets for arrays: only the workspace
+            try:
+                handed = [self._prepare(backend, job, token).job for job in members]
+            except Exception as error:
+                failure = preparation_failure(error)
+                return [self._not_submitted(backend, job, token, failure) for job in members]
         try:
-            native_ids = backend.submit_array(members, native)
+            native_ids = backend.submit_array(handed, native)
         except Exception as error:
             return [self._not_submitted(backend, job, token, error) for job in members]
         return [

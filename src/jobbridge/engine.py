@@ -14,6 +14,7 @@ jobs, each under a lease in the store (see ``leases``); any of them may submit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -29,7 +30,7 @@ from jobbridge import staging
 from jobbridge.backends.base import Backend, BackendContext, Stream
 from jobbridge.backends.registry import create_backend
 from jobbridge.background import LOOP_TICK_FLOOR, Background
-from jobbridge.config import Config, EngineSettings, load_config
+from jobbridge.config import Config, EngineSettings, SecretsSettings, load_config
 from jobbridge.dependencies import met
 from jobbridge.dispatch import Dispatcher
 from jobbridge.errors import (
@@ -39,12 +40,15 @@ from jobbridge.errors import (
     SpecError,
     UnknownBackendError,
 )
-from jobbridge.hooks import Hooks
+from jobbridge.hooks import Hook, Hooks
 from jobbridge.job import Job, JobStatus, new_job_id, utcnow
-from jobbridge.phase import Phase
+from jobbridge.phase import ACTIVE_PHASES, Phase
 from jobbridge.polling import Poller
+from jobbridge.preparation import Preparer, admit, define_workflow
+from jobbridge.secrets import Secrets
 from jobbridge.spec import JobSpec
 from jobbridge.store import Store
+from jobbridge.store.workflows import Workflow, WorkflowStore
 from jobbridge.transport.base import Transport
 
 __all__ = ["Engine"]
@@ -63,6 +67,7 @@ class Engine:
         hooks: Hooks | None = None,
         results_dir: Path | None = None,
         max_concurrent_submissions: int = 4,
+        secrets: SecretsSettings | None = None,
     ) -> None:
         self.store = store
         self.results_dir = results_dir
@@ -70,12 +75,17 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.default_backend = default_backend
         self.hooks = hooks or Hooks()
+        self.hooks.on_failure = self._hook_failed
+        self.workflows = WorkflowStore(store)
+        self.secrets = Secrets(store, secrets or SecretsSettings())
+        self._prepare = Preparer(store, self.workflows, self.secrets, self._move, results_dir)
         self._dispatch = Dispatcher(
             store,
             self.hooks,
             self._move,
             self.settings,
             max_concurrent_submissions=max_concurrent_submissions,
+            prepare=self._prepare,
         )
         self._poller = Poller(store, self.settings, self._move)
         self._backend_locks = {name: threading.Lock() for name in self.backends}
@@ -101,6 +111,7 @@ class Engine:
             settings=config.engine,
             default_backend=config.default_backend,
             results_dir=config.data_dir / "results",
+            secrets=config.secrets,
             **kwargs,
         )
 
@@ -147,10 +158,10 @@ class Engine:
         """Record many jobs in one transaction and hand them over, at most
         ``max_concurrent_submissions`` at once per backend. With ``wait`` (the default) it
         returns the jobs once all are handed over; else as soon as they are recorded."""
-        specs = list(specs)
+        target = self.backend(backend)
+        specs = [admit(s, owner, target, self.workflows, self.secrets) for s in specs]
         if not specs:
             return []
-        target = self.backend(backend)
         parents: set[str] = set()
         for spec in specs:
             if spec.array is not None:
@@ -251,6 +262,7 @@ class Engine:
         background: bool = False,
     ) -> list[Job]:
         backend = self.backend(backend_name)
+        spec = admit(spec, owner, backend, self.workflows, self.secrets)
         backend.check_limits(spec)
         backend.check(spec)
         self._check_dependencies_exist(spec)
@@ -367,6 +379,7 @@ class Engine:
         else:
             self._announce(moved, job.phase)
         if new.is_final:
+            self._prepare.ended(self.backend(moved.backend), moved)
             self._settle_dependents(moved.id, new)
         return moved
 
@@ -465,6 +478,33 @@ class Engine:
                 return moved
         raise JobStateError(f"job {job_id} kept changing phase; try again")
 
+    def define_workflow(
+        self,
+        name: str,
+        *,
+        owner: str | None = None,
+        workspace: str | None = None,
+        cache: bool | None = None,
+        backend: str | None = None,
+    ) -> Workflow:
+        """Record a workflow before its jobs: its shared workspace (default: one beside the
+        job directories of ``backend``), and whether the job cache serves all its jobs."""
+        target = self.backend(backend)
+        return define_workflow(self.workflows, target, name, owner, workspace, cache)
+
+    def cancel_workflow(self, workflow: str, *, owner: str | None = None) -> list[Job]:
+        """Cancel every active job of a workflow (of ``owner``, if given), each as ``cancel``
+        does; the jobs as they are afterwards. A job that ends meanwhile is left as it is."""
+        cancelled = []
+        for job in self.store.find(workflow=workflow, phases=ACTIVE_PHASES, newest_first=False):
+            if owner is not None and job.owner != owner:
+                continue
+            try:
+                cancelled.append(self.cancel(job.id))
+            except JobStateError:
+                cancelled.append(self.store.get(job.id))
+        return cancelled
+
     def hold(self, job_id: str) -> Job:
         """Keep a queued job from starting; it shows HELD until ``release``."""
         job = self._queued_at_backend(job_id, "hold")
@@ -537,7 +577,7 @@ class Engine:
         self.backend(job.backend).free(job)
 
     def _sandbox(self, job_id: str) -> tuple[Transport, str]:
-        job = self.store.get(job_id)
+        job = self._ran_as(self.store.get(job_id))
         if not job.is_submitted:
             raise JobStateError(f"job {job_id} has not been handed to its backend yet")
         return self.backend(job.backend).sandbox(job)
@@ -545,10 +585,27 @@ class Engine:
     def read_output(
         self, job_id: str, stream: Stream = "stdout", offset: int = 0, size: int | None = None
     ) -> bytes:
-        job = self.store.get(job_id)
+        job = self._ran_as(self.store.get(job_id))
         if not job.is_submitted:
             return b""
         return self.backend(job.backend).read_output(job, stream, offset, size)
+
+    def _ran_as(self, job: Job) -> Job:
+        """The job that ran for this one: the one whose outputs it reused, if it was served
+        from the cache (whose directory and output are shown as its own)."""
+        if job.cached_from is None:
+            return job
+        try:
+            return self.store.get(job.cached_from)
+        except JobNotFoundError:
+            return job
+
+    def _hook_failed(self, job: Job, hook: Hook, error: BaseException) -> None:
+        if hook is Hook.DELETE:
+            return  # the job and its events are gone; the log has it
+        message = f"a {hook} hook raised {type(error).__name__}: {error}"
+        with contextlib.suppress(JobNotFoundError):
+            self.store.note(job.id, job.phase, "HOOK_FAILED", message)
 
     def wait(
         self,

@@ -1,17 +1,19 @@
-"""Callbacks around submission and on phase changes. A callback that raises is logged and
-the engine goes on."""
+"""Callbacks around submission and on phase changes, each called with the job as the store
+has it. A callback that raises is logged, handed to ``on_failure`` (the engine records it
+as an event of the job, with the exception's text) and the engine goes on."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable
+from enum import StrEnum
 from typing import TypeVar
 
 from jobbridge.job import Job
 from jobbridge.phase import Phase
 
-__all__ = ["Hooks", "JobCallback", "PhaseCallback"]
+__all__ = ["FailureCallback", "Hook", "Hooks", "JobCallback", "PhaseCallback"]
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +21,17 @@ JobCallback = Callable[[Job], object]
 PhaseCallback = Callable[[Job, Phase], object]
 """Called with the job as it is now and the phase it left. For a callback set with
 ``Hooks.watch``, returning False removes it."""
+
+
+class Hook(StrEnum):
+    BEFORE_SUBMIT = "before-submit"
+    AFTER_SUBMIT = "after-submit"
+    PHASE_CHANGE = "phase-change"
+    DELETE = "delete"
+
+
+FailureCallback = Callable[[Job, Hook, BaseException], object]
+"""Told of a callback that raised: the job, which hook it was, and the exception."""
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -31,6 +44,7 @@ class Hooks:
         self.deleted: list[JobCallback] = []
         self._watchers: dict[str, list[PhaseCallback]] = {}
         self._lock = threading.Lock()
+        self.on_failure: FailureCallback | None = None
 
     def on_before_submit(self, callback: F) -> F:
         self.before_submit.append(callback)
@@ -63,31 +77,39 @@ class Hooks:
 
     def run_before_submit(self, job: Job) -> None:
         for callback in list(self.before_submit):
-            _call(callback, job)
+            self._call(Hook.BEFORE_SUBMIT, callback, job)
 
     def run_after_submit(self, job: Job) -> None:
         for callback in list(self.after_submit):
-            _call(callback, job)
+            self._call(Hook.AFTER_SUBMIT, callback, job)
 
     def run_deleted(self, job: Job) -> None:
         for callback in list(self.deleted):
-            _call(callback, job)
+            self._call(Hook.DELETE, callback, job)
         with self._lock:
             self._watchers.pop(job.id, None)
 
     def run_phase_change(self, job: Job, old: Phase) -> None:
         for callback in list(self.phase_change):
-            _call(callback, job, old)
+            self._call(Hook.PHASE_CHANGE, callback, job, old)
         with self._lock:
             watchers = list(self._watchers.get(job.id, []))
         for callback in watchers:
-            if _call(callback, job, old) is False:
+            if self._call(Hook.PHASE_CHANGE, callback, job, old) is False:
                 self.unwatch(job.id, callback)
 
+    def _call(self, hook: Hook, callback: Callable[..., object], job: Job, *args: object) -> object:
+        try:
+            return callback(job, *args)
+        except Exception as error:
+            log.exception("%s callback %r of job %s failed", hook, callback, job.id)
+            self._report(job, hook, error)
+            return None
 
-def _call(callback: Callable[..., object], *args: object) -> object:
-    try:
-        return callback(*args)
-    except Exception:
-        log.exception("callback %r failed", callback)
-        return None
+    def _report(self, job: Job, hook: Hook, error: BaseException) -> None:
+        if self.on_failure is None:
+            return
+        try:
+            self.on_failure(job, hook, error)
+        except Exception:
+            log.exception("recording the failed %s callback of job %s failed", hook, job.id)

@@ -58,6 +58,8 @@ class Job(BaseModel):
     """When its backend first failed to find the submitted job, in the current run of misses."""
     misses: int = 0
     """Status queries in a row that found the job nowhere."""
+    cached_from: str | None = None
+    """The earlier job whose outputs this one reused instead of running (the job cache)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -305,6 +305,20 @@ class JobSpec(BaseModel):
         None, min_length=1, description="a container image to run the program in"
     )
     pull_policy: PullPolicy | None = None
+    workflow: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="the workflow it is part of",
+    )
+    workspace: str | None = Field(
+        None, description="the workflow's shared directory (absolute, on the resource)"
+    )
+    cache: bool = Field(False, description="reuse an earlier identical job's outputs")
+    inputs: list[str] = Field(
+        default_factory=list,
+        description="files the job reads, hashed for the cache; relative to the workspace",
+    )
+    secrets: list[str] = Field(default_factory=list, description="the owner's secrets it gets")
     attributes: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     @field_validator("executable")
@@ -346,6 +360,36 @@ class JobSpec(BaseModel):
         for transfer in value:
             _in_sandbox(transfer.source, "stage_out source")
         return value
+
+    @field_validator("workspace")
+    @classmethod
+    def _workspace(cls, value: str | None) -> str | None:
+        if value is not None and not posixpath.isabs(_no_nul(value, "workspace")):
+            raise ValueError(f"workspace {value!r} must be an absolute path")
+        return value
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, value: list[str]) -> list[str]:
+        return [_no_nul(path, "an input") for path in value]
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"secret {name!r} is not a valid secret name")
+        if len(set(value)) != len(value):
+            raise ValueError("a secret is named twice")
+        return value
+
+    @model_validator(mode="after")
+    def _single_job_features(self) -> JobSpec:
+        if self.array is not None and (self.cache or self.secrets):
+            raise ValueError("cache and secrets are for single jobs, not arrays")
+        if self.workspace is not None and self.workflow is None:
+            raise ValueError("a workspace belongs to a workflow: name the workflow too")
+        return self
 
     @field_validator("attributes")
     @classmethod

@@ -150,6 +150,7 @@ _VERBS = {
     "backends": ("jobbridge.cli.jobs", "backends"),
     "serve": ("jobbridge.cli.serve", "serve"),
     "user": ("jobbridge.cli.users", "user"),
+    "secrets": ("jobbridge.cli.secrets", "secrets"),
     "pilot": ("jobbridge.cli.pilot", "pilot"),
 }
 """Verb -> (module, attribute): a verb's module is imported when the verb is wanted."""

@@ -20,7 +20,7 @@ from jobbridge.cli.output import (
     wait_with_progress,
 )
 from jobbridge.job import utcnow
-from jobbridge.phase import Phase
+from jobbridge.phase import ACTIVE_PHASES, Phase
 
 __all__ = ["backends", "cancel", "delete", "list_jobs", "parse_since", "status", "wait"]
 
@@ -96,6 +96,7 @@ def status(session: Session, job_ids: tuple[str, ...], as_json: bool, events: bo
 )
 @click.option("--backend", metavar="NAME", help="Only jobs of this backend.")
 @click.option("--name", metavar="NAME", help="Only jobs of this name.")
+@click.option("--workflow", metavar="NAME", help="Only jobs of this workflow.")
 @click.option(
     "--since",
     metavar="WHEN",
@@ -119,6 +120,7 @@ def list_jobs(
     phases: list[Phase],
     backend: str | None,
     name: str | None,
+    workflow: str | None,
     since: datetime | None,
     limit: int,
     show_all: bool,
@@ -133,6 +135,7 @@ def list_jobs(
         phases=phases or None,
         backend=backend,
         name=name,
+        workflow=workflow,
         since=since,
         limit=None if show_all else limit + 1,
     )
@@ -165,12 +168,23 @@ def wait(session: Session, job_ids: tuple[str, ...], timeout: float | None, quie
 
 
 @click.command()
-@click.argument("job_ids", nargs=-1, required=True, metavar="ID...")
+@click.argument("job_ids", nargs=-1, metavar="ID...")
+@click.option("--workflow", metavar="NAME", help="Every active job of your workflow NAME.")
 @click.pass_obj
-def cancel(session: Session, job_ids: tuple[str, ...]) -> None:
+def cancel(session: Session, job_ids: tuple[str, ...], workflow: str | None) -> None:
     """Stop jobs; they end ABORTED."""
-    session.engine.refresh()
-    act_on_each(session, job_ids, session.engine.cancel)
+    if not job_ids and workflow is None:
+        raise click.UsageError("name the jobs to cancel, or a --workflow")
+    engine = session.engine
+    engine.refresh()
+    ids = list(job_ids)
+    if workflow is not None:
+        active = engine.store.find(workflow=workflow, phases=ACTIVE_PHASES, newest_first=False)
+        ids += [job.id for job in active if job.owner == session.owner and job.id not in ids]
+        if not ids:
+            session.err.print(f"workflow {workflow} has no active jobs")
+            return
+    act_on_each(session, ids, engine.cancel)
 
 
 @click.command()

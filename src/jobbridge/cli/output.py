@@ -160,6 +160,7 @@ def events_table(events: Sequence[Event]) -> Table:
 
 def job_json(job: Job, events: Sequence[Event] | None = None) -> dict[str, Any]:
     data = job.model_dump(mode="json")
+    data["workflow"] = job.spec.workflow
     if events is not None:
         data["events"] = [event.model_dump(mode="json") for event in events]
     return data

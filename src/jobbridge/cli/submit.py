@@ -44,6 +44,8 @@ _TOP_FIELDS = {
     "launcher": "launcher",
     "prologue": "prologue",
     "epilogue": "epilogue",
+    "workflow": "workflow",
+    "workspace": "workspace",
 }
 _RESOURCE_FIELDS = {
     "nodes": "nodes",
@@ -133,6 +135,11 @@ def build_spec(
         data["attributes"] = {**_table(data, "attributes"), **extra}
     if options.get("no_inherit_env"):
         data["inherit_environment"] = False
+    if options.get("cache"):
+        data["cache"] = True
+    for option in ("inputs", "secrets"):
+        if options.get(option):
+            data[option] = [*_list(data, option), *options[option]]
     dependencies = [
         {"job_id": job_id, "condition": condition}
         for option, condition in (("after", "afterok"), ("after_any", "afterany"))
@@ -146,6 +153,8 @@ def build_spec(
         if isinstance(directory, str):
             directory = os.path.abspath(directory)
     data["directory"] = directory
+    if here and isinstance(data.get("workspace"), str):
+        data["workspace"] = os.path.abspath(data["workspace"])
     return JobSpec.model_validate(data)
 
 
@@ -201,6 +210,27 @@ def runs_here(backend: Backend) -> bool:
     metavar="KEY=VALUE",
     callback=_pairs,
     help="Backend-specific option, e.g. slurm.constraint=haswell (repeatable).",
+)
+@click.option("--workflow", metavar="NAME", help="The workflow the job is part of.")
+@click.option(
+    "--workspace",
+    metavar="DIR",
+    help="The workflow's shared directory ($JOBBRIDGE_WORKSPACE; default: one of its own).",
+)
+@click.option("--cache", is_flag=True, help="Reuse an earlier identical job's outputs.")
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="PATH",
+    help="A file the job reads, hashed for --cache (relative: in the workspace; repeatable).",
+)
+@click.option(
+    "--secret",
+    "secrets",
+    multiple=True,
+    metavar="NAME",
+    help="One of your secrets to give the job (repeatable; see jobbridge secrets).",
 )
 @click.option(
     "--spec",

@@ -75,12 +75,17 @@ jobs = sa.Table(
     sa.Column("missing_since", UTCDateTime),
     sa.Column("misses", sa.Integer, nullable=False, server_default="0"),
     sa.Column("version", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("workflow", sa.String(128)),
+    sa.Column("cache_key", sa.String(64)),
+    sa.Column("cached_from", sa.String(32)),
     sa.Index("ix_jobs_owner_created", "owner", "created"),
     sa.Index("ix_jobs_phase_created", "phase", "created"),
     sa.Index("ix_jobs_created", "created"),
     sa.Index("ix_jobs_backend_phase", "backend", "phase"),
     sa.Index("ix_jobs_array", "array_id", "array_index"),
     sa.Index("ix_jobs_backend_handover", "backend", "handover"),
+    sa.Index("ix_jobs_workflow", "workflow"),
+    sa.Index("ix_jobs_cache_key", "cache_key"),
 )
 
 events = sa.Table(
@@ -114,6 +119,29 @@ leases = sa.Table(
 )
 """Shared work that one process at a time does (polling a backend, destroying expired jobs):
 who holds it, and until when unless renewed."""
+
+workflows = sa.Table(
+    "workflows",
+    metadata,
+    sa.Column("owner", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("workspace", sa.Text),
+    sa.Column("cache", sa.Boolean, nullable=False),
+    sa.Column("created", UTCDateTime, nullable=False),
+)
+"""Workflows by owner ('' for none) and name: the shared workspace of their jobs, and
+whether the job cache serves all of them."""
+
+secrets = sa.Table(
+    "secrets",
+    metadata,
+    sa.Column("owner", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+    sa.Column("created", UTCDateTime, nullable=False),
+)
+"""Users' secrets, each value encrypted (Fernet) with the configured key."""
 
 # -- the UWS service's own data, keyed by job id ------------------------------------------------
 

@@ -29,7 +29,10 @@ then."""
 
 _MIGRATION_LOCK = 0x6A6F6262  # any constant shared by every jobbridge process
 _JOB_FIELDS = frozenset(jobs.c.keys()) - {"id", "spec", "name", "version"}
-_INTERNAL = ("name", "submitting_since", "claim_token", "heartbeat", "not_before", "version")
+_INTERNAL = (
+    "name", "submitting_since", "claim_token", "heartbeat", "not_before", "version", "workflow",
+    "cache_key",
+)  # fmt: skip
 """Columns that the store keeps for its own bookkeeping, not part of a ``Job``."""
 _PARSED_LIMIT = 100_000
 """Parsed rows kept at most; beyond it, the store starts afresh."""
@@ -503,8 +506,11 @@ class Store:
         submitted: bool | None = None,
         limit: int | None = None,
         newest_first: bool = True,
+        workflow: str | None = None,
     ) -> list[Job]:
         query = sa.select(jobs)
+        if workflow is not None:
+            query = query.where(jobs.c.workflow == workflow)
         if owner is not None:
             query = query.where(jobs.c.owner == owner)
         if phases is not None:
@@ -663,6 +669,7 @@ def _job_row(job: Job) -> dict[str, Any]:
     row["phase"] = job.phase.value
     row["handover"] = job.handover.value
     row["name"] = job.name
+    row["workflow"] = job.spec.workflow
     row["spec"] = job.spec.model_dump(mode="json")
     return row
 

@@ -36,6 +36,7 @@ from jobbridge.uws.models import utc_text
 from jobbridge.uws.notify import JobListener
 from jobbridge.uws.openapi import uws_openapi
 from jobbridge.uws.routes import ServiceContext, router
+from jobbridge.uws.secrets import secrets_router
 from jobbridge.uws.service import UwsError, UwsService
 from jobbridge.uws.waiting import PhaseWaiters
 from jobbridge.uws.web import add_web
@@ -111,6 +112,7 @@ def create_app(
     )
     app.state.uws = context
     app.include_router(router)
+    app.include_router(secrets_router)
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
     secret = cookie_secret(settings.cookie_secret, config.data_dir / "uws")

@@ -158,6 +158,9 @@ class JobDefinition(BaseModel):
     attributes: dict[str, str | int | float | bool] = Field(default_factory=dict)
     execution_duration: ExecutionDuration = Field(default_factory=ExecutionDuration)
     results: list[ResultDefinition] = Field(default_factory=list)
+    secrets: list[str] = Field(
+        default_factory=list, description="the user's secrets that each job gets"
+    )
 
     @model_validator(mode="after")
     def _names(self) -> JobDefinition:
@@ -219,6 +222,7 @@ class JobDefinition(BaseModel):
             stage_in=stage_in,
             stdout=STDOUT,
             stderr=STDERR,
+            secrets=self.secrets,
         )
 
 

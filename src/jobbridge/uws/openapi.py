@@ -90,6 +90,58 @@ def _query(name: str, schema: Schema, description: str, **extra: Any) -> Schema:
     }
 
 
+def _secret_operations() -> dict[str, Schema]:
+    """The caller's own secrets (see ``uws.secrets``); no answer carries a value."""
+    secret = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "kind": {"type": "string", "enum": ["env", "file"]},
+            "created": {"type": "string", "format": "date-time"},
+        },
+    }
+    fields: dict[str, Schema] = {
+        "NAME": {"type": "string", "description": "letters, digits and _"},
+        "KIND": {"type": "string", "enum": ["env", "file"], "default": "env"},
+        "VALUE": {"type": "string", "description": "never shown again"},
+    }
+    listing = {"type": "object", "properties": {"secrets": {"type": "array", "items": secret}}}
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    tags = ["secrets"]
+    return {
+        "/secrets": {
+            "get": {
+                "summary": "The names and kinds of the caller's secrets",
+                "tags": tags,
+                "responses": {
+                    "200": {"description": "the list", "content": {_JSON: {"schema": listing}}},
+                    **_errors(403),
+                },
+            },
+            "post": {
+                "summary": "Store a secret of the caller (replacing one of its name)",
+                "tags": tags,
+                "requestBody": {
+                    **_form(fields, files=True, required=["NAME", "VALUE"]),
+                    "required": True,
+                },
+                "responses": {
+                    "201": {"description": "stored", "content": {_JSON: {"schema": secret}}},
+                    **_errors(400, 403, 413, 415),
+                },
+            },
+        },
+        "/secrets/{name}": {
+            "parameters": [name],
+            "delete": {
+                "summary": "Forget a secret of the caller",
+                "tags": tags,
+                "responses": {"204": {"description": "forgotten"}, **_errors(403)},
+            },
+        },
+    }
+
+
 _CONTROL: dict[str, Schema] = {
     "RUNID": {"type": "string", "maxLength": 256, "description": "the client's label"},
     "EXECUTIONDURATION": {"type": "integer", "minimum": 0, "description": "seconds; 0: none"},
@@ -450,7 +502,7 @@ def uws_openapi(app: FastAPI, definitions: Definitions, *, anonymous: bool) -> d
         "openapi": "3.0.3",
         "info": {"title": app.title, "version": app.version, "description": app.description},
         "security": security,
-        "paths": _operations(list(definitions)),
+        "paths": {**_operations(list(definitions)), **_secret_operations()},
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "a user's token"},
