@@ -115,6 +115,16 @@ class ServiceSettings(BaseModel):
     fetch_backend: str = Field(
         "local", description="the backend (on this host) that runs the fetches of file URLs"
     )
+    push: bool = Field(
+        True,
+        description="jobs tell the service when they start and end, so that a WAIT wakes at"
+        " once; polling finds the jobs whose push does not arrive",
+    )
+    push_url: str | None = Field(
+        None,
+        description="where jobs reach the service's push endpoint; default: base_url, else"
+        " http://host:port (127.0.0.1 for a wildcard host), followed by /push",
+    )
 
     @model_validator(mode="after")
     def _networks(self) -> ServiceSettings:

@@ -1,5 +1,5 @@
-"""Callbacks around submission and on phase changes. A callback that raises is logged and
-the engine goes on."""
+"""Callbacks around submission, on phase changes and after each batched status query. A
+callback that raises is logged and the engine goes on."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import TypeVar
 from jobbridge.job import Job
 from jobbridge.phase import Phase
 
-__all__ = ["Hooks", "JobCallback", "PhaseCallback"]
+__all__ = ["Hooks", "JobCallback", "PhaseCallback", "StatusQueryCallback"]
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,10 @@ JobCallback = Callable[[Job], object]
 PhaseCallback = Callable[[Job, Phase], object]
 """Called with the job as it is now and the phase it left. For a callback set with
 ``Hooks.watch``, returning False removes it."""
+
+StatusQueryCallback = Callable[[str, float, bool], object]
+"""Called on the polling thread after each batched status query, with the backend's name,
+the seconds it took and whether it failed; it should be quick."""
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -29,6 +33,7 @@ class Hooks:
         self.after_submit: list[JobCallback] = []
         self.phase_change: list[PhaseCallback] = []
         self.deleted: list[JobCallback] = []
+        self.status_query: list[StatusQueryCallback] = []
         self._watchers: dict[str, list[PhaseCallback]] = {}
         self._lock = threading.Lock()
 
@@ -47,6 +52,10 @@ class Hooks:
     def on_delete(self, callback: F) -> F:
         """Called with the job as it was just before it was deleted (or destroyed)."""
         self.deleted.append(callback)
+        return callback
+
+    def on_status_query(self, callback: F) -> F:
+        self.status_query.append(callback)
         return callback
 
     def watch(self, job_id: str, callback: PhaseCallback) -> None:
@@ -74,6 +83,10 @@ class Hooks:
             _call(callback, job)
         with self._lock:
             self._watchers.pop(job.id, None)
+
+    def run_status_query(self, backend: str, seconds: float, failed: bool) -> None:
+        for callback in list(self.status_query):
+            _call(callback, backend, seconds, failed)
 
     def run_phase_change(self, job: Job, old: Phase) -> None:
         for callback in list(self.phase_change):
