@@ -87,7 +87,9 @@ def create_app(
         waiters = context.waiters = PhaseWaiters(asyncio.get_running_loop(), engine.hooks)
         listener = None
         if engine.store.dialect == "postgresql":
-            listener = JobListener(engine.store.url, waiters.poke, waiters.poke_all)
+            listener = context.listener = JobListener(
+                engine.store.url, waiters.poke, waiters.poke_all
+            )
             listener.start()
         await asyncio.to_thread(service.sweep_orphans)
         metrics.attach()
@@ -101,6 +103,7 @@ def create_app(
             engine.stop_background()
             if listener is not None:
                 listener.close()
+                context.listener = None
             metrics.detach()
             context.waiters.close()
             context.waiters = None

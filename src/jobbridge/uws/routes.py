@@ -21,6 +21,7 @@ from jobbridge.uws import xml
 from jobbridge.uws.auth import authenticate, owner_of
 from jobbridge.uws.body import body_tail
 from jobbridge.uws.models import utc_text
+from jobbridge.uws.notify import JobListener
 from jobbridge.uws.results import RangeNotSatisfiable, parse_range
 from jobbridge.uws.service import (
     MAX_INTEGER,
@@ -63,6 +64,8 @@ class ServiceContext:
     service: UwsService
     settings: ServiceSettings
     waiters: PhaseWaiters | None = None
+    listener: JobListener | None = None
+    """Hears other replicas' phase changes (PostgreSQL only)."""
 
 
 router = APIRouter()

@@ -1,0 +1,333 @@
+"""Push, not poll: jobs tell the service when they start and end.
+
+Through the HTTP API of a real uvicorn, with real local jobs and real SLURM jobs: a WAIT is
+woken by the job's own push (shown by polling so slow that only a push can have moved the
+job), a forged, wrong or malformed push is refused and changes nothing, a repeated push
+changes nothing, a push is never taken on its word, and a job whose push cannot reach the
+service still ends right through polling. The batch job script's push is also run with
+bash against a recording server, and against one that never answers.
+"""
+
+from __future__ import annotations
+
+import http.server
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from jobbridge import Engine, EngineSettings, JobSpec, Store
+from jobbridge.backends.base import BackendContext
+from jobbridge.backends.batch.slurm import SlurmBackend
+from jobbridge.backends.local import LocalBackend, LocalOptions
+from jobbridge.job import Job
+from jobbridge.phase import Phase
+from jobbridge.push import PushAddress, PushKey
+from jobbridge.uws import create_app
+from tests.conftest import cluster_env
+from tests.test_batch_slurm import slurm_backend
+from tests.test_metrics import scrape, until, value
+from tests.uws_support import RunningServer, add_user, bearer, service_config, wait_for_phase
+
+SLOW = 3600.0
+"""A polling interval no test outlives: whatever moves a job then is its push."""
+PUSHED = "jobbridge_push_messages_received_total"
+REFUSED = "jobbridge_push_messages_refused_total"
+
+
+@contextmanager
+def serving(
+    engine: Engine, data_dir: Path, **service: object
+) -> Iterator[tuple[str, httpx.Client]]:
+    app = create_app(service_config(data_dir, **service), engine=engine)
+    with (
+        RunningServer(app) as server,
+        httpx.Client(headers=bearer(add_user(engine, "alice")), timeout=90) as client,
+    ):
+        yield server.url, client
+
+
+def slow_local_engine(data_dir: Path) -> Engine:
+    backend = LocalBackend(
+        "local", LocalOptions(min_refresh_interval=SLOW), BackendContext(data_dir / "jobs")
+    )
+    store = Store(f"sqlite:///{data_dir / 'jobbridge.db'}")
+    return Engine(store, {"local": backend}, settings=EngineSettings(refresh_interval=SLOW))
+
+
+def default_engine(data_dir: Path) -> Engine:
+    return Engine.from_config(service_config(data_dir))
+
+
+def run_job(client: httpx.Client, url: str, sleep: str = "0.5") -> str:
+    response = client.post(f"{url}/jobs/sum", data={"PHASE": "RUN", "sleep": sleep})
+    assert response.status_code == 303, response.text
+    return str(response.headers["location"])
+
+
+def wait_once(client: httpx.Client, job_url: str, seconds: int, phase: str) -> str:
+    """The phase a single WAIT answers with."""
+    document = client.get(job_url, params={"WAIT": str(seconds), "PHASE": phase}).text
+    return document.split("<uws:phase>")[1].split("<")[0]
+
+
+def job_of(engine: Engine, job_url: str) -> Job:
+    return engine.get(job_url.rsplit("/", 1)[1])
+
+
+# -- local jobs ------------------------------------------------------------------------------
+
+
+def test_a_local_job_s_own_pushes_wake_a_wait_when_nothing_polls(isolated_data_dir: Path) -> None:
+    with (
+        slow_local_engine(isolated_data_dir) as engine,
+        serving(engine, isolated_data_dir) as (url, client),
+    ):
+        job_url = run_job(client, url)
+        assert wait_once(client, job_url, 30, "QUEUED") == "EXECUTING"
+        assert wait_once(client, job_url, 30, "EXECUTING") == "COMPLETED"
+        assert job_of(engine, job_url).exit_code == 0
+        until(lambda: value(scrape(client, url), PUSHED, event="ended") == 1)
+        assert value(scrape(client, url), PUSHED, event="started") == 1
+
+
+def test_without_push_the_same_wait_is_not_woken(isolated_data_dir: Path) -> None:
+    """The control of the test above: no push, and polling too slow to help."""
+    with (
+        slow_local_engine(isolated_data_dir) as engine,
+        serving(engine, isolated_data_dir, push=False) as (url, client),
+    ):
+        job_url = run_job(client, url, sleep="0")
+        assert wait_once(client, job_url, 3, "QUEUED") == "QUEUED"
+        assert value(scrape(client, url), PUSHED, event="ended") == 0
+
+
+def test_a_local_job_pushes_with_the_default_settings(isolated_data_dir: Path) -> None:
+    with (
+        default_engine(isolated_data_dir) as engine,
+        serving(engine, isolated_data_dir) as (url, client),
+    ):
+        job_url = run_job(client, url)
+        assert wait_for_phase(client, job_url, {"EXECUTING", "COMPLETED"}) == "EXECUTING"
+        assert wait_once(client, job_url, 30, "EXECUTING") == "COMPLETED"
+        until(lambda: value(scrape(client, url), PUSHED, event="ended") == 1)
+        assert value(scrape(client, url), REFUSED) == 0
+
+
+def test_a_job_whose_push_cannot_reach_the_service_ends_through_polling(
+    isolated_data_dir: Path,
+) -> None:
+    with default_engine(isolated_data_dir) as engine:
+        dead = "http://127.0.0.1:9/push"  # the discard port: nothing listens
+        with serving(engine, isolated_data_dir, push_url=dead) as (url, client):
+            job_url = run_job(client, url, sleep="0.2")
+            assert wait_for_phase(client, job_url, {"COMPLETED", "ERROR"}) == "COMPLETED"
+            assert job_of(engine, job_url).exit_code == 0
+            samples = scrape(client, url)
+            assert value(samples, PUSHED, event="ended") == 0
+            assert value(samples, PUSHED, event="started") == 0
+
+
+# -- pushes that must change nothing ----------------------------------------------------------
+
+
+def push(client: httpx.Client, url: str, job_id: str, **fields: str) -> httpx.Response:
+    return client.post(f"{url}/push/{job_id}", data=fields, headers={"Authorization": ""})
+
+
+def test_forged_wrong_and_malformed_pushes_are_refused_and_change_nothing(
+    isolated_data_dir: Path,
+) -> None:
+    with (
+        slow_local_engine(isolated_data_dir) as engine,
+        serving(engine, isolated_data_dir) as (url, client),
+    ):
+        job_url = run_job(client, url, sleep="30")
+        assert wait_once(client, job_url, 30, "QUEUED") == "EXECUTING"
+        job = job_of(engine, job_url)
+        key: PushKey = client_app_key(engine, url, client)
+        other = engine.create(JobSpec(executable="true"))
+        trail = engine.store.events(job.id)
+        for fields, status in [
+            ({"event": "ended", "token": "0" * 64}, 403),
+            ({"event": "ended"}, 403),
+            ({"event": "ended", "token": key.token(other.id)}, 403),  # another job's
+            ({"event": "ended", "token": "ü" * 64}, 403),
+            ({"event": "finished", "token": key.token(job.id)}, 400),
+            ({"event": "ended", "token": key.token(job.id), "index": "x"}, 400),
+            ({"event": "ended", "token": key.token(job.id), "index": "²"}, 400),
+        ]:
+            assert push(client, url, job.id, **fields).status_code == status, fields
+        unknown = "nosuchjob000"
+        assert (
+            push(client, url, unknown, event="ended", token=key.token(unknown)).status_code == 404
+        )
+        raw = client.post(
+            f"{url}/push/{job.id}",
+            content=b"\xff\x00",
+            headers={"Content-Type": "application/json"},
+        )
+        assert raw.status_code == 403
+        # a verified push is only evidence: the runner's records say the job still runs
+        assert push(client, url, job.id, event="ended", token=key.token(job.id)).status_code == 204
+        assert engine.store.events(job.id) == trail
+        assert job_of(engine, job_url).phase is Phase.EXECUTING
+        samples = scrape(client, url)
+        assert value(samples, REFUSED) == 9
+        assert value(samples, PUSHED, event="ended") == 1
+        client.post(f"{job_url}/phase", data={"PHASE": "ABORT"})
+
+
+def client_app_key(engine: Engine, url: str, client: httpx.Client) -> PushKey:
+    """The service's push key, as the backends were given it."""
+    address = engine.backend("local").push
+    assert address is not None and address.url == f"{url}/push"
+    return address.key
+
+
+def test_a_repeated_or_late_push_changes_nothing(isolated_data_dir: Path) -> None:
+    with (
+        slow_local_engine(isolated_data_dir) as engine,
+        serving(engine, isolated_data_dir) as (url, client),
+    ):
+        job_url = run_job(client, url, sleep="0")
+        assert wait_for_phase(client, job_url, {"COMPLETED", "ERROR"}) == "COMPLETED"
+        job = job_of(engine, job_url)
+        trail = engine.store.events(job.id)
+        token = client_app_key(engine, url, client).token(job.id)
+        for event in ("ended", "ended", "started"):
+            assert push(client, url, job.id, event=event, token=token).status_code == 204
+        assert engine.store.events(job.id) == trail
+        assert job_of(engine, job_url) == job
+
+
+# -- SLURM -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("polling", ["slow", "default"])
+def test_a_slurm_job_s_pushes_wake_a_wait(isolated_data_dir: Path, polling: str) -> None:
+    cluster_env("slurm")
+    options = {"min_refresh_interval": SLOW} if polling == "slow" else {}
+    backend = SlurmBackend(
+        "slurm", SlurmBackend.Options(**options), BackendContext(isolated_data_dir / "jobs")
+    )
+    store = Store(f"sqlite:///{isolated_data_dir / 'jobbridge.db'}")
+    settings = EngineSettings(refresh_interval=SLOW) if polling == "slow" else EngineSettings()
+    with Engine(store, {"slurm": backend}, settings=settings, default_backend="slurm") as engine:
+        try:
+            with serving(engine, isolated_data_dir) as (url, client):
+                job_url = run_job(client, url, sleep="1")
+                assert (
+                    wait_for_phase(client, job_url, {"EXECUTING", "COMPLETED"}, 120) == "EXECUTING"
+                )
+                assert wait_once(client, job_url, 60, "EXECUTING") == "COMPLETED"
+                job = job_of(engine, job_url)
+                assert job.exit_code == 0 and job.native_id
+                until(lambda: value(scrape(client, url), PUSHED, event="ended") == 1)
+                assert client.get(f"{job_url}/results/total").text == "total 5050\n"
+        finally:
+            for job in engine.store.active():
+                if job.is_submitted:
+                    backend.cancel(job)
+
+
+# -- the job script's push, run with bash ------------------------------------------------------
+
+
+class Recorder:
+    """An HTTP server that records each POST; with ``silent`` it never answers."""
+
+    def __init__(self, *, silent: bool = False) -> None:
+        self.posts: list[tuple[str, bytes]] = []
+        self.release = threading.Event()
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                recorder.posts.append((self.path, body))
+                if silent:
+                    recorder.release.wait(30)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/push"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def run_script(
+    data_dir: Path, push_url: str, code: int
+) -> tuple[Job, subprocess.CompletedProcess[str], float, Path]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    backend = slurm_backend(data_dir)
+    key = PushKey(b"k" * 32)
+    backend.push = PushAddress(push_url, key)
+    spec = JobSpec(
+        executable="sh", arguments=["-c", f"echo 'it ran'; exit {code}"], name="it's $(odd)"
+    )
+    job = Job.model_validate(
+        {
+            "id": "pushjob0001",
+            "spec": spec,
+            "backend": "slurm",
+            "phase": "QUEUED",
+            "created": "2026-01-01T00:00:00Z",
+        }
+    )
+    script = data_dir / "job.sh"
+    script.write_text(backend.render_script(job, [job]))
+    (data_dir / "jobs" / job.id).mkdir(parents=True)
+    started = time.monotonic()
+    done = subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "4242"},
+    )
+    return job, done, time.monotonic() - started, data_dir / "jobs" / job.id / "exitcode"
+
+
+def test_the_job_script_pushes_started_and_ended_with_its_token(isolated_data_dir: Path) -> None:
+    recorder = Recorder()
+    try:
+        job, done, _, exit_file = run_script(isolated_data_dir, recorder.url, 3)
+    finally:
+        recorder.close()
+    assert done.returncode == 3, done.stderr
+    assert exit_file.read_text().split()[0] == "3"
+    token = PushKey(b"k" * 32).token(job.id)
+    assert sorted(recorder.posts) == [
+        (f"/push/{job.id}", f"event=ended&index=&token={token}".encode()),
+        (f"/push/{job.id}", f"event=started&index=&token={token}".encode()),
+    ]
+    script = (isolated_data_dir / "job.sh").read_text()
+    assert script.count(token) == 1  # only in the (unexported) variable: never on a command line
+
+
+def test_a_job_script_whose_push_hangs_or_fails_still_ends_in_time(isolated_data_dir: Path) -> None:
+    silent = Recorder(silent=True)
+    try:
+        _, done, seconds, exit_file = run_script(isolated_data_dir, silent.url, 0)
+    finally:
+        silent.close()
+    assert done.returncode == 0 and exit_file.exists()
+    assert seconds < 15  # bounded by the push's own time-out, not by the silent server
+    _, refused, _, _ = run_script(isolated_data_dir / "again", "http://127.0.0.1:9/push", 5)
+    assert refused.returncode == 5
