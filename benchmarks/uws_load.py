@@ -282,7 +282,8 @@ def summary(prefix: str, seconds: list[float]) -> dict[str, float | None]:
 def shown(seconds: list[float]) -> str:
     if not seconds:
         return "no samples"
-    return f"p50 {statistics.median(seconds) * 1000:.1f} ms, p95 {percentile(seconds, 0.95) * 1000:.1f} ms"
+    p50, p95 = statistics.median(seconds), percentile(seconds, 0.95)
+    return f"p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms"
 
 
 def main() -> None:
