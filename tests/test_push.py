@@ -23,12 +23,20 @@ import pytest
 
 from jobbridge import Engine, EngineSettings, JobSpec, Store
 from jobbridge.backends.base import BackendContext
+from jobbridge.backends.batch.base import BatchBackend
+from jobbridge.backends.batch.htcondor import HTCondorBackend
+from jobbridge.backends.batch.lsf import LsfBackend
+from jobbridge.backends.batch.pbs import PbsProBackend
+from jobbridge.backends.batch.sge import SgeBackend
 from jobbridge.backends.batch.slurm import SlurmBackend
+from jobbridge.backends.batch.torque import TorqueBackend
 from jobbridge.backends.local import LocalBackend, LocalOptions
+from jobbridge.errors import JobNotFoundError
 from jobbridge.job import Job
 from jobbridge.phase import Phase
-from jobbridge.push import PushAddress, PushKey
+from jobbridge.push import PushAddress, PushEvent, PushKey
 from jobbridge.uws import create_app
+from tests.batch_support import case_jobs, make_backend, render_case
 from tests.conftest import cluster_env
 from tests.test_batch_slurm import slurm_backend
 from tests.test_metrics import scrape, until, value
@@ -331,3 +339,61 @@ def test_a_job_script_whose_push_hangs_or_fails_still_ends_in_time(isolated_data
     assert seconds < 15  # bounded by the push's own time-out, not by the silent server
     _, refused, _, _ = run_script(isolated_data_dir / "again", "http://127.0.0.1:9/push", 5)
     assert refused.returncode == 5
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [SlurmBackend, SgeBackend, PbsProBackend, TorqueBackend, LsfBackend, HTCondorBackend],
+)
+@pytest.mark.parametrize("case", ["plain", "array", "awkward"])
+def test_every_scheduler_s_job_script_pushes_and_stays_valid(
+    kind: type[BatchBackend], case: str, isolated_data_dir: Path
+) -> None:
+    backend = make_backend(kind, isolated_data_dir)
+    backend.push = PushAddress("http://127.0.0.1:9/push", PushKey(b"k" * 32))
+    script = render_case(backend, case)
+    assert "jobbridge_push started &" in script
+    assert "    jobbridge_push ended" in script
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    quiet = make_backend(kind, isolated_data_dir, push=False)
+    quiet.push = backend.push
+    assert "jobbridge_push" not in render_case(quiet, case)
+
+
+def test_an_array_member_s_script_pushes_the_array_id_and_its_index(
+    isolated_data_dir: Path,
+) -> None:
+    backend = make_backend(SlurmBackend, isolated_data_dir)
+    key = PushKey(b"k" * 32)
+    recorder = Recorder()
+    backend.push = PushAddress(recorder.url, key)
+    members = case_jobs("array")
+    (isolated_data_dir / "jobs" / "jb0array0000").mkdir(parents=True)
+    script = isolated_data_dir / "array.sh"
+    script.write_text(backend.render_script(members[0], members))
+    env = {"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "1"}
+    try:
+        subprocess.run(["bash", str(script)], capture_output=True, timeout=60, env=env)
+    finally:
+        recorder.close()
+    token = key.token("jb0array0000")
+    assert (
+        "/push/jb0array0000",
+        f"event=ended&index=1&token={token}".encode(),
+    ) in recorder.posts
+
+
+def test_a_push_for_an_array_member_settles_that_member_alone(isolated_data_dir: Path) -> None:
+    with slow_local_engine(isolated_data_dir) as engine:
+        members = engine.submit_array(JobSpec(executable="true", array="0-1"))
+        array_id = members[0].array_id
+        assert array_id is not None
+        jobs_dir = isolated_data_dir / "jobs"
+        until(lambda: all((jobs_dir / m.id / "result").exists() for m in members))
+        settled = engine.pushed(array_id, PushEvent.ENDED, index=1)
+        assert settled is not None and settled.id == members[1].id
+        assert settled.phase is Phase.COMPLETED
+        assert engine.get(members[0].id).phase is not Phase.COMPLETED
+        assert engine.pushed(array_id, PushEvent.ENDED, index=1) is None  # once only
+        with pytest.raises(JobNotFoundError):
+            engine.pushed(array_id, PushEvent.ENDED, index=7)

@@ -486,7 +486,10 @@ class BatchBackend(Backend):
             return None
         recorded = contents.get(exit_path)
         exit_file = None if recorded is None else _exit_file_status(recorded)
-        return weigh(event, exit_file, contents.get(exit_path + ".id"))
+        settled = weigh(event, exit_file, contents.get(exit_path + ".id"))
+        if settled is not None and settled.phase.is_final:
+            self._forget(job.native_id)  # polling will not ask about it again
+        return settled
 
     def _terminated(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
         """Jobs that no source knows any more whose script noted a TERM (``.term`` next to
