@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from jobbridge import Engine, EngineSettings, JobSpec, Store
 from jobbridge.backends.base import BackendContext
@@ -31,11 +32,13 @@ from jobbridge.backends.batch.sge import SgeBackend
 from jobbridge.backends.batch.slurm import SlurmBackend
 from jobbridge.backends.batch.torque import TorqueBackend
 from jobbridge.backends.local import LocalBackend, LocalOptions
+from jobbridge.config import ServiceSettings
 from jobbridge.errors import JobNotFoundError
 from jobbridge.job import Job
 from jobbridge.phase import Phase
 from jobbridge.push import PushAddress, PushEvent, PushKey
 from jobbridge.uws import create_app
+from jobbridge.uws.push import push_endpoint
 from tests.batch_support import case_jobs, make_backend, render_case
 from tests.conftest import cluster_env
 from tests.test_batch_slurm import slurm_backend
@@ -407,3 +410,15 @@ def test_a_push_for_an_array_member_settles_that_member_alone(isolated_data_dir:
         assert engine.pushed(array_id, PushEvent.ENDED, index=1) is None  # once only
         with pytest.raises(JobNotFoundError):
             engine.pushed(array_id, PushEvent.ENDED, index=7)
+
+
+def test_where_jobs_push_to() -> None:
+    assert push_endpoint(ServiceSettings()) == "http://127.0.0.1:8000/push"
+    assert push_endpoint(ServiceSettings(host="0.0.0.0", port=81)) == "http://127.0.0.1:81/push"
+    assert push_endpoint(ServiceSettings(host="::1")) == "http://[::1]:8000/push"
+    behind = ServiceSettings(base_url="https://uws.example.org/jb/")
+    assert push_endpoint(behind) == "https://uws.example.org/jb/push"
+    chosen = ServiceSettings(base_url="https://x.org", push_url="http://10.0.0.5:8000/push/")
+    assert push_endpoint(chosen) == "http://10.0.0.5:8000/push"
+    with pytest.raises(ValidationError, match="push_url"):
+        ServiceSettings(push_url="file:///etc/passwd")

@@ -128,6 +128,8 @@ class ServiceSettings(BaseModel):
 
     @model_validator(mode="after")
     def _networks(self) -> ServiceSettings:
+        if self.push_url is not None and not self.push_url.startswith(("http://", "https://")):
+            raise ValueError(f"push_url: {self.push_url!r} is not an http or https URL")
         for text in self.fetch_allowed_networks:
             try:
                 ipaddress.ip_network(text, strict=False)
