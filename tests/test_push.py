@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -34,7 +35,7 @@ from jobbridge.backends.batch.torque import TorqueBackend
 from jobbridge.backends.local import LocalBackend, LocalOptions
 from jobbridge.config import ServiceSettings
 from jobbridge.errors import JobNotFoundError
-from jobbridge.job import Job
+from jobbridge.job import Job, new_job_id
 from jobbridge.phase import Phase
 from jobbridge.push import PushAddress, PushEvent, PushKey
 from jobbridge.uws import create_app
@@ -422,3 +423,24 @@ def test_where_jobs_push_to() -> None:
     assert push_endpoint(chosen) == "http://10.0.0.5:8000/push"
     with pytest.raises(ValidationError, match="push_url"):
         ServiceSettings(push_url="file:///etc/passwd")
+
+
+def test_a_push_that_overtakes_its_job_s_submission_waits_for_it(isolated_data_dir: Path) -> None:
+    """The job started, and pushed, before its submitter recorded the native id."""
+    with slow_local_engine(isolated_data_dir) as engine:
+        now = datetime.now(UTC)
+        job = Job(
+            id=new_job_id(), spec=JobSpec(executable="true"), backend="local",
+            phase=Phase.QUEUED, created=now, queued=now,
+        )  # fmt: skip
+        engine.store.add([job])
+        assert engine.store.claim(job.id, "submitter")
+        native_id = engine.backend("local").submit(job)
+        until(lambda: (Path(native_id) / "result").exists())
+        recording = threading.Timer(
+            0.3, lambda: engine.store.finish_claim(job.id, "submitter", native_id)
+        )
+        recording.start()
+        settled = engine.pushed(job.id, PushEvent.ENDED)
+        recording.join()
+        assert settled is not None and settled.phase is Phase.COMPLETED

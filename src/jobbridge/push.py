@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from jobbridge.errors import JobNotFoundError
-from jobbridge.job import Job
+from jobbridge.job import Handover, Job
 
 if TYPE_CHECKING:
     from jobbridge.backends.base import Backend
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
 __all__ = ["PushAddress", "PushEvent", "PushKey", "PushReceiver"]
 
 log = logging.getLogger(__name__)
+
+HANDOVER_PATIENCE = 2.0
+"""Seconds a push waits for the submission of its job to be recorded: a job may start, and
+push, before the process that submitted it has written down its native id."""
 
 _KEY_LABEL = b"jobbridge push key"
 
@@ -86,6 +91,10 @@ class PushReceiver:
         nothing changed. ``job_id`` is the id the job's script knows (its array's, with
         ``index``); ``JobNotFoundError`` if no such job is stored."""
         job = self._job(job_id, index)
+        deadline = time.monotonic() + HANDOVER_PATIENCE
+        while job.handover is Handover.CLAIMED and time.monotonic() < deadline:
+            time.sleep(0.01)
+            job = self._store.get(job.id)
         backend = self._backends.get(job.backend)
         if backend is None or not job.phase.is_active or not job.is_submitted:
             return None
