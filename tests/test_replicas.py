@@ -204,7 +204,8 @@ def test_replicas_run_each_job_once_wake_every_wait_and_survive_a_killed_poller(
             client.close()
     blocked = [(before, after) for before, after in woken if before in {"QUEUED", "EXECUTING"}]
     assert blocked, "no WAIT blocked: the jobs ran too fast to show anything"
-    assert all(before != after for before, after in woken), woken
+    assert all(before != after for before, after in blocked), woken  # a WAIT on an ended job
+    # answers at once (jobs push their end, so some have ended before their WAIT is asked)
 
     new_poller = cluster.poller()
     assert new_poller is not poller and new_poller.alive

@@ -43,8 +43,12 @@ def valid_uws(content: bytes) -> etree._Element:
 
 
 def service_config(data_dir: Path, **service: object) -> Config:
+    """The service on a free port of its own, which ``RunningServer`` then serves on, so
+    that jobs push to where the service is (as with ``jobbridge serve``)."""
     config = load_config()
-    settings = {"definitions_dir": str(DEFINITIONS), "max_wait": 30, **service}
+    settings = {
+        "definitions_dir": str(DEFINITIONS), "max_wait": 30, "port": free_port(), **service
+    }  # fmt: skip
     return config.model_copy(
         update={"service": config.service.model_validate(settings), "data_dir": data_dir}
     )
@@ -77,7 +81,9 @@ class RunningServer:
     """A real uvicorn serving ``app`` on 127.0.0.1, in a thread of this process."""
 
     def __init__(self, app: FastAPI, port: int | None = None) -> None:
-        self.port = port or free_port()
+        context = getattr(app.state, "uws", None)
+        configured = context.settings.port if context is not None else None
+        self.port = port or configured or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)

@@ -122,9 +122,21 @@ class ServiceSettings(BaseModel):
     fetch_backend: str = Field(
         "local", description="the backend (on this host) that runs the fetches of file URLs"
     )
+    push: bool = Field(
+        True,
+        description="jobs tell the service when they start and end, so that a WAIT wakes at"
+        " once; polling finds the jobs whose push does not arrive",
+    )
+    push_url: str | None = Field(
+        None,
+        description="where jobs reach the service's push endpoint; default: base_url, else"
+        " http://host:port (127.0.0.1 for a wildcard host), followed by /push",
+    )
 
     @model_validator(mode="after")
     def _networks(self) -> ServiceSettings:
+        if self.push_url is not None and not self.push_url.startswith(("http://", "https://")):
+            raise ValueError(f"push_url: {self.push_url!r} is not an http or https URL")
         for text in self.fetch_allowed_networks:
             try:
                 ipaddress.ip_network(text, strict=False)

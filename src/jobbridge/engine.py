@@ -45,6 +45,7 @@ from jobbridge.job import Job, JobStatus, new_job_id, utcnow
 from jobbridge.phase import ACTIVE_PHASES, Phase
 from jobbridge.polling import Poller
 from jobbridge.preparation import Preparer, admit, define_workflow
+from jobbridge.push import PushAddress, PushEvent, PushReceiver
 from jobbridge.secrets import Secrets
 from jobbridge.spec import JobSpec
 from jobbridge.store import Store
@@ -87,7 +88,8 @@ class Engine:
             max_concurrent_submissions=max_concurrent_submissions,
             prepare=self._prepare,
         )
-        self._poller = Poller(store, self.settings, self._move)
+        self._poller = Poller(store, self.settings, self._move, self.hooks)
+        self._pushes = PushReceiver(store, self.backends, self._move)
         self._backend_locks = {name: threading.Lock() for name in self.backends}
         self._destroy_lock = threading.Lock()
         self._changed = threading.Condition()
@@ -334,6 +336,17 @@ class Engine:
                 if waiting:
                     self._dispatch.hand_over(backend, waiting)
             self._poller.poll(backend, force=force)
+
+    def push_to(self, address: PushAddress | None) -> None:
+        """Have jobs submitted from now on push to ``address`` (None: stop), on every backend
+        whose ``push`` option allows it."""
+        for backend in self.backends.values():
+            backend.push = address if backend.options.push else None
+
+    def pushed(self, job_id: str, event: PushEvent, index: int | None = None) -> Job | None:
+        """A job said (verified, see ``jobbridge.push``) that it started or ended: settle what
+        its own records say, at once. The job after, or None if nothing changed."""
+        return self._pushes.receive(job_id, event, index)
 
     def _move(
         self, job: Job, new: Phase, news: JobStatus, *, token: str | None = None, **extra: Any

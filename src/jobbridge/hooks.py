@@ -1,6 +1,7 @@
-"""Callbacks around submission and on phase changes, each called with the job as the store
-has it. A callback that raises is logged, handed to ``on_failure`` (the engine records it
-as an event of the job, with the exception's text) and the engine goes on."""
+"""Callbacks around submission, on phase changes and after each batched status query, each
+job callback called with the job as the store has it. A callback that raises is logged, handed
+to ``on_failure`` (the engine records it as an event of the job, with the exception's text) and
+the engine goes on."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from typing import TypeVar
 from jobbridge.job import Job
 from jobbridge.phase import Phase
 
-__all__ = ["FailureCallback", "Hook", "Hooks", "JobCallback", "PhaseCallback"]
+__all__ = [
+    "FailureCallback",
+    "Hook",
+    "Hooks",
+    "JobCallback",
+    "PhaseCallback",
+    "StatusQueryCallback",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +40,9 @@ class Hook(StrEnum):
 
 FailureCallback = Callable[[Job, Hook, BaseException], object]
 """Told of a callback that raised: the job, which hook it was, and the exception."""
+StatusQueryCallback = Callable[[str, float, bool], object]
+"""Called on the polling thread after each batched status query, with the backend's name,
+the seconds it took and whether it failed; it should be quick."""
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -42,6 +53,7 @@ class Hooks:
         self.after_submit: list[JobCallback] = []
         self.phase_change: list[PhaseCallback] = []
         self.deleted: list[JobCallback] = []
+        self.status_query: list[StatusQueryCallback] = []
         self._watchers: dict[str, list[PhaseCallback]] = {}
         self._lock = threading.Lock()
         self.on_failure: FailureCallback | None = None
@@ -61,6 +73,10 @@ class Hooks:
     def on_delete(self, callback: F) -> F:
         """Called with the job as it was just before it was deleted (or destroyed)."""
         self.deleted.append(callback)
+        return callback
+
+    def on_status_query(self, callback: F) -> F:
+        self.status_query.append(callback)
         return callback
 
     def watch(self, job_id: str, callback: PhaseCallback) -> None:
@@ -88,6 +104,13 @@ class Hooks:
             self._call(Hook.DELETE, callback, job)
         with self._lock:
             self._watchers.pop(job.id, None)
+
+    def run_status_query(self, backend: str, seconds: float, failed: bool) -> None:
+        for callback in list(self.status_query):
+            try:
+                callback(backend, seconds, failed)
+            except Exception:
+                log.exception("status-query callback %r for backend %s failed", callback, backend)
 
     def run_phase_change(self, job: Job, old: Phase) -> None:
         for callback in list(self.phase_change):

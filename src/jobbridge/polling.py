@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from jobbridge.backends.base import Backend, Missing
 from jobbridge.config import EngineSettings
 from jobbridge.dispatch import Mover
+from jobbridge.hooks import Hooks
 from jobbridge.job import Job, JobStatus, utcnow
 from jobbridge.phase import Phase
 from jobbridge.store import Store
@@ -38,10 +39,12 @@ class Poller:
         store: Store,
         settings: EngineSettings,
         move: Mover,
+        hooks: Hooks | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self._move = move
+        self._hooks = hooks or Hooks()
         self._states: dict[str, _PollState] = {}
 
     def failures(self, backend: str) -> int:
@@ -59,11 +62,14 @@ class Poller:
         jobs = self.store.handed_over(name)
         if not jobs:
             return
+        asked = time.perf_counter()
         try:
             news = backend.status(jobs)
         except Exception as error:
+            self._hooks.run_status_query(name, time.perf_counter() - asked, True)
             self._status_failed(backend, state, jobs, error)
             return
+        self._hooks.run_status_query(name, time.perf_counter() - asked, False)
         state.failures = 0
         state.next_due = now + backend.options.min_refresh_interval
         missing: list[tuple[Job, Missing]] = []

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from jobbridge.errors import BackendError, LimitExceededError
 from jobbridge.job import Job, JobStatus
+from jobbridge.push import PushAddress, PushEvent
 from jobbridge.spec import JobSpec, Memory, Walltime
 from jobbridge.transport.base import Transport
 
@@ -53,6 +54,11 @@ class BackendOptions(BaseModel):
     )
     lost_after_misses: int = Field(
         3, ge=1, description="status queries in a row that must miss a job before it is LOST"
+    )
+    push: bool = Field(
+        True,
+        description="jobs tell the service when they start and end (where a service runs);"
+        " false for nodes that cannot reach it",
     )
 
 
@@ -106,6 +112,9 @@ class Backend(ABC):
         self.name = name
         self.options = options
         self.context = context
+        self.push: PushAddress | None = None
+        """Where jobs submitted from now on push to (see ``jobbridge.push``); None: they
+        do not, and only polling finds their news."""
 
     @property
     def search_delay(self) -> float:
@@ -168,6 +177,12 @@ class Backend(ABC):
     @abstractmethod
     def cancel(self, job: Job) -> None:
         """Ask the backend to stop a submitted job."""
+
+    def pushed(self, job: Job, event: PushEvent) -> JobStatus | None:
+        """What the job's own records, or one targeted status query, say of a job that
+        pushed ``event``: never the push itself. None if they say nothing yet."""
+        said = self.status([job]).get(job.id)
+        return said if isinstance(said, JobStatus) else None
 
     @abstractmethod
     def read_output(

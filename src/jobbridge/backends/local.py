@@ -31,6 +31,7 @@ from jobbridge.backends.base import (
 from jobbridge.errors import LimitExceededError, ResourcesNotSupportedError
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
+from jobbridge.push import PushEvent
 from jobbridge.spec import JobSpec, Launcher
 from jobbridge.transport.base import Transport
 from jobbridge.transport.local import LocalTransport
@@ -128,6 +129,12 @@ class LocalBackend(Backend):
             self.supervisor.wake()
         return answers
 
+    def pushed(self, job: Job, event: PushEvent) -> JobStatus | None:
+        """The runner's own records of the job: its result, or that it runs."""
+        if not job.native_id:
+            return None
+        return self._status(job)
+
     def cancel(self, job: Job) -> None:
         assert job.native_id
         self.transport.write_bytes(os.path.join(job.native_id, sup.CANCEL_MARK), b"")
@@ -189,7 +196,15 @@ class LocalBackend(Backend):
             "argv": argv,
             "env": self._environment(job, directory),
             "submitted": time.time(),
+            "push": self._push_plan(job),
         }
+
+    def _push_plan(self, job: Job) -> dict[str, str] | None:
+        """Where the runner tells the service that the job started and ended."""
+        push = self.push
+        if push is None or not self.options.push:
+            return None
+        return {"url": push.url_for(job.id), "token": push.token(job.id)}
 
     def _environment(self, job: Job, directory: str) -> dict[str, str]:
         env = dict(os.environ) if job.spec.inherit_environment else {}

@@ -22,6 +22,9 @@ How a job travels (every path below is under JOBS_DIR):
   group and KILL after the grace period, and writes ``<job dir>/result`` atomically when
   the program is over: lines ``exit_code``, ``detail``, ``started``, ``ended`` as
   ``key=value``, then ``message=`` and the rest of the file.
+- When the plan has a ``push`` address (a service runs), the runner tells it that the job
+  started and, once the result is written, that it ended: a POST in a thread of its own with
+  a short timeout, whose failure changes nothing (polling finds the job as before).
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ import select
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import threading
 
 CANCEL_MARK = "cancel"
 RUNNER_FILE = "runner"
@@ -54,6 +60,8 @@ BATCH_WINDOW = 0.004
 MAX_BATCH = 64
 LOCK_PATIENCE = 5.0
 """Seconds a new supervisor waits for one that is leaving to let go of the lock."""
+PUSH_TIMEOUT = 2.0
+"""Seconds a push to the service may take; a runner waits for its pushes no longer."""
 
 SIGNAL_NAMES = {
     int(getattr(signal, name)): name
@@ -231,6 +239,9 @@ class Batch:
         self.live: dict[int, Job] = {}
         self.identity = f"{os.getpid()} {start_ticks(os.getpid())}"
         self.look_for_cancels = False
+        self.pushes: list[threading.Thread] = []
+        self.deferred: list[tuple[Job, str]] | None = []
+        """Pushes held back while jobs start: a runner forks only before it has threads."""
 
     def run(self) -> int:
         for signum in _CANCEL_SIGNALS:
@@ -242,6 +253,11 @@ class Batch:
                 self.take(name, job_dir)
             except Exception as error:  # one bad job never stops the others
                 note(job_dir, f"the runner could not start the job: {error!r}")
+        held, self.deferred = self.deferred or [], None
+        for started in self.live.values():
+            self.push(started, "started")
+        for ended, event in held:
+            self.push(ended, event)
         while self.live:
             try:
                 pid, status = os.waitpid(-1, 0)
@@ -251,7 +267,24 @@ class Batch:
             if job is not None:
                 kill_group(pid, signal.SIGKILL)  # leftovers of the job go with it
                 self.finish(job, exit_code=exit_code_of(status), detail=self.detail_of(job, status))
+        deadline = time.monotonic() + PUSH_TIMEOUT
+        for pushing in self.pushes:
+            pushing.join(max(0.0, deadline - time.monotonic()))
         return 0
+
+    def push(self, job: Job, event: str) -> None:
+        """Tell the service, if there is one, without waiting for it."""
+        address = job.plan.get("push")
+        if not address:
+            return
+        if self.deferred is not None:
+            self.deferred.append((job, event))
+            return
+        import threading  # only here: the supervisor forks, and must have no threads
+
+        pushing = threading.Thread(target=push, args=(address, event), daemon=True)
+        pushing.start()
+        self.pushes.append(pushing)
 
     def take(self, name: str, job_dir: str) -> None:
         with open(os.path.join(job_dir, PLAN_FILE)) as handle:
@@ -372,6 +405,22 @@ class Batch:
             f"exit_code={code}\ndetail={detail}\nstarted={job.started!r}\n"
             f"ended={time.time()!r}\nmessage={message}",
         )
+        self.push(job, "ended")
+
+
+def push(address: dict[str, str], event: str) -> None:
+    """One POST to the service; any failure is ignored (polling is the fallback)."""
+    import urllib.parse
+    import urllib.request
+
+    url = address["url"]
+    if not url.startswith(("http://", "https://")):
+        return
+    body = urllib.parse.urlencode({"event": event, "token": address["token"]}).encode()
+    request = urllib.request.Request(url, data=body, method="POST")  # noqa: S310 - http(s) only
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy from env
+    with contextlib.suppress(Exception), direct.open(request, timeout=PUSH_TIMEOUT):
+        pass
 
 
 def open_streams(plan: dict[str, Any], opened: list[int]) -> list[tuple[int, int]]:

@@ -26,6 +26,7 @@ from jobbridge.config import Config, load_config
 from jobbridge.engine import Engine
 from jobbridge.errors import JobbridgeError, JobNotFoundError
 from jobbridge.job import utcnow
+from jobbridge.push import PushAddress, PushKey
 from jobbridge.spec import format_validation_error
 from jobbridge.store.uws import UwsStore
 from jobbridge.uws.auth import AnonymousClients, cookie_secret
@@ -35,6 +36,8 @@ from jobbridge.uws.metrics import ServiceMetrics, add_metrics
 from jobbridge.uws.models import utc_text
 from jobbridge.uws.notify import JobListener
 from jobbridge.uws.openapi import uws_openapi
+from jobbridge.uws.push import PushContext, push_endpoint
+from jobbridge.uws.push import router as push_router
 from jobbridge.uws.routes import ServiceContext, router
 from jobbridge.uws.secrets import secrets_router
 from jobbridge.uws.service import UwsError, UwsService
@@ -77,23 +80,31 @@ def create_app(
     context = ServiceContext(service=service, settings=settings)
     metrics = ServiceMetrics(engine)
     started = utcnow()
+    secret = cookie_secret(settings.cookie_secret, config.data_dir / "uws")
+    push_key = PushKey.derived(secret)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         waiters = context.waiters = PhaseWaiters(asyncio.get_running_loop(), engine.hooks)
         listener = None
         if engine.store.dialect == "postgresql":
-            listener = JobListener(engine.store.url, waiters.poke, waiters.poke_all)
+            listener = context.listener = JobListener(
+                engine.store.url, waiters.poke, waiters.poke_all
+            )
             listener.start()
         await asyncio.to_thread(service.sweep_orphans)
         metrics.attach()
+        if settings.push:
+            engine.push_to(PushAddress(push_endpoint(settings), push_key))
         engine.start_background()
         try:
             yield
         finally:
+            engine.push_to(None)
             engine.stop_background()
             if listener is not None:
                 listener.close()
+                context.listener = None
             metrics.detach()
             context.waiters.close()
             context.waiters = None
@@ -111,11 +122,12 @@ def create_app(
         redoc_url=None,
     )
     app.state.uws = context
+    app.state.push = PushContext(engine, push_key, metrics)
     app.include_router(router)
     app.include_router(secrets_router)
+    app.include_router(push_router)
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
-    secret = cookie_secret(settings.cookie_secret, config.data_dir / "uws")
     app.add_middleware(AnonymousClients, secret=secret, enabled=settings.anonymous)
     add_metrics(app, metrics)
     add_web(app, secret=secret)

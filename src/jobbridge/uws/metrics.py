@@ -3,22 +3,21 @@
 - ``jobbridge_jobs{phase,backend}``: jobs in the store, counted when scraped.
 - ``jobbridge_status_query_seconds{backend}`` and
   ``jobbridge_status_query_failures_total{backend}``: the batched status queries the engine
-  makes, timed around each backend's ``status``.
+  makes, as its status-query hook reports them.
 - ``jobbridge_submission_attempts_total{backend}`` and
   ``jobbridge_submission_outcomes_total{backend,outcome}`` (``submitted`` or ``failed``): from
   the engine's hooks around submission and its phase changes to ERROR SUBMIT_FAILED. An
   attempt whose outcome is not known yet, or that is retried later, has no outcome (yet).
 - ``jobbridge_uws_waits_in_flight``: UWS ``WAIT`` requests being answered.
-- ``jobbridge_push_messages_received_total``: messages pushed to the service by backends.
+- ``jobbridge_push_messages_received_total{event}``: verified messages jobs pushed to the
+  service (``started``, ``ended``); ``jobbridge_push_messages_refused_total``: pushes
+  refused (a wrong token, an unknown job, a malformed message).
 """
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 from fastapi import FastAPI
@@ -28,9 +27,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from jobbridge.backends.base import Backend, Missing
 from jobbridge.engine import Engine
-from jobbridge.job import Job, JobStatus
+from jobbridge.job import Job
 from jobbridge.phase import Phase
 from jobbridge.store import Store
 from jobbridge.store.schema import jobs
@@ -69,14 +67,6 @@ class JobsByPhase(Collector):
         yield family
 
 
-@dataclass
-class _Timed:
-    backend: Backend
-    original: Any
-    own: bool
-    """Whether the backend had a ``status`` attribute of its own (not its class's)."""
-
-
 class ServiceMetrics:
     """The service's metrics and what feeds them; ``attach`` starts listening to the engine,
     ``detach`` stops (the engine may outlive the service)."""
@@ -106,11 +96,15 @@ class ServiceMetrics:
         )
         self.push_messages = Counter(
             "jobbridge_push_messages_received",
-            "Messages pushed to the service by backends",
+            "Verified messages jobs pushed to the service, by event (started, ended)",
+            ["event"], registry=registry,
+        )  # fmt: skip
+        self.push_refused = Counter(
+            "jobbridge_push_messages_refused",
+            "Pushes refused: a wrong token, an unknown job or a malformed message",
             registry=registry,
         )
         registry.register(JobsByPhase(engine.store, list(engine.backends)))
-        self._timed: list[_Timed] = []
 
     # -- listening to the engine ---------------------------------------------------------------
 
@@ -119,8 +113,7 @@ class ServiceMetrics:
         hooks.on_before_submit(self._before_submit)
         hooks.on_after_submit(self._after_submit)
         hooks.on_phase_change(self._phase_changed)
-        for backend in self.engine.backends.values():
-            self._time_status(backend)
+        hooks.on_status_query(self._status_queried)
 
     def detach(self) -> None:
         hooks = self.engine.hooks
@@ -128,15 +121,10 @@ class ServiceMetrics:
             (hooks.before_submit, self._before_submit),
             (hooks.after_submit, self._after_submit),
             (hooks.phase_change, self._phase_changed),
+            (hooks.status_query, self._status_queried),
         ):
             if callback in callbacks:
                 callbacks.remove(callback)  # type: ignore[arg-type]
-        for timed in self._timed:
-            if timed.own:
-                timed.backend.status = timed.original  # type: ignore[method-assign]
-            else:
-                del timed.backend.status
-        self._timed = []
 
     def _before_submit(self, job: Job) -> None:
         self.submission_attempts.labels(job.backend).inc()
@@ -148,25 +136,10 @@ class ServiceMetrics:
         if job.phase is Phase.ERROR and job.detail == _SUBMIT_FAILED:
             self.submission_outcomes.labels(job.backend, "failed").inc()
 
-    def _time_status(self, backend: Backend) -> None:
-        """Wrap the backend's ``status`` (the one call the engine's poller makes per cycle)."""
-        original = backend.status
-        name = backend.name
-        seconds = self.status_seconds.labels(name)
-        failures = self.status_failures.labels(name)
-
-        def status(jobs: Sequence[Job]) -> dict[str, JobStatus | Missing]:
-            start = time.perf_counter()
-            try:
-                return original(jobs)
-            except Exception:
-                failures.inc()
-                raise
-            finally:
-                seconds.observe(time.perf_counter() - start)
-
-        self._timed.append(_Timed(backend, original, "status" in vars(backend)))
-        backend.status = status  # type: ignore[method-assign]
+    def _status_queried(self, backend: str, seconds: float, failed: bool) -> None:
+        self.status_seconds.labels(backend).observe(seconds)
+        if failed:
+            self.status_failures.labels(backend).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -56,6 +56,8 @@ class JobListener:
         """Set while the listener listens (for tests and health checks)."""
         self.connections = 0
         """How many times it has started listening."""
+        self.backend_pid: int | None = None
+        """The server process of the connection it listens on (for tests and operators)."""
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -93,6 +95,7 @@ class JobListener:
 
         with psycopg.connect(autocommit=True, **_connect_args(self.url)) as conn:
             conn.execute(f"LISTEN {JOB_CHANNEL}")
+            self.backend_pid = conn.info.backend_pid
             self.connections += 1
             self.listening.set()
             self.on_gap()  # what was said while nobody listened is lost: look again

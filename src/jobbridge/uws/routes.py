@@ -4,6 +4,7 @@ sub-resources. XML by default, JSON when the client accepts ``application/json``
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -20,6 +21,7 @@ from jobbridge.uws import xml
 from jobbridge.uws.auth import authenticate, owner_of
 from jobbridge.uws.body import body_tail
 from jobbridge.uws.models import utc_text
+from jobbridge.uws.notify import JobListener
 from jobbridge.uws.results import RangeNotSatisfiable, parse_range
 from jobbridge.uws.service import (
     MAX_INTEGER,
@@ -62,6 +64,8 @@ class ServiceContext:
     service: UwsService
     settings: ServiceSettings
     waiters: PhaseWaiters | None = None
+    listener: JobListener | None = None
+    """Hears other replicas' phase changes (PostgreSQL only)."""
 
 
 router = APIRouter()
@@ -152,6 +156,34 @@ async def _state(request: Request, definition: str, job_id: str, user: User) -> 
     return await _blocking(_context(request).service.state, definition, job_id, user)
 
 
+async def _wait(
+    request: Request,
+    waiters: PhaseWaiters,
+    state: JobState,
+    seconds: float,
+    expected: Phase | None,
+    user: User,
+) -> JobState:
+    """The job once its phase is no longer the one it had (UWS WAIT), or after ``seconds``.
+    A wake-up that finds the phase unchanged (all waiting requests are woken when the
+    notification listener has reconnected) waits again for the time left."""
+    definition, job_id = state.definition.name, state.job.id
+    deadline = time.monotonic() + seconds
+    with waiters.watching(job_id) as changed:
+        state = await _state(request, definition, job_id, user)
+        phase = state.job.phase
+        if phase not in WAITABLE_PHASES or expected not in (None, phase):
+            return state
+        while (left := deadline - time.monotonic()) > 0:
+            if not await wait_for(changed, left):
+                return state
+            changed.clear()  # before reading, so that a change after the read still wakes
+            state = await _state(request, definition, job_id, user)
+            if state.job.phase is not phase:
+                return state
+    return state
+
+
 # -- the job list ----------------------------------------------------------------------------
 
 
@@ -198,12 +230,7 @@ async def get_job(request: Request, definition: str, job_id: str, user: CurrentU
     expected = None if phase_text is None else _phase(phase_text)
     state = await _state(request, definition, job_id, user)
     if wait and context.waiters is not None:
-        with context.waiters.watching(job_id) as changed:
-            state = await _state(request, definition, job_id, user)
-            phase = state.job.phase
-            blocks = phase in WAITABLE_PHASES and expected in (None, phase)
-            if blocks and await wait_for(changed, wait):
-                state = await _state(request, definition, job_id, user)
+        state = await _wait(request, context.waiters, state, wait, expected, user)
     view = await _blocking(job_view, context.service, state, _links(request))
     return _document(
         request, view.model_dump(mode="json", by_alias=True), lambda: xml.job_document(view)

@@ -27,6 +27,7 @@ from jobbridge.backends.base import (
     Stream,
 )
 from jobbridge.backends.batch.marks import Mark, split_located
+from jobbridge.backends.batch.pushing import push_values, weigh
 from jobbridge.backends.batch.records import UnreadableRecord
 from jobbridge.backends.batch.script import directive_value, render, shell
 from jobbridge.errors import (
@@ -39,6 +40,7 @@ from jobbridge.errors import (
 )
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
+from jobbridge.push import PushEvent
 from jobbridge.spec import JobSpec, Launcher
 from jobbridge.transport.base import FILES_NOT_WRITTEN, CommandResult, Transport
 from jobbridge.transport.local import LocalTransport
@@ -389,6 +391,7 @@ class BatchBackend(Backend):
             "stdout_word": self._output_word(spec.stdout, job_dir, "stdout", suffix),
             "stderr_word": self._output_word(spec.stderr, job_dir, "stderr", suffix),
             "same_output": spec.stdout is not None and spec.stdout == spec.stderr,
+            "push": push_values(self.push if self.options.push else None, job.array_id or job.id),
         }
 
     def launch_command(self, spec: JobSpec) -> list[str]:
@@ -470,6 +473,23 @@ class BatchBackend(Backend):
             if isinstance(verdict, JobStatus) and _timed_out(job, verdict):
                 answers[job.id] = verdict.model_copy(update={"detail": "TIMEOUT"})
         return self._with_scheduler_words(by_native, answers)
+
+    def pushed(self, job: Job, event: PushEvent) -> JobStatus | None:
+        """The files the job's script wrote (one read): its exit-code file, or the native
+        id it noted when it started. The scheduler is not asked."""
+        if not job.native_id:
+            return None
+        exit_path = self.exit_code_path(job)
+        try:
+            contents = self.transport.read_many([exit_path, exit_path + ".id"], limit=256)
+        except (JobbridgeError, OSError):
+            return None
+        recorded = contents.get(exit_path)
+        exit_file = None if recorded is None else _exit_file_status(recorded)
+        settled = weigh(event, exit_file, contents.get(exit_path + ".id"))
+        if settled is not None and settled.phase.is_final:
+            self._forget(job.native_id)  # polling will not ask about it again
+        return settled
 
     def _terminated(self, jobs: Sequence[Job]) -> dict[str, JobStatus]:
         """Jobs that no source knows any more whose script noted a TERM (``.term`` next to
