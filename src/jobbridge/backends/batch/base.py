@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import Field
 
 from jobbridge import staging
+from jobbridge.backends import containers
 from jobbridge.backends.base import (
     Backend,
     BackendContext,
@@ -29,6 +30,7 @@ from jobbridge.backends.base import (
 from jobbridge.backends.batch.marks import Mark, split_located
 from jobbridge.backends.batch.records import UnreadableRecord
 from jobbridge.backends.batch.script import directive_value, render, shell
+from jobbridge.backends.containers import ContainerOptions
 from jobbridge.errors import (
     BackendError,
     CommandFailed,
@@ -62,7 +64,7 @@ _REMEMBERED = 10_000
 """Distinct native states whose reading a backend keeps at the most."""
 
 
-class BatchOptions(BackendOptions):
+class BatchOptions(ContainerOptions):
     min_refresh_interval: float = Field(5.0, ge=0)
     work_dir: str | None = Field(
         None, description="root of the job directories on the cluster (default: jobbridge's)"
@@ -268,8 +270,7 @@ class BatchBackend(Backend):
             raise ResourcesNotSupportedError(self.name, "stage_in", "; ".join(problems))
         if spec.launcher is Launcher.SRUN and self.scheduler != "slurm":
             raise ResourcesNotSupportedError(self.name, "launcher", "srun needs SLURM")
-        if spec.image is not None:
-            raise ResourcesNotSupportedError(self.name, "image", "no container runtime configured")
+        containers.check_image(self.name, self.options, spec)
         probe = Job(id="check", spec=spec, backend=self.name, created=datetime.now(UTC))
         members = (
             [probe]
@@ -370,7 +371,7 @@ class BatchBackend(Backend):
         array = spec.array is not None
         job_dir = self.job_dir(job)
         suffix = '."$JOBBRIDGE_ARRAY_INDEX"' if array else ""
-        return {
+        values = {
             "job_id": job.array_id or job.id,
             "backend": self.name,
             "directives": self.directives(job, members, dependencies),
@@ -390,9 +391,43 @@ class BatchBackend(Backend):
             "stderr_word": self._output_word(spec.stderr, job_dir, "stderr", suffix),
             "same_output": spec.stdout is not None and spec.stdout == spec.stderr,
         }
+        if spec.image is not None:
+            values.update(self.container_values(job, values))
+        return values
 
-    def launch_command(self, spec: JobSpec) -> list[str]:
-        program = [spec.executable, *spec.arguments]
+    def container_values(self, job: Job, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The template's command run in the job's image by the configured runtime, and the
+        variables the runtime needs among those the script exports (see ``containers``)."""
+        spec = job.spec
+        portable: dict[str, str] = dict(values["portable"])
+        known = {
+            **spec.environment,
+            "JOBBRIDGE_JOB_NAME": job.name,
+            "JOBBRIDGE_WORKDIR": values["directory"],
+        }
+        wrapped = containers.wrap(
+            self.name,
+            self.options,
+            spec,
+            [spec.executable, *spec.arguments],
+            variables=[*portable, *known],
+            directories=[values["job_dir"]],
+            workdir=values["directory"],
+        )
+        environment = dict(values["environment"])
+        for alias, name in wrapped.aliases.items():
+            if name in portable:  # exported above the alias: its value at run time
+                portable[alias] = f'"${name}"'
+            else:
+                environment[alias] = known[name]
+        return {
+            "command": self.launch_command(spec, wrapped.argv),
+            "portable": portable,
+            "environment": environment,
+        }
+
+    def launch_command(self, spec: JobSpec, program: list[str] | None = None) -> list[str]:
+        program = program or [spec.executable, *spec.arguments]
         if spec.launcher is Launcher.SRUN:
             return ["srun", *program]
         if spec.launcher is Launcher.MPIRUN:
