@@ -315,7 +315,7 @@ class BatchBackend(Backend):
             name: (text.encode(), mode)
             for name, (text, mode) in self.submission_files(job, members, dependencies).items()
         }
-        entry = posixpath.join(job_dir, self.submission_entry)
+        entry = posixpath.join(job_dir, self.submission_entry_for(dependencies))
         program, *arguments = self.submit_command(entry)
         command = [program, *self.options.submit_arguments, *arguments]
         try:
@@ -339,6 +339,10 @@ class BatchBackend(Backend):
                 f"{self.scheduler}: cannot read a job id from {result.stdout.strip()!r}",
                 SubmitOutcome.UNKNOWN,
             ) from error
+
+    def submission_entry_for(self, dependencies: Sequence[NativeDependency]) -> str:
+        """The file of ``submission_files`` that ``submit_command`` is given."""
+        return self.submission_entry
 
     def submit_failure(self, result: CommandResult) -> SubmitOutcome:
         """What a submission command that exited non-zero did: its words decide."""
