@@ -5,6 +5,7 @@ Debian 12, so its command lines are checked against golden files only."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from collections.abc import Iterator
@@ -27,6 +28,9 @@ from tests.batch_support import (
     running_engine,
 )
 from tests.conftest import cluster_env
+from tests.test_batch_htcondor import condor, condor_backend
+
+__all__ = ["condor"]  # the fake HTCondor pool's fixture, used by name
 
 IMAGE_SPEC = CASES["awkward"].replace(image="registry.example/tools:1.0", pull_policy="Always")
 
@@ -221,3 +225,42 @@ def test_podman_runs_slurm_jobs_in_their_image(slurm_podman_engine: Engine, tmp_
     assert output == f"it's $HOME|{native}|{workdir}|on shared disk||image\n"
     assert (bad_done.phase, bad_done.exit_code) == (Phase.ERROR, 9)
     assert engine.read_output(bad.id, "stderr") == b"failing\n"
+
+
+# -- apptainer, through a fake (it is not packaged for Debian 12) ----------------------------
+
+FAKE_APPTAINER = Path(__file__).parent / "fakes" / "bin" / "apptainer" / "apptainer"
+
+
+@pytest.mark.parametrize("code", [0, 6])
+def test_apptainer_gets_the_job_environment_by_name_only(
+    code: int, condor: Path, isolated_data_dir: Path, tmp_path: Path
+) -> None:
+    """Through the fake HTCondor pool, whose jobs carry HTCondor's own variables
+    (_CONDOR_SCRATCH_DIR...): inside the container only the job's variables show."""
+    log = tmp_path / "apptainer.log"
+    backend = condor_backend(
+        isolated_data_dir, container_runtime="apptainer", container_command=[str(FAKE_APPTAINER)]
+    )
+    script = (
+        'printf "%s|%s|%s|%s\\n" "$GREETING" "$JOBBRIDGE_JOB_ID" "$(pwd)" "${_CONDOR_SLOT-unset}"'
+        f"; exit {code}"
+    )
+    spec = JobSpec(
+        executable="sh",
+        arguments=["-c", script],
+        image="busybox:1.36",
+        environment={"GREETING": "it's $(not) run", "FAKE_APPTAINER_LOG": str(log)},
+    )
+    with make_engine(backend, isolated_data_dir) as engine:
+        job = engine.submit(spec)
+        [done] = engine.wait([job.id], timeout=60)
+        output = engine.read_output(done.id).decode()
+    expected = Phase.COMPLETED if code == 0 else Phase.ERROR
+    assert (done.phase, done.exit_code) == (expected, code), output
+    job_dir = str(isolated_data_dir / "jobs" / job.id)
+    assert output == f"it's $(not) run|{done.native_id}|{job_dir}|unset\n"
+    [argv] = [json.loads(line) for line in log.read_text().splitlines()]
+    assert argv[:2] == ["exec", "--cleanenv"]
+    assert argv[argv.index("--pwd") + 1] == job_dir
+    assert argv[argv.index("docker://busybox:1.36") + 1 :] == ["sh", "-c", script]
