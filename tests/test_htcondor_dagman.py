@@ -52,7 +52,17 @@ def test_dag_files_match_the_golden_files(tmp_path: Path) -> None:
     check_golden("htcondor", "after.sh", files["after.sh"][0])
     assert backend.submission_entry_for(DEPENDENCIES) == "job.dag"
     assert backend.submission_entry_for([]) == "job.sub"
-    assert backend.submit_command("/j/job.dag") == ["condor_submit_dag", "-force", "/j/job.dag"]
+    jobs = case_jobs("array")
+    assert backend.submission_command("/j/job.dag", jobs[0], jobs, DEPENDENCIES) == [
+        "condor_submit_dag", "-force",
+        "-append", '+JobbridgeId = "jb-jb0array0000"',
+        "-append", "+JobbridgeArray = True",
+        "-append", "+JobbridgeProcs = 10",
+        "/j/job.dag",
+    ]  # fmt: skip
+    assert backend.submission_command("/j/job.sub", jobs[0], jobs, []) == [
+        "condor_submit", "-terse", "/j/job.sub"
+    ]  # fmt: skip
 
 
 def test_dag_ids_are_read_and_queried_as_dagman_jobs(tmp_path: Path) -> None:

@@ -316,7 +316,7 @@ class BatchBackend(Backend):
             for name, (text, mode) in self.submission_files(job, members, dependencies).items()
         }
         entry = posixpath.join(job_dir, self.submission_entry_for(dependencies))
-        program, *arguments = self.submit_command(entry)
+        program, *arguments = self.submission_command(entry, job, members, dependencies)
         command = [program, *self.options.submit_arguments, *arguments]
         try:
             result = self.transport.run_in(
@@ -343,6 +343,17 @@ class BatchBackend(Backend):
     def submission_entry_for(self, dependencies: Sequence[NativeDependency]) -> str:
         """The file of ``submission_files`` that ``submit_command`` is given."""
         return self.submission_entry
+
+    def submission_command(
+        self,
+        entry: str,
+        job: Job,
+        members: Sequence[Job],
+        dependencies: Sequence[NativeDependency],
+    ) -> list[str]:
+        """The command that submits ``entry``; a scheduler whose submissions differ by job
+        (beyond their files) says how."""
+        return self.submit_command(entry)
 
     def submit_failure(self, result: CommandResult) -> SubmitOutcome:
         """What a submission command that exited non-zero did: its words decide."""

@@ -240,15 +240,29 @@ class HTCondorBackend(BatchBackend):
         files = super().submission_files(job, members, dependencies)
         files[self.submit_name] = (self.render_submit_description(job, members), 0o600)
         if dependencies:
-            procs = ("+JobbridgeProcs", str(len(members)))
-            attributes = [*self._mark(job, members), procs]
-            text = dag.dag_file(job.array_id or job.id, dependencies, attributes, self.submit_name)
+            text = dag.dag_file(job.array_id or job.id, dependencies, self.submit_name)
             files[dag.DAG_FILE] = (text, 0o600)
             files[dag.PRE_SCRIPT] = (dag.pre_script(), 0o700)
         return files
 
     def submission_entry_for(self, dependencies: Sequence[NativeDependency]) -> str:
         return dag.DAG_FILE if dependencies else self.submission_entry
+
+    def submission_command(
+        self,
+        entry: str,
+        job: Job,
+        members: Sequence[Job],
+        dependencies: Sequence[NativeDependency],
+    ) -> list[str]:
+        """A DAG's DAGMan job carries the mark from its submission on (``-append`` writes
+        it into the DAGMan job's own submit description), as ``locate`` needs."""
+        command = self.submit_command(entry)
+        if not dependencies:
+            return command
+        marks = [*self._mark(job, members), ("+JobbridgeProcs", str(len(members)))]
+        appended = [word for name, value in marks for word in ("-append", f"{name} = {value}")]
+        return [*command[:-1], *appended, command[-1]]
 
     def _attribute_commands(
         self, attributes: Mapping[str, str | int | float | bool]

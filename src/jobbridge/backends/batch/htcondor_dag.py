@@ -6,15 +6,17 @@ is submitted with ``condor_submit_dag`` as a DAG input file, ``job.dag`` in its 
 
     JOB job job.sub
     SCRIPT DEFER 75 10 PRE job /bin/sh after.sh 101.0=afterok dag:102.0=afterany
-    SET_JOB_ATTR JobbridgeId = "jb-..."
+
+submitted as ``condor_submit_dag -force -append '+JobbridgeId = "jb-..."' ... job.dag``.
 
 The node ``job`` is the job's own submit description; its PRE script, which DAGMan runs on
 the access point before it submits the node, asks ``condor_q`` and ``condor_history`` about
 the parents: it exits 75 while one has not ended (DAGMan runs it again 10 seconds later, the
 DEFER rule), 1 if one ended in a way the dependency excludes (DAGMan then never submits the
 node, and the DAG fails), 0 once all have ended as required. The DAGMan job itself, a
-scheduler universe job, carries jobbridge's mark (``SET_JOB_ATTR``), as the node job does,
-so ``locate`` finds the submission by either.
+scheduler universe job, carries jobbridge's mark from its submission on (``-append`` writes
+it into the DAGMan job's submit description), as the node job does in its own, so
+``locate`` finds the submission by either.
 
 Such a job's native id is ``dag:C.P``: proc P of the node job of the DAGMan job C. Status
 comes from the same single ``condor_q -json`` (and ``condor_history -json``) as other jobs,
@@ -76,14 +78,9 @@ def split_dag_id(native_id: str) -> tuple[str, str]:
     return cluster, proc
 
 
-def dag_file(
-    job_id: str,
-    dependencies: Sequence[NativeDependency],
-    attributes: Sequence[tuple[str, str]],
-    submit_description: str,
-) -> str:
+def dag_file(job_id: str, dependencies: Sequence[NativeDependency], submit_description: str) -> str:
     """The DAG input file: one node, the job, held by its PRE script until its parents
-    ended as required; ``attributes`` (``+Name``, value) go to the DAGMan job's ad."""
+    ended as required."""
     for dependency in dependencies:  # a DAG file line has no quoting
         if not _PARENT.match(dependency.native_id):
             raise ValueError(f"{dependency.native_id!r} is no HTCondor job id")
@@ -92,7 +89,6 @@ def dag_file(
         f"# jobbridge job {job_id}: DAGMan submits it once the jobs it depends on have ended",
         f"JOB {NODE} {submit_description}",
         f"SCRIPT DEFER {DEFER_STATUS} {DEFER_SECONDS} PRE {NODE} /bin/sh {PRE_SCRIPT} {parents}",
-        *(f"SET_JOB_ATTR {name.lstrip('+')} = {value}" for name, value in attributes),
     ]
     return "\n".join(lines) + "\n"
 
