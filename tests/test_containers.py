@@ -18,6 +18,9 @@ from jobbridge.backends.base import BackendContext
 from jobbridge.backends.batch.slurm import SlurmBackend
 from jobbridge.backends.containers import ContainerOptions, wrap
 from jobbridge.backends.local import LocalBackend, LocalOptions
+from jobbridge.backends.registry import create_backend
+from jobbridge.config import load_config
+from jobbridge.errors import ConfigError
 from jobbridge.spec import FileTransfer
 from tests.batch_support import (
     CASES,
@@ -264,3 +267,27 @@ def test_apptainer_gets_the_job_environment_by_name_only(
     assert argv[:2] == ["exec", "--cleanenv"]
     assert argv[argv.index("--pwd") + 1] == job_dir
     assert argv[argv.index("docker://busybox:1.36") + 1 :] == ["sh", "-c", script]
+
+
+def test_a_runtime_is_configured_per_backend_in_the_toml_file(tmp_path: Path) -> None:
+    config_file = tmp_path / "jobbridge.toml"
+    config_file.write_text(
+        '[backends.boxed]\nkind = "local"\ncontainer_runtime = "podman"\n'
+        'container_command = ["podman", "--runtime", "runc"]\n'
+        '[backends.cluster]\nkind = "slurm"\ncontainer_runtime = "apptainer"\n'
+        '[backends.bad]\nkind = "local"\ncontainer_runtime = "docker"\n'
+    )
+    config = load_config(config_file, environ={"JOBBRIDGE_DATA_DIR": str(tmp_path)})
+    context = BackendContext(tmp_path / "jobs")
+    boxed = create_backend("boxed", config.backends["boxed"], context)
+    assert boxed.options.container_command == ["podman", "--runtime", "runc"]  # type: ignore[attr-defined]
+    boxed.check(JobSpec(executable="true", image="busybox"))
+    plain = create_backend("local", config.backends["local"], context)
+    with pytest.raises(ResourcesNotSupportedError, match="'local' cannot encode image"):
+        plain.check(JobSpec(executable="true", image="busybox"))
+    cluster = create_backend("cluster", config.backends["cluster"], context)
+    cluster.check(JobSpec(executable="true", image="busybox"))
+    with pytest.raises(ConfigError, match="container_runtime"):
+        create_backend("bad", config.backends["bad"], context)
+    for backend in (boxed, plain, cluster):
+        backend.close()

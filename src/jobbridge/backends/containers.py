@@ -23,17 +23,26 @@ standard error, which is the job's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from pydantic import Field
 
 from jobbridge.backends.base import BackendOptions
 from jobbridge.errors import ResourcesNotSupportedError
+from jobbridge.job import Job
 from jobbridge.spec import JobSpec, Launcher, PullPolicy
 
-__all__ = ["ContainerOptions", "ContainerRuntime", "Wrapped", "check_image", "wrap"]
+__all__ = [
+    "ContainerOptions",
+    "ContainerRuntime",
+    "Wrapped",
+    "check_image",
+    "script_values",
+    "wrap",
+]
 
 
 class ContainerRuntime(StrEnum):
@@ -128,6 +137,37 @@ def wrap(
         [*command, *_apptainer(options, spec, binds, workdir), *program],
         {prefix + name: name for name in names},
     )
+
+
+def script_values(
+    backend: str, options: ContainerOptions, job: Job, values: Mapping[str, Any]
+) -> dict[str, Any]:
+    """For a batch job script (its template's ``values``): the program's ``command`` run in
+    the job's image, and the ``portable`` and ``environment`` variables to export, with
+    those the runtime itself needs (apptainer's ``APPTAINERENV_NAME``) among them."""
+    spec = job.spec
+    portable: dict[str, str] = dict(values["portable"])
+    known = {
+        **spec.environment,
+        "JOBBRIDGE_JOB_NAME": job.name,
+        "JOBBRIDGE_WORKDIR": values["directory"],
+    }
+    wrapped = wrap(
+        backend,
+        options,
+        spec,
+        [spec.executable, *spec.arguments],
+        variables=[*portable, *known],
+        directories=[values["job_dir"]],
+        workdir=values["directory"],
+    )
+    environment = dict(values["environment"])
+    for alias, name in wrapped.aliases.items():
+        if name in portable:  # exported above the alias: its value at run time
+            portable[alias] = f'"${name}"'
+        else:
+            environment[alias] = known[name]
+    return {"command": wrapped.argv, "portable": portable, "environment": environment}
 
 
 def _podman(

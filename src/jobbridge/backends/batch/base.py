@@ -406,40 +406,10 @@ class BatchBackend(Backend):
             "stderr_word": self._output_word(spec.stderr, job_dir, "stderr", suffix),
             "same_output": spec.stdout is not None and spec.stdout == spec.stderr,
         }
-        if spec.image is not None:
-            values.update(self.container_values(job, values))
+        if spec.image is not None:  # the command in the job's image
+            wrapped = containers.script_values(self.name, self.options, job, values)
+            values.update(wrapped, command=self.launch_command(spec, wrapped["command"]))
         return values
-
-    def container_values(self, job: Job, values: Mapping[str, Any]) -> dict[str, Any]:
-        """The template's command run in the job's image by the configured runtime, and the
-        variables the runtime needs among those the script exports (see ``containers``)."""
-        spec = job.spec
-        portable: dict[str, str] = dict(values["portable"])
-        known = {
-            **spec.environment,
-            "JOBBRIDGE_JOB_NAME": job.name,
-            "JOBBRIDGE_WORKDIR": values["directory"],
-        }
-        wrapped = containers.wrap(
-            self.name,
-            self.options,
-            spec,
-            [spec.executable, *spec.arguments],
-            variables=[*portable, *known],
-            directories=[values["job_dir"]],
-            workdir=values["directory"],
-        )
-        environment = dict(values["environment"])
-        for alias, name in wrapped.aliases.items():
-            if name in portable:  # exported above the alias: its value at run time
-                portable[alias] = f'"${name}"'
-            else:
-                environment[alias] = known[name]
-        return {
-            "command": self.launch_command(spec, wrapped.argv),
-            "portable": portable,
-            "environment": environment,
-        }
 
     def launch_command(self, spec: JobSpec, program: list[str] | None = None) -> list[str]:
         program = program or [spec.executable, *spec.arguments]
