@@ -115,6 +115,8 @@ def test_a_directory_that_cannot_be_bound_is_refused(tmp_path: Path) -> None:
     backend = make_backend(SlurmBackend, tmp_path, container_runtime="podman")
     with pytest.raises(ResourcesNotSupportedError, match="directory"):
         backend.check(JobSpec(executable="true", image="busybox", directory="/data/a:b"))
+    with pytest.raises(ResourcesNotSupportedError, match="absolute"):
+        backend.check(JobSpec(executable="true", image="busybox", directory="data"))
 
 
 def test_an_unknown_runtime_is_a_configuration_error() -> None:

@@ -101,6 +101,10 @@ def check_image(backend: str, options: ContainerOptions, spec: JobSpec) -> None:
         raise ResourcesNotSupportedError(
             backend, "directory", f"{runtime} cannot bind a directory whose path has ':' or ','"
         )
+    if spec.directory is not None and not spec.directory.startswith("/"):
+        raise ResourcesNotSupportedError(
+            backend, "directory", f"{runtime} binds only an absolute path into the container"
+        )
     remote = _apptainer_image(spec.image).startswith(("docker://", "oras://", "library://"))
     if runtime is not ContainerRuntime.PODMAN and spec.pull_policy is PullPolicy.NEVER and remote:
         raise ResourcesNotSupportedError(
