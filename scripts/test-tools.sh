@@ -43,7 +43,9 @@ fi
 ENV_DIR="${JOBBRIDGE_TEST_ENV_DIR:-/var/tmp/jobbridge-test}"
 PODMAN_IMAGE="localhost/jobbridge-test-busybox"
 
-if ! command -v podman >/dev/null 2>&1 || [ ! -x /bin/busybox ] || ! command -v runc >/dev/null 2>&1; then
+# (the image needs the static busybox: a root file system with no C library)
+if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 ||
+    ! dpkg -s busybox-static catatonit >/dev/null 2>&1; then
     echo "test-tools: installing podman (Debian)"
     export DEBIAN_FRONTEND=noninteractive
     packages=(podman runc catatonit busybox-static)
