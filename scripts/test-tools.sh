@@ -35,3 +35,60 @@ if [ -x "$PYTHON" ]; then
         "$PIP" install --quiet "${missing[@]}"
     fi
 fi
+
+# Podman, for the tests of jobs in a container image, with a tiny image built from files (a
+# static busybox): nothing is pulled from a registry. Then how podman runs on this machine is
+# found out and written to $ENV_DIR/podman.env for the tests (a sandbox may forbid raising
+# resource limits, which podman's default limits need, or crun's hybrid cgroups).
+ENV_DIR="${JOBBRIDGE_TEST_ENV_DIR:-/var/tmp/jobbridge-test}"
+PODMAN_IMAGE="localhost/jobbridge-test-busybox"
+
+# (the image needs the static busybox: a root file system with no C library)
+if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 ||
+    ! dpkg -s busybox-static catatonit >/dev/null 2>&1; then
+    echo "test-tools: installing podman (Debian)"
+    export DEBIAN_FRONTEND=noninteractive
+    packages=(podman runc catatonit busybox-static)
+    if ! need_root apt-get install -y --no-install-recommends "${packages[@]}" >/dev/null 2>&1; then
+        need_root apt-get update >/dev/null
+        need_root apt-get install -y --no-install-recommends "${packages[@]}" >/dev/null
+    fi
+fi
+
+if ! podman image exists "$PODMAN_IMAGE" 2>/dev/null; then
+    echo "test-tools: building the podman test image $PODMAN_IMAGE"
+    root="$(mktemp -d)"
+    mkdir -p "$root/bin" "$root/tmp"
+    cp /bin/busybox "$root/bin/busybox"
+    for tool in sh true false env pwd cat echo sleep ls printf; do ln -s busybox "$root/bin/$tool"; done
+    tar -C "$root" -cf "$root.tar" .
+    podman import --quiet "$root.tar" "$PODMAN_IMAGE" >/dev/null
+    rm -rf "$root" "$root.tar"
+fi
+
+mkdir -p "$ENV_DIR"
+limits=(--ulimit "nofile=$(ulimit -Sn):$(ulimit -Hn)" --ulimit "nproc=4096:4096")
+found=""
+for runtime in "" runc; do
+    global=()
+    [ -n "$runtime" ] && global=(--runtime "$runtime")
+    for arguments in "" "${limits[*]}"; do
+        # shellcheck disable=SC2086 # the limits are words on purpose
+        if podman "${global[@]}" run --rm --pull=never $arguments "$PODMAN_IMAGE" /bin/true \
+            >/dev/null 2>&1; then
+            found="yes"
+            break 2
+        fi
+    done
+done
+if [ -n "$found" ]; then
+    {
+        echo "JOBBRIDGE_TEST_PODMAN_IMAGE=$PODMAN_IMAGE"
+        echo "JOBBRIDGE_TEST_PODMAN_COMMAND=podman ${global[*]}"
+        echo "JOBBRIDGE_TEST_PODMAN_ARGUMENTS=$arguments"
+    } >"$ENV_DIR/podman.env"
+else
+    rm -f "$ENV_DIR/podman.env"
+    echo "test-tools: podman cannot run a container here:" >&2
+    podman run --rm --pull=never "$PODMAN_IMAGE" /bin/true >&2 || true
+fi

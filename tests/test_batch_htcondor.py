@@ -53,6 +53,7 @@ def condor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The fake HTCondor tools first on PATH, with a pool of their own. Their
     ``#!/usr/bin/env python3`` finds the interpreter running the tests, quick to start."""
     monkeypatch.setenv("FAKESCHED_DIR", str(tmp_path / "condor"))
+    monkeypatch.setenv("FAKESCHED_CONDOR_DEFER_SECONDS", "0.5")  # DAGMan's PRE script DEFER
     path = [str(FAKE_TOOLS), os.path.dirname(sys.executable), os.environ["PATH"]]
     monkeypatch.setenv("PATH", os.pathsep.join(path))
     yield tmp_path / "condor"
@@ -68,42 +69,6 @@ class TestHTCondor(BatchScenarios):
     timeout = 60.0
     walltime = 3
     walltime_timeout = 30.0
-
-    # HTCondor has no job dependencies outside DAGMan, so a job whose parent still runs waits
-    # in jobbridge, unsubmitted. The shared scenarios below put a job in the scheduler's queue
-    # through a dependency; here the one free slot is taken instead.
-
-    def test_cancel_while_queued(self, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv("FAKESCHED_SLOTS", "1")
-        blocker = engine.submit(JobSpec(executable="sleep", arguments=["120"]))
-        self.wait_for_phase(engine, blocker, Phase.EXECUTING)
-        waiting = engine.submit(JobSpec(executable="true"))
-        dependent = engine.submit(JobSpec(executable="true", depends_on=[blocker.id]))
-        assert waiting.is_submitted
-        assert not dependent.is_submitted, "jobbridge holds the dependency back itself"
-        engine.refresh()
-        assert engine.get(waiting.id).phase is Phase.QUEUED
-        assert engine.cancel(waiting.id).phase is Phase.ABORTED
-        assert engine.cancel(dependent.id).phase is Phase.ABORTED
-        engine.cancel(blocker.id)
-        self.wait(engine, [blocker, waiting, dependent])
-        assert engine.get(waiting.id).started is None
-        assert engine.get(dependent.id).native_id is None
-
-    def test_a_held_job(self, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv("FAKESCHED_SLOTS", "1")
-        blocker = engine.submit(JobSpec(executable="sleep", arguments=["60"]))
-        self.wait_for_phase(engine, blocker, Phase.EXECUTING)
-        job = engine.submit(JobSpec(executable="echo", arguments=["released"]))
-        assert engine.hold(job.id).phase is Phase.HELD
-        engine.cancel(blocker.id)
-        time.sleep(engine.backend().options.min_refresh_interval + 1)
-        engine.refresh()
-        assert engine.get(job.id).phase is Phase.HELD, "a held job must stay held"
-        engine.release(job.id)
-        [done] = self.wait(engine, [job])
-        assert done.phase is Phase.COMPLETED
-        assert engine.read_output(done.id) == b"released\n"
 
 
 def test_a_job_submitted_on_hold_waits_for_release(engine: Engine) -> None:
@@ -275,12 +240,6 @@ def test_scripts_and_submit_descriptions_match_the_golden_files(tmp_path: Path) 
     job = Job(id="jb0case0node", spec=one_node, backend="cluster", created=FIXED_TIME)
     check_golden("htcondor", "one_node.sub", backend.render_submit_description(job, [job]))
     check_golden("htcondor", "one_node.sh", backend.render_script(job, [job]))
-
-
-def test_dependencies_are_never_handed_to_htcondor(tmp_path: Path) -> None:
-    assert HTCondorBackend.native_dependencies is False
-    with pytest.raises(ResourcesNotSupportedError, match="depends_on"):
-        render_case(condor_backend(tmp_path), "plain", dependencies=True)
 
 
 def test_the_generated_script_passes_everything_verbatim(tmp_path: Path) -> None:

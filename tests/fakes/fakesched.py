@@ -98,16 +98,17 @@ class FakeScheduler:
         for task in tasks:
             if task.state == "running":
                 self._check_running(task, now)
-        running = sum(task.state == "running" for task in tasks)
+        # a task that needs no execute slot (HTCondor's scheduler universe) starts at once
+        running = sum(task.state == "running" and not _slotless(task) for task in tasks)
         for task in tasks:
             if task.state != "queued":
                 continue
             verdict = _dependencies(task, tasks)
             if verdict == "never":
                 task.state, task.ended = "never", now
-            elif verdict == "ready" and running < self.slots:
+            elif verdict == "ready" and (running < self.slots or _slotless(task)):
                 self._start(task)
-                running += 1
+                running += 0 if _slotless(task) else 1
 
     def _check_running(self, task: Task, now: float) -> None:
         rc_file = self.root / "rc" / f"{task.number}.{task.index}"
@@ -159,6 +160,10 @@ def _dependencies(task: Task, tasks: list[Task]) -> str:
         if (condition == "afterok" and bad) or (condition == "afternotok" and not bad):
             return "never"
     return "ready"
+
+
+def _slotless(task: Task) -> bool:
+    return bool(task.extra.get("slotless"))
 
 
 def _kill_group(pid: int) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Any
 from pydantic import Field
 
 from jobbridge import staging
+from jobbridge.backends import containers
 from jobbridge.backends import local_supervisor as sup
 from jobbridge.backends.base import (
     Backend,
@@ -28,6 +30,7 @@ from jobbridge.backends.base import (
     NativeDependency,
     Stream,
 )
+from jobbridge.backends.containers import ContainerOptions
 from jobbridge.errors import LimitExceededError, ResourcesNotSupportedError
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
@@ -42,9 +45,11 @@ SUPERVISOR = Path(sup.__file__)
 STALL = 2.0
 """Seconds a job may wait in the spool before a status query makes sure a supervisor runs."""
 WAITING = "waiting for the supervisor to start it"
+_RUNTIME_ENV = ("PATH", "HOME", "USER", "LOGNAME", "XDG_RUNTIME_DIR", "TMPDIR", "CONTAINERS_CONF")
+"""The host's variables a container runtime itself may need; the container gets none of them."""
 
 
-class LocalOptions(BackendOptions):
+class LocalOptions(ContainerOptions):
     min_refresh_interval: float = Field(0.2, ge=0)
     grace_period: float = Field(5.0, ge=0, description="seconds between TERM and KILL")
     start_timeout: float = Field(
@@ -81,7 +86,6 @@ class LocalBackend(Backend):
             "project": spec.project is not None,
             "reservation": spec.reservation is not None,
             "launcher": spec.launcher is Launcher.SRUN,
-            "image": spec.image is not None,
         }
         unsupported.update(
             {f"attributes.local.{key}": True for key in spec.attributes_for("local")}
@@ -92,6 +96,7 @@ class LocalBackend(Backend):
         problems = staging.validate_data(spec.stage_in)
         if problems:
             raise ResourcesNotSupportedError(self.name, "stage_in", "; ".join(problems))
+        containers.check_image(self.name, self.options, spec)
         if spec.resources.cores > self.options.cores:
             raise LimitExceededError(self.name, "cores", spec.resources.cores, self.options.cores)
 
@@ -179,6 +184,10 @@ class LocalBackend(Backend):
         spec = job.spec
         directory = spec.directory or job_dir
         argv = [spec.executable, *spec.arguments]
+        if spec.image is None:
+            env = self._environment(job, directory)
+        else:
+            argv, env = self._in_container(job, argv, directory)
         if spec.prologue or spec.epilogue:
             argv = _with_prologue(argv, spec.prologue, spec.epilogue)
         if spec.launcher is Launcher.MPIRUN:
@@ -191,10 +200,12 @@ class LocalBackend(Backend):
             "stdout": self.output_path(job, "stdout"),
             "stderr": self.output_path(job, "stderr"),
             "walltime": walltime and walltime.total_seconds(),
-            "memory": spec.resources.memory,
+            # in a container the runtime limits memory (an address-space limit would stop
+            # the runtime's own process instead)
+            "memory": None if spec.image else spec.resources.memory,
             "grace": self.options.grace_period,
             "argv": argv,
-            "env": self._environment(job, directory),
+            "env": env,
             "submitted": time.time(),
             "push": self._push_plan(job),
         }
@@ -206,10 +217,35 @@ class LocalBackend(Backend):
             return None
         return {"url": push.url_for(job.id), "token": push.token(job.id)}
 
+    def _in_container(
+        self, job: Job, argv: list[str], directory: str
+    ) -> tuple[list[str], dict[str, str]]:
+        """The runtime's command line, and its environment: the job's variables (which the
+        container receives by name, not the host's) with what the runtime itself needs."""
+        variables = {**job.spec.environment, **self._portable(job, directory)}
+        wrapped = containers.wrap(
+            self.name,
+            self.options,
+            job.spec,
+            argv,
+            variables=variables,
+            directories=[self._job_dir(job)],
+            workdir=directory,
+        )
+        program, *words = wrapped.argv
+        runtime_env = {name: os.environ[name] for name in _RUNTIME_ENV if name in os.environ}
+        runtime_env.update(variables)
+        runtime_env.update({alias: variables[name] for alias, name in wrapped.aliases.items()})
+        return [shutil.which(program, path=os.environ.get("PATH")) or program, *words], runtime_env
+
     def _environment(self, job: Job, directory: str) -> dict[str, str]:
         env = dict(os.environ) if job.spec.inherit_environment else {}
         env.update(job.spec.environment)
-        env.update(
+        env.update(self._portable(job, directory))
+        return env
+
+    def _portable(self, job: Job, directory: str) -> dict[str, str]:
+        env = dict(
             JOBBRIDGE_JOB_ID=job.id,
             JOBBRIDGE_JOB_NAME=job.name,
             JOBBRIDGE_WORKDIR=directory,

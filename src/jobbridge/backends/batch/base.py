@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import Field
 
 from jobbridge import staging
+from jobbridge.backends import containers
 from jobbridge.backends.base import (
     Backend,
     BackendContext,
@@ -30,6 +31,7 @@ from jobbridge.backends.batch.marks import Mark, split_located
 from jobbridge.backends.batch.pushing import push_values, weigh
 from jobbridge.backends.batch.records import UnreadableRecord
 from jobbridge.backends.batch.script import directive_value, render, shell
+from jobbridge.backends.containers import ContainerOptions
 from jobbridge.errors import (
     BackendError,
     CommandFailed,
@@ -64,7 +66,7 @@ _REMEMBERED = 10_000
 """Distinct native states whose reading a backend keeps at the most."""
 
 
-class BatchOptions(BackendOptions):
+class BatchOptions(ContainerOptions):
     min_refresh_interval: float = Field(5.0, ge=0)
     work_dir: str | None = Field(
         None, description="root of the job directories on the cluster (default: jobbridge's)"
@@ -270,8 +272,7 @@ class BatchBackend(Backend):
             raise ResourcesNotSupportedError(self.name, "stage_in", "; ".join(problems))
         if spec.launcher is Launcher.SRUN and self.scheduler != "slurm":
             raise ResourcesNotSupportedError(self.name, "launcher", "srun needs SLURM")
-        if spec.image is not None:
-            raise ResourcesNotSupportedError(self.name, "image", "no container runtime configured")
+        containers.check_image(self.name, self.options, spec)
         probe = Job(id="check", spec=spec, backend=self.name, created=datetime.now(UTC))
         members = (
             [probe]
@@ -316,8 +317,8 @@ class BatchBackend(Backend):
             name: (text.encode(), mode)
             for name, (text, mode) in self.submission_files(job, members, dependencies).items()
         }
-        entry = posixpath.join(job_dir, self.submission_entry)
-        program, *arguments = self.submit_command(entry)
+        entry = posixpath.join(job_dir, self.submission_entry_for(dependencies))
+        program, *arguments = self.submission_command(entry, job, members, dependencies)
         command = [program, *self.options.submit_arguments, *arguments]
         try:
             result = self.transport.run_in(
@@ -340,6 +341,21 @@ class BatchBackend(Backend):
                 f"{self.scheduler}: cannot read a job id from {result.stdout.strip()!r}",
                 SubmitOutcome.UNKNOWN,
             ) from error
+
+    def submission_entry_for(self, dependencies: Sequence[NativeDependency]) -> str:
+        """The file of ``submission_files`` that ``submit_command`` is given."""
+        return self.submission_entry
+
+    def submission_command(
+        self,
+        entry: str,
+        job: Job,
+        members: Sequence[Job],
+        dependencies: Sequence[NativeDependency],
+    ) -> list[str]:
+        """The command that submits ``entry``; a scheduler whose submissions differ by job
+        (beyond their files) says how."""
+        return self.submit_command(entry)
 
     def submit_failure(self, result: CommandResult) -> SubmitOutcome:
         """What a submission command that exited non-zero did: its words decide."""
@@ -372,7 +388,7 @@ class BatchBackend(Backend):
         array = spec.array is not None
         job_dir = self.job_dir(job)
         suffix = '."$JOBBRIDGE_ARRAY_INDEX"' if array else ""
-        return {
+        values = {
             "job_id": job.array_id or job.id,
             "backend": self.name,
             "directives": self.directives(job, members, dependencies),
@@ -393,9 +409,13 @@ class BatchBackend(Backend):
             "same_output": spec.stdout is not None and spec.stdout == spec.stderr,
             "push": push_values(self.push if self.options.push else None, job.array_id or job.id),
         }
+        if spec.image is not None:  # the command in the job's image
+            wrapped = containers.script_values(self.name, self.options, job, values)
+            values.update(wrapped, command=self.launch_command(spec, wrapped["command"]))
+        return values
 
-    def launch_command(self, spec: JobSpec) -> list[str]:
-        program = [spec.executable, *spec.arguments]
+    def launch_command(self, spec: JobSpec, program: list[str] | None = None) -> list[str]:
+        program = program or [spec.executable, *spec.arguments]
         if spec.launcher is Launcher.SRUN:
             return ["srun", *program]
         if spec.launcher is Launcher.MPIRUN:

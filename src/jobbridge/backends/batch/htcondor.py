@@ -4,8 +4,9 @@ executable is the job script, condor_q -json answers for jobs in the queue, cond
 
 The submit description carries the requests (HTCondor reads none from the script) and
 almost no user text: the job's environment, directory and redirections live in the script,
-where they are quoted for bash. HTCondor has no job dependencies outside DAGMan, so the
-engine holds dependent jobs back until their parents end.
+where they are quoted for bash. HTCondor has job dependencies only through DAGMan: a job
+whose parents are HTCondor jobs still in the pool is submitted as a DAG that holds it until
+they have ended (see ``htcondor_dag``).
 
 Every submission carries jobbridge's mark as job attributes, which the queue and the history
 both keep: ``JobbridgeId`` (the tag), and ``JobbridgeArray`` on an array submitted whole or
@@ -17,27 +18,31 @@ directory (the job event log is ``htcondor.log`` there)."""
 
 from __future__ import annotations
 
-import json
 import math
 import posixpath
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
 from pydantic import Field
 
 from jobbridge.backends.base import Stream
+from jobbridge.backends.batch import htcondor_dag as dag
 from jobbridge.backends.batch.base import (
     BatchBackend,
     BatchOptions,
     NativeDependency,
     NativeState,
-    epoch_or_none,
+)
+from jobbridge.backends.batch.htcondor_ads import (
+    HTCondorState,
+    ad_and_state,
+    is_int,
+    json_ads,
+    unmaterialized,
 )
 from jobbridge.backends.batch.marks import Mark, add_located
-from jobbridge.backends.batch.records import UnreadableRecord, json_objects
 from jobbridge.backends.batch.script import render, scheduler_name
 from jobbridge.errors import BackendError
 from jobbridge.job import Job, JobStatus
@@ -46,15 +51,6 @@ from jobbridge.spec import JobSpec, Resources
 
 __all__ = ["HTCondorBackend"]
 
-_JOB_STATUS = {
-    1: "Idle",
-    2: "Running",
-    3: "Removed",
-    4: "Completed",
-    5: "Held",
-    6: "TransferringOutput",
-    7: "Suspended",
-}
 _HOLD_CODES = {
     1: "UserRequest",
     3: "JobPolicy",
@@ -122,9 +118,7 @@ _WALLTIME_REMOVAL = "The job attribute PeriodicRemove expression"
 _POLICY_REMOVAL = "SYSTEM_PERIODIC_REMOVE"
 _MARKS = ("JobbridgeId", "JobbridgeArray", "JobbridgeMember")
 """Job attributes that carry jobbridge's mark (see ``submit_commands``)."""
-_LOCATE_ATTRIBUTES = ("ClusterId", "ProcId", *_MARKS)
-_AD_START = re.compile(r"^\{", re.MULTILINE)
-_CLUSTER_FIELD = re.compile(r'"ClusterId"\s*:\s*(\d+)')
+_LOCATE_ATTRIBUTES = ("ClusterId", "ProcId", "JobUniverse", "DAGManJobId", *_MARKS)
 
 
 _SYSTEM_HOLDS: Mapping[int, str] = {
@@ -150,19 +144,12 @@ class HTCondorOptions(BatchOptions):
     )
 
 
-@dataclass(frozen=True)
-class HTCondorState(NativeState):
-    """A job as condor_q or condor_history shows it; a held job also says why."""
-
-    hold_code: int | None = None
-
-
 class HTCondorBackend(BatchBackend):
     kind = "htcondor"
     scheduler = "htcondor"
     Options = HTCondorOptions
     options: HTCondorOptions
-    native_dependencies = False
+    native_dependencies = True
     submit_name: ClassVar[str] = "job.sub"
     submission_entry = "job.sub"
     STATES: ClassVar[Mapping[str, tuple[Phase, str | None]]] = {
@@ -174,6 +161,8 @@ class HTCondorBackend(BatchBackend):
         "Held": (Phase.HELD, None),
         "Completed": (Phase.COMPLETED, None),
         "Removed": (Phase.ABORTED, "CANCELLED"),
+        dag.WAITING: (Phase.QUEUED, None),
+        dag.NEVER: (Phase.ABORTED, "DEPENDENCY_NEVER_SATISFIED"),
     }
 
     # -- the submit description ------------------------------------------------------------
@@ -183,8 +172,6 @@ class HTCondorBackend(BatchBackend):
     ) -> list[str]:
         # The requests live in the submit description; building it here refuses early what
         # it cannot carry, and the script itself gets no header lines.
-        if dependencies:
-            raise self.unsupported("depends_on", "HTCondor has no job dependencies outside DAGMan")
         self.submit_commands(job, members)
         return []
 
@@ -252,7 +239,30 @@ class HTCondorBackend(BatchBackend):
     ) -> dict[str, tuple[str, int]]:
         files = super().submission_files(job, members, dependencies)
         files[self.submit_name] = (self.render_submit_description(job, members), 0o600)
+        if dependencies:
+            text = dag.dag_file(job.array_id or job.id, dependencies, self.submit_name)
+            files[dag.DAG_FILE] = (text, 0o600)
+            files[dag.PRE_SCRIPT] = (dag.pre_script(), 0o700)
         return files
+
+    def submission_entry_for(self, dependencies: Sequence[NativeDependency]) -> str:
+        return dag.DAG_FILE if dependencies else self.submission_entry
+
+    def submission_command(
+        self,
+        entry: str,
+        job: Job,
+        members: Sequence[Job],
+        dependencies: Sequence[NativeDependency],
+    ) -> list[str]:
+        """A DAG's DAGMan job carries the mark from its submission on (``-append`` writes
+        it into the DAGMan job's own submit description), as ``locate`` needs."""
+        command = self.submit_command(entry)
+        if not dependencies:
+            return command
+        marks = [*self._mark(job, members), ("+JobbridgeProcs", str(len(members)))]
+        appended = [word for name, value in marks for word in ("-append", f"{name} = {value}")]
+        return [*command[:-1], *appended, command[-1]]
 
     def _attribute_commands(
         self, attributes: Mapping[str, str | int | float | bool]
@@ -307,19 +317,29 @@ class HTCondorBackend(BatchBackend):
     # -- submitting ---------------------------------------------------------------------------
 
     def submit_command(self, script: str) -> list[str]:
+        if posixpath.basename(script) == dag.DAG_FILE:
+            # -force: files of an earlier submission that left no DAGMan job are overwritten
+            return ["condor_submit_dag", "-force", script]
         return ["condor_submit", "-terse", script]
 
     def parse_job_id(self, output: str) -> str:
-        """``-terse`` prints the range of job ids it queued: ``123.0 - 123.9``."""
+        """``-terse`` prints the range of job ids it queued: ``123.0 - 123.9``;
+        condor_submit_dag the DAGMan job's cluster: ``1 job(s) submitted to cluster 123.``"""
         match = re.search(r"^\s*(\d+)\.(\d+)\s*-\s*(\d+)\.(\d+)\s*$", output, re.MULTILINE)
-        if match is None:
+        if match is not None:
+            return f"{match[1]}.{match[2]}"
+        dagman = re.search(r"^\s*1 job\(s\) submitted to cluster (\d+)\.\s*$", output, re.MULTILINE)
+        if dagman is None or "File for submitting this DAG" not in output:
             raise ValueError(f"no job id range in {output!r}")
-        return f"{match[1]}.{match[2]}"
+        return dag.dag_id(dagman[1], 0)
 
     def member_ids(self, native_id: str, members: Sequence[Job]) -> list[str]:
         """Procs follow the submitted members' indices in order, from the first job's id;
         a cluster's id alone (``parse_located``'s for an array submitted whole) numbers the
         whole array from proc 0."""
+        if dag.is_dag(native_id):
+            plain = self.member_ids(".".join(dag.split_dag_id(native_id)).rstrip("."), members)
+            return [dag.PREFIX + native for native in plain]
         cluster, _, first = native_id.partition(".")
         array = members[0].spec.array if members else None
         if not first and array is not None:
@@ -336,30 +356,40 @@ class HTCondorBackend(BatchBackend):
         return list(dict.fromkeys(native.split(".")[0] for native in native_ids))
 
     def status_command(self, native_ids: Sequence[str]) -> list[str]:
+        if any(dag.is_dag(native) for native in native_ids):
+            return ["condor_q", *_dag_query(native_ids)]
         return ["condor_q", "-json", "-attributes", ",".join(_ATTRIBUTES), *native_ids]
 
     def parse_status(self, output: str) -> dict[str, NativeState]:
         read = self._read_ads(output)
+        in_dags, taken = dag.dag_states(read)
         clusters: dict[int, list[Mapping[str, Any]]] = {}
         for job_id, (ad, _) in read.items():
-            clusters.setdefault(int(job_id.split(".")[0]), []).append(ad)
+            if job_id not in taken:
+                clusters.setdefault(int(job_id.split(".")[0]), []).append(ad)
         states: dict[str, NativeState] = {}
         for cluster, cluster_ads in clusters.items():
-            states.update(_unmaterialized(cluster, cluster_ads))
-        states.update((job_id, state) for job_id, (_, state) in read.items())
+            states.update(unmaterialized(cluster, cluster_ads))
+        states.update((job_id, state) for job_id, (_, state) in read.items() if job_id not in taken)
+        states.update(in_dags)
         return states
 
     def _read_ads(self, output: str) -> dict[str, tuple[Mapping[str, Any], HTCondorState]]:
         """Each job's ad and state; one that cannot be read is no news for that job alone."""
-        return dict(self.read_each(_json_ads(output), _ad_and_state))
+        return dict(self.read_each(json_ads(output), ad_and_state))
 
     def accounting_command(self, native_ids: Sequence[str]) -> list[str] | None:
         if not self.options.accounting:
             return None
+        if any(dag.is_dag(native) for native in native_ids):
+            return ["condor_history", *_dag_query(native_ids)]
         return ["condor_history", "-json", "-attributes", ",".join(_ATTRIBUTES), *native_ids]
 
     def parse_accounting(self, output: str) -> dict[str, NativeState]:
-        return {job_id: state for job_id, (_, state) in self._read_ads(output).items()}
+        read = self._read_ads(output)
+        in_dags, taken = dag.dag_states(read)
+        plain = {job_id: state for job_id, (_, state) in read.items() if job_id not in taken}
+        return {**plain, **in_dags}
 
     # -- finding submissions by their mark ---------------------------------------------------
 
@@ -381,20 +411,25 @@ class HTCondorBackend(BatchBackend):
 
     def parse_located(self, output: str) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
-        for ad in self.readable(_json_ads(output)):
+        for ad in self.readable(json_ads(output)):
             tag, cluster, proc = ad.get("JobbridgeId"), ad.get("ClusterId"), ad.get("ProcId")
-            if not isinstance(tag, str) or not _is_int(cluster) or not _is_int(proc):
+            if not isinstance(tag, str) or not is_int(cluster) or not is_int(proc):
+                continue
+            if "DAGManJobId" in ad:  # a DAG's node: its DAGMan job carries the mark too
                 continue
             member = ad.get("JobbridgeMember")
-            mark = Mark(tag, member if _is_int(member) else None)
+            mark = Mark(tag, member if is_int(member) else None)
             whole = ad.get("JobbridgeArray") is True
-            add_located(found, mark, str(cluster) if whole else f"{cluster}.{proc}")
+            located = str(cluster) if whole else f"{cluster}.{proc}"
+            if ad.get("JobUniverse") == dag.SCHEDULER_UNIVERSE:
+                located = dag.dag_id(cluster, None if whole else 0)
+            add_located(found, mark, located)
         return found
 
     def scheduler_output_path(self, job: Job, stream: Stream) -> str | None:
         """The job's ``output``/``error`` files: what its script printed outside the program."""
-        if job.native_id is None:
-            return None
+        if job.native_id is None or dag.is_dag(job.native_id):
+            return None  # a DAG's node job has a cluster of its own
         suffix = "out" if stream == "stdout" else "err"
         return posixpath.join(self.job_dir(job), f"htcondor-{job.native_id}.{suffix}")
 
@@ -433,13 +468,26 @@ class HTCondorBackend(BatchBackend):
         raise BackendError(message, retryable=True)
 
     def cancel_command(self, native_ids: Sequence[str]) -> list[str]:
-        return ["condor_rm", *native_ids]
+        return ["condor_rm", *_acted_on(native_ids)]
 
     def hold_command(self, native_ids: Sequence[str]) -> list[str]:
-        return ["condor_hold", *native_ids]
+        return ["condor_hold", *_acted_on(native_ids)]
 
     def release_command(self, native_ids: Sequence[str]) -> list[str]:
-        return ["condor_release", *native_ids]
+        return ["condor_release", *_acted_on(native_ids)]
+
+
+def _acted_on(native_ids: Sequence[str]) -> list[str]:
+    """The jobs condor_rm / condor_hold / condor_release are given: a DAG-held job's DAGMan
+    job (removing it removes the node job it submitted; holding it pauses the DAG)."""
+    return list(dict.fromkeys(dag.split_dag_id(n)[0] if dag.is_dag(n) else n for n in native_ids))
+
+
+def _dag_query(query_ids: Sequence[str]) -> list[str]:
+    """condor_q / condor_history options for jobs among which some wait in DAGs: one
+    constraint naming the plain clusters, the DAGMan jobs and the jobs they submitted."""
+    attributes = ",".join((*_ATTRIBUTES, "JobUniverse", "DAGManJobId", "JobbridgeProcs"))
+    return ["-json", "-attributes", attributes, "-constraint", dag.constraint(query_ids)]
 
 
 def _requests(resources: Resources) -> list[tuple[str, str]]:
@@ -472,100 +520,3 @@ def _carrying(tags: Sequence[str]) -> str:
     """A ClassAd constraint: the job's ``JobbridgeId`` is one of ``tags`` (case matters)."""
     quoted = (tag.replace("\\", "\\\\").replace('"', '\\"') for tag in tags)
     return " || ".join(f'JobbridgeId =?= "{tag}"' for tag in quoted)
-
-
-def _json_ads(output: str) -> Iterator[Mapping[str, Any] | UnreadableRecord]:
-    """``-json`` prints a JSON array of job ClassAds, or nothing when no job matches. An ad
-    whose JSON is broken comes as an ``UnreadableRecord`` and the ads after it are still
-    read; ``ValueError`` if the answer as a whole is none."""
-    if not output.strip():
-        return
-    try:
-        ads = json.loads(output)
-    except json.JSONDecodeError:
-        yield from _ad_by_ad(output)
-        return
-    if not isinstance(ads, list):
-        raise ValueError("expected a JSON array of job ClassAds")
-    for ad in ads:
-        yield ad if isinstance(ad, dict) else UnreadableRecord("?", "an ad that is no object")
-
-
-def _ad_by_ad(output: str) -> Iterator[Mapping[str, Any] | UnreadableRecord]:
-    """The ads of an answer that is no valid JSON as a whole: each begins with a ``{`` at the
-    start of a line."""
-    text = output.strip()
-    if not (text.startswith("[") and text.endswith("]")) or not _AD_START.search(text):
-        raise ValueError("no JSON array of job ClassAds (or one cut short)")
-    yield from json_objects(output, output.index("[") + 1, _cluster_at)
-
-
-def _cluster_at(output: str, position: int) -> str:
-    found = _CLUSTER_FIELD.search(output, position)
-    return found[1] if found else "?"
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _ad_and_state(ad: Mapping[str, Any]) -> tuple[str, tuple[Mapping[str, Any], HTCondorState]]:
-    job_id = _job_id(ad)
-    return job_id, (ad, _state(ad, job_id))
-
-
-def _job_id(ad: Mapping[str, Any]) -> str:
-    cluster, proc = ad.get("ClusterId"), ad.get("ProcId")
-    if not _is_int(cluster) or not _is_int(proc):
-        raise UnreadableRecord(f"{cluster}.{proc}", "no ClusterId or ProcId")
-    return f"{cluster}.{proc}"
-
-
-def _state(ad: Mapping[str, Any], job_id: str) -> HTCondorState:
-    status = ad.get("JobStatus")
-    if not isinstance(status, int) or isinstance(status, bool):
-        raise UnreadableRecord(job_id, f"JobStatus {status!r} is no number")
-    word = _JOB_STATUS.get(status, f"JobStatus={status}")
-    code = ad.get("ExitCode")
-    if word == "Completed" and code is not None and not _is_int(code):
-        raise UnreadableRecord(job_id, f"ExitCode {code!r} is no number")
-    ended = None
-    if word in ("Completed", "Removed"):
-        ended = _time(ad.get("CompletionDate")) or _time(ad.get("EnteredCurrentStatus"))
-    reason = ad.get("HoldReason") if word == "Held" else ad.get("RemoveReason")
-    hold_code = ad.get("HoldReasonCode") if word == "Held" else None
-    return HTCondorState(
-        word=word,
-        reason=reason if isinstance(reason, str) and reason else None,
-        exit_code=_exit_code(ad) if word == "Completed" else None,
-        started=_time(ad.get("JobCurrentStartDate")) or _time(ad.get("JobStartDate")),
-        ended=ended,
-        hold_code=hold_code if isinstance(hold_code, int) else None,
-    )
-
-
-def _exit_code(ad: Mapping[str, Any]) -> int | None:
-    if ad.get("ExitBySignal") is True and isinstance(ad.get("ExitSignal"), int):
-        return 128 + int(ad["ExitSignal"])
-    code = ad.get("ExitCode")
-    return code if isinstance(code, int) and not isinstance(code, bool) else None
-
-
-def _time(value: object) -> datetime | None:
-    return epoch_or_none(str(value)) if isinstance(value, int) else None
-
-
-def _unmaterialized(cluster: int, ads: Sequence[Mapping[str, Any]]) -> dict[str, NativeState]:
-    """Jobs of a late-materializing cluster (``max_materialize``) that the schedd has not
-    created yet: in no queue or history, but counted by the cluster ad that every job of the
-    cluster carries. The schedd creates them in ProcId order, from JobMaterializeNextProcId
-    (or, if that is not shown, after the highest one in the queue) up to TotalSubmitProcs."""
-    factory = [ad for ad in ads if isinstance(ad.get("JobMaterializeLimit"), int)]
-    total = factory[0].get("TotalSubmitProcs") if factory else None
-    if not isinstance(total, int):
-        return {}
-    following = factory[0].get("JobMaterializeNextProcId")
-    if not isinstance(following, int):
-        following = 1 + max(int(ad["ProcId"]) for ad in ads)
-    waiting = HTCondorState(word="Unmaterialized")
-    return {f"{cluster}.{proc}": waiting for proc in range(following, total)}

@@ -80,6 +80,7 @@ def session() -> Iterator[list[Task]]:
         with scheduler.session() as tasks:
             materialize(tasks)
             _system_holds(scheduler, tasks)
+            _dagman_removals(scheduler, tasks)
             yield tasks
 
 
@@ -111,6 +112,21 @@ def _system_holds(scheduler: FakeScheduler, tasks: list[Task]) -> None:
             hold_reason=reason.format(host=socket.gethostname(), iwd=task.workdir),
             entered=now,
         )
+
+
+def _dagman_removals(scheduler: FakeScheduler, tasks: list[Task]) -> None:
+    """condor_dagman, removed, removes the jobs it submitted."""
+    removed = {t.number for t in tasks if t.extra.get("dagman") and t.state == "cancelled"}
+    if not removed:
+        return
+    nodes = [
+        task
+        for task in tasks
+        if task.extra.get("ad", {}).get("DAGManJobId") in removed and task.state not in ENDED
+    ]
+    for task in nodes:
+        task.extra["remove_reason"] = "Removed by DAGMan"
+    scheduler.cancel(nodes)
 
 
 @contextlib.contextmanager
@@ -273,6 +289,18 @@ def print_json(ads: list[dict[str, Any]]) -> None:
         return
     bodies = [json.dumps(_json_ready(ad), indent=2, sort_keys=True) for ad in ads]
     sys.stdout.write("[\n" + "\n,\n".join(bodies) + "\n]\n")
+
+
+def print_autoformat(ads: list[dict[str, Any]], attributes: list[str]) -> None:
+    """Like ``-af``: per job one line of the attributes' values, space-separated; a string
+    bare, a missing attribute ``undefined``."""
+    for ad in ads:
+        lowered = {name.lower(): value for name, value in ad.items()}
+        values = [lowered.get(name.lower(), UNDEFINED_WORD) for name in attributes]
+        print(" ".join(v if isinstance(v, str) else classad_value(v) for v in values))
+
+
+UNDEFINED_WORD = "undefined"
 
 
 def _json_ready(ad: dict[str, Any]) -> dict[str, Any]:
