@@ -293,3 +293,42 @@ def test_a_runtime_is_configured_per_backend_in_the_toml_file(tmp_path: Path) ->
         create_backend("bad", config.backends["bad"], context)
     for backend in (boxed, plain, cluster):
         backend.close()
+
+
+def test_a_job_in_an_image_gets_its_secrets(
+    isolated_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The secrets' private directory lies in the sandbox, which the runtime binds, so a
+    program in its image reads them as on the host."""
+    from jobbridge import EngineSettings, Store
+    from jobbridge.config import SecretsSettings
+    from jobbridge.secrets import SecretKind, new_key
+
+    key = tmp_path / "secrets.key"
+    key.write_text(new_key())
+    backend = LocalBackend(
+        "local",
+        LocalOptions(grace_period=2.0, **podman_settings()),  # type: ignore[arg-type]
+        BackendContext(isolated_data_dir / "jobs"),
+    )
+    engine = Engine(
+        Store(f"sqlite:///{isolated_data_dir / 'jobbridge.db'}"),
+        {"local": backend},
+        settings=EngineSettings(refresh_interval=0.2),
+        secrets=SecretsSettings(key_file=key),
+    )
+    try:
+        engine.secrets.add("alice", "TOKEN", SecretKind.ENV, b"in-the-image-4471")
+        engine.secrets.add("alice", "KEYTAB", SecretKind.FILE, b"keytab-4471")
+        spec = in_image(
+            'printf "%s|%s|%s\\n" "$TOKEN" "$(cat "$JOBBRIDGE_SECRETS/KEYTAB")"'
+            ' "$(test -e /etc/debian_version && echo host || echo image)"',
+            secrets=["TOKEN", "KEYTAB"],
+        )
+        job = engine.submit(spec, owner="alice")
+        [done] = engine.wait([job.id], timeout=120)
+        output = engine.read_output(done.id).decode()
+        assert (done.phase, done.exit_code) == (Phase.COMPLETED, 0), (output, done.message)
+        assert output == "in-the-image-4471|keytab-4471|image\n"
+    finally:
+        engine.close()
