@@ -12,6 +12,7 @@ jobbridge until the parents end.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Iterator, Sequence
@@ -38,9 +39,13 @@ from jobbridge.backends.kubernetes_manifest import (
     ATTRIBUTES,
     CONTAINER,
     JOB_ID_LABEL,
+    NAME_PREFIX,
     KubernetesOptions,
+    WorkspaceVolume,
     job_manifest,
+    secret_manifest,
 )
+from jobbridge.backends.kubernetes_secrets import delete_secret, own_secret, put_secret
 from jobbridge.backends.kubernetes_status import created, job_status, label
 from jobbridge.errors import (
     BackendError,
@@ -50,6 +55,7 @@ from jobbridge.errors import (
 )
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
+from jobbridge.secrets import SecretValues
 from jobbridge.spec import JobSpec, Launcher
 
 __all__ = [
@@ -60,6 +66,8 @@ __all__ = [
     "job_status",
 ]
 
+log = logging.getLogger(__name__)
+
 
 _REFUSING_STATUSES = frozenset({400, 403, 404, 405, 413, 415, 422})
 _LABEL_CHUNK = 200  # ids per label selector: one list call for 200 jobs
@@ -68,6 +76,7 @@ _LABEL_CHUNK = 200  # ids per label selector: one list call for 200 jobs
 class KubernetesBackend(Backend):
     kind = "kubernetes"
     Options = KubernetesOptions
+    delivers_secrets = True
     options: KubernetesOptions
 
     def __init__(self, name: str, options: BackendOptions, context: BackendContext) -> None:
@@ -121,6 +130,11 @@ class KubernetesBackend(Backend):
                 spec.image is None and self.options.default_image is None,
                 "name an image, or set the backend's default_image",
             ),
+            "workspace": (
+                spec.workspace is not None
+                and self.options.workspace_volume is WorkspaceVolume.NONE,
+                "set the backend's workspace_volume (host_path or claim) to mount workspaces",
+            ),
         }
         for field, (refused, reason) in reasons.items():
             if refused:
@@ -139,10 +153,43 @@ class KubernetesBackend(Backend):
     # -- the Backend interface --------------------------------------------------------------
 
     def submit(self, job: Job, dependencies: Sequence[NativeDependency] = ()) -> str:
-        manifest = job_manifest(job, self.options, self.submit_host)
+        return self.submit_with_secrets(job, {}, dependencies)
+
+    def submit_with_secrets(
+        self,
+        job: Job,
+        secrets: SecretValues,
+        dependencies: Sequence[NativeDependency] = (),
+    ) -> str:
+        kinds = {name: kind for name, (kind, _) in secrets.items()}
+        manifest = job_manifest(job, self.options, self.submit_host, kinds)
+        name: str = manifest["metadata"]["name"]
+        if not secrets:
+            self._create(job, manifest)
+            return name
+        try:
+            put_secret(self.api, self.namespace, job.id, secret_manifest(job, secrets))
+        except BackendError as error:  # the configuration could not be loaded
+            raise SubmissionError(str(error), SubmitOutcome.NOT_MADE) from None
+        except SubmissionError as error:
+            raise SubmissionError(f"{self.name}: {error}", error.outcome) from None
+        try:
+            created = self._create(job, manifest)
+        except SubmissionError as error:
+            if error.outcome is not SubmitOutcome.UNKNOWN:  # no Job will ever read it
+                self._drop_secret(job, "a Job that was not made")
+            raise
+        own_secret(self.api, self.namespace, name, created)
+        return name
+
+    def remove_secrets(self, job: Job) -> None:
+        self._drop_secret(job, "an ended job")
+
+    def _create(self, job: Job, manifest: JsonObject) -> JsonObject:
+        """The Job created from ``manifest``, or this job's existing one."""
         name: str = manifest["metadata"]["name"]
         try:
-            self.api.create_job(self.namespace, manifest)
+            return self.api.create_job(self.namespace, manifest)
         except KubeRefused as error:
             if error.status == 409:
                 return self._adopt_existing(job, name, error)
@@ -155,7 +202,6 @@ class KubernetesBackend(Backend):
             raise SubmissionError(f"{self.name}: creating Job {name}: {error}", outcome) from None
         except BackendError as error:  # the configuration could not be loaded
             raise SubmissionError(str(error), SubmitOutcome.NOT_MADE) from None
-        return name
 
     def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus | Missing]:
         submitted = [job for job in jobs if job.native_id]
@@ -252,7 +298,7 @@ class KubernetesBackend(Backend):
 
     # -- inside -----------------------------------------------------------------------------
 
-    def _adopt_existing(self, job: Job, name: str, error: KubeRefused) -> str:
+    def _adopt_existing(self, job: Job, name: str, error: KubeRefused) -> JsonObject:
         """A Job of that name exists: ours if it carries this job's mark (an earlier
         submission whose answer was lost), else a refusal."""
         try:
@@ -263,7 +309,7 @@ class KubernetesBackend(Backend):
                 SubmitOutcome.UNKNOWN,
             ) from None
         if label(existing, JOB_ID_LABEL) == job.id:
-            return name
+            return existing
         raise SubmissionError(
             f"{self.name}: a Job named {name} exists and is not this job's",
             SubmitOutcome.REFUSED,
@@ -295,9 +341,20 @@ class KubernetesBackend(Backend):
                 )
         return answers
 
+    def _drop_secret(self, job: Job, why: str) -> None:
+        try:
+            delete_secret(self.api, self.namespace, NAME_PREFIX + job.id)
+        except (KubeError, BackendError) as error:
+            log.warning(
+                "%s: the Secret of %s (job %s) stays: %s", self.name, why, job.id,
+                type(error).__name__,
+            )  # fmt: skip
+
     def _delete(self, job: Job, action: str) -> None:
         if not job.native_id:
             return
+        if job.spec.secrets:
+            self._delete_secret(job, action)
         try:
             self.api.delete_job(self.namespace, job.native_id, self.options.propagation_policy)
         except KubeRefused as error:
@@ -310,6 +367,17 @@ class KubernetesBackend(Backend):
         except KubeUnreachable as error:
             raise BackendError(
                 f"{self.name}: {action} of Job {job.native_id}: {error}", retryable=True
+            ) from None
+
+    def _delete_secret(self, job: Job, action: str) -> None:
+        try:
+            delete_secret(self.api, self.namespace, NAME_PREFIX + job.id)
+        except KubeError as error:
+            status = error.status if isinstance(error, KubeRefused) else 0
+            raise BackendError(
+                f"{self.name}: {action} of Secret {NAME_PREFIX}{job.id}: {type(error).__name__}"
+                f" {status or ''}".rstrip(),
+                retryable=status == 0 or status >= 500 or status == 429,
             ) from None
 
 

@@ -6,18 +6,28 @@ executable and arguments as the container's ``command`` and ``args`` (lists, nev
 line), its environment plus the portable ``JOBBRIDGE_*`` variables, its cores, memory and GPUs
 as requests and limits, its walltime as ``activeDeadlineSeconds``. The Job and its pods carry
 the label ``jobbridge.io/job-id``.
+
+A job's secrets travel in a ``v1`` Secret of the same name (``secret_manifest``): environment
+secrets as ``secretKeyRef`` variables, file secrets as a read-only ``secret`` volume at
+``secrets_path`` (``$JOBBRIDGE_SECRETS``). A workflow's workspace is mounted at its own path,
+from the node (``hostPath``) or from a PersistentVolumeClaim, as the options say.
 """
 
 from __future__ import annotations
 
+import base64
 import math
-from typing import Literal
+import posixpath
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from jobbridge.backends.base import BackendOptions
 from jobbridge.backends.kubernetes_api import JsonObject
 from jobbridge.job import Job
+from jobbridge.secrets import SecretKind, SecretValues
 from jobbridge.spec import JobSpec, PullPolicy
 
 __all__ = [
@@ -25,7 +35,9 @@ __all__ = [
     "CONTAINER",
     "JOB_ID_LABEL",
     "KubernetesOptions",
+    "WorkspaceVolume",
     "job_manifest",
+    "secret_manifest",
 ]
 
 JOB_ID_LABEL = "jobbridge.io/job-id"
@@ -33,6 +45,22 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 JOB_NAME_ANNOTATION = "jobbridge.io/job-name"
 CONTAINER = "job"
 NAME_PREFIX = "jobbridge-"
+SECRETS_VOLUME = "jobbridge-secrets"
+WORKSPACE_VOLUME = "jobbridge-workspace"
+_SECRET_FILE_MODE = 0o400
+
+
+class WorkspaceVolume(StrEnum):
+    """Where a workflow's workspace comes from in its jobs' pods."""
+
+    NONE = "none"
+    """Nothing is mounted: a job with a workspace is refused."""
+    HOST_PATH = "host_path"
+    """The node's directory of the workspace's path (made if missing): for a single node, or
+    a path every node shares."""
+    CLAIM = "claim"
+    """The directory of the workspace's path (without its leading /) inside the
+    PersistentVolumeClaim ``workspace_claim``."""
 
 
 class KubernetesOptions(BackendOptions):
@@ -72,6 +100,24 @@ class KubernetesOptions(BackendOptions):
     working_dir: str | None = Field(
         None, description="working directory of jobs that name none; None: the image's"
     )
+    secrets_path: str = Field(
+        "/var/run/secrets/jobbridge",
+        description="where a job's file secrets are mounted ($JOBBRIDGE_SECRETS)",
+    )
+    workspace_volume: WorkspaceVolume = Field(
+        WorkspaceVolume.NONE, description="where workflows' workspaces come from"
+    )
+    workspace_claim: str | None = Field(
+        None, description="the PersistentVolumeClaim of workspaces (workspace_volume claim)"
+    )
+
+    @model_validator(mode="after")
+    def _claim_named(self) -> Self:
+        if (self.workspace_volume is WorkspaceVolume.CLAIM) != bool(self.workspace_claim):
+            raise ValueError("workspace_claim is set exactly when workspace_volume is claim")
+        if not posixpath.isabs(self.secrets_path):
+            raise ValueError(f"secrets_path {self.secrets_path!r} must be an absolute path")
+        return self
 
 
 def _positive_int(value: object) -> bool:
@@ -89,8 +135,14 @@ ATTRIBUTES = {
 }
 
 
-def job_manifest(job: Job, options: KubernetesOptions, submit_host: str) -> JsonObject:
-    """The ``batch/v1`` Job that runs ``job`` (a pure function of its inputs)."""
+def job_manifest(
+    job: Job,
+    options: KubernetesOptions,
+    submit_host: str,
+    secrets: Mapping[str, SecretKind] | None = None,
+) -> JsonObject:
+    """The ``batch/v1`` Job that runs ``job`` (a pure function of its inputs), reading
+    ``secrets`` (their names and kinds) from the Secret of ``secret_manifest``."""
     spec = job.spec
     extra = spec.attributes_for("kubernetes")
     labels = {JOB_ID_LABEL: job.id, MANAGED_BY_LABEL: "jobbridge"}
@@ -105,6 +157,8 @@ def job_manifest(job: Job, options: KubernetesOptions, submit_host: str) -> Json
     }
     if directory:
         container["workingDir"] = directory
+    volumes = _mount_secrets(container, job, options, secrets or {})
+    volumes += _mount_workspace(container, spec, options)
     pull_policy = spec.pull_policy or options.pull_policy
     if pull_policy is not None:
         container["imagePullPolicy"] = str(pull_policy)
@@ -113,6 +167,8 @@ def job_manifest(job: Job, options: KubernetesOptions, submit_host: str) -> Json
         "enableServiceLinks": False,
         "containers": [container],
     }
+    if volumes:
+        pod_spec["volumes"] = volumes
     service_account = extra.get("service_account") or options.service_account
     if service_account:
         pod_spec["serviceAccountName"] = str(service_account)
@@ -137,6 +193,62 @@ def job_manifest(job: Job, options: KubernetesOptions, submit_host: str) -> Json
         },
         "spec": job_spec,
     }
+
+
+def secret_manifest(job: Job, values: SecretValues) -> JsonObject:
+    """The ``v1`` Secret that holds ``job``'s secrets while it runs (its owner reference to
+    the Job is added once the Job exists)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": NAME_PREFIX + job.id,
+            "labels": {JOB_ID_LABEL: job.id, MANAGED_BY_LABEL: "jobbridge"},
+        },
+        "data": {name: base64.b64encode(value).decode() for name, (_, value) in values.items()},
+    }
+
+
+def _mount_secrets(
+    container: JsonObject, job: Job, options: KubernetesOptions, kinds: Mapping[str, SecretKind]
+) -> list[JsonObject]:
+    secret = NAME_PREFIX + job.id
+    env: list[JsonObject] = container["env"]
+    files = sorted(name for name, kind in kinds.items() if kind is SecretKind.FILE)
+    for name in sorted(kinds):
+        if kinds[name] is SecretKind.ENV:
+            reference = {"secretKeyRef": {"name": secret, "key": name}}
+            env[:] = [item for item in env if item["name"] != name]
+            env.append({"name": name, "valueFrom": reference})
+    if not files:
+        return []
+    env.append({"name": "JOBBRIDGE_SECRETS", "value": options.secrets_path.replace("$", "$$")})
+    container.setdefault("volumeMounts", []).append(
+        {"name": SECRETS_VOLUME, "mountPath": options.secrets_path, "readOnly": True}
+    )
+    source = {
+        "secretName": secret,
+        "defaultMode": _SECRET_FILE_MODE,
+        "items": [{"key": name, "path": name, "mode": _SECRET_FILE_MODE} for name in files],
+    }
+    return [{"name": SECRETS_VOLUME, "secret": source}]
+
+
+def _mount_workspace(
+    container: JsonObject, spec: JobSpec, options: KubernetesOptions
+) -> list[JsonObject]:
+    workspace = spec.workspace
+    if workspace is None or options.workspace_volume is WorkspaceVolume.NONE:
+        return []
+    mount: JsonObject = {"name": WORKSPACE_VOLUME, "mountPath": workspace}
+    if options.workspace_volume is WorkspaceVolume.HOST_PATH:
+        source: JsonObject = {"hostPath": {"path": workspace, "type": "DirectoryOrCreate"}}
+    else:
+        source = {"persistentVolumeClaim": {"claimName": options.workspace_claim}}
+        mount["subPath"] = workspace.lstrip("/")
+    container.setdefault("volumeMounts", []).append(mount)
+    return [{"name": WORKSPACE_VOLUME, **source}]
 
 
 def _command(spec: JobSpec) -> list[str]:
