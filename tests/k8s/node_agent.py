@@ -54,11 +54,12 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from node_volumes import Volumes, mapped  # beside this script
+from node_logs import serve_logs  # beside this script
+from node_object import node_status
+from node_volumes import Volumes, mapped
 
 log = logging.getLogger("node-agent")
 
@@ -165,53 +166,7 @@ class NodeAgent:
     # -- the node ------------------------------------------------------------------------
 
     def node_status(self) -> dict[str, Any]:
-        resources = {"cpu": self.args.cpus, "memory": self.args.memory, "pods": "250"}
-        stamp = now_text()
-        return {
-            "capacity": resources,
-            "allocatable": resources,
-            "addresses": [
-                {"type": "InternalIP", "address": self.args.address},
-                {"type": "Hostname", "address": self.node},
-            ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.args.port}},
-            "nodeInfo": {
-                "machineID": "jobbridge-stand-in",
-                "systemUUID": "jobbridge-stand-in",
-                "bootID": "jobbridge-stand-in",
-                "kernelVersion": os.uname().release,
-                "osImage": "jobbridge stand-in node agent (local processes)",
-                "containerRuntimeVersion": "standin://0",
-                "kubeletVersion": "v1.20.2",
-                "kubeProxyVersion": "v1.20.2",
-                "operatingSystem": "linux",
-                "architecture": "amd64",
-            },
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True",
-                    "reason": "KubeletReady",
-                    "message": "the stand-in node agent is running",
-                    "lastHeartbeatTime": stamp,
-                    "lastTransitionTime": self.ready_since,
-                },
-                *(
-                    {
-                        "type": kind,
-                        "status": "False",
-                        "reason": f"KubeletHas{reason}",
-                        "lastHeartbeatTime": stamp,
-                        "lastTransitionTime": self.ready_since,
-                    }
-                    for kind, reason in (
-                        ("MemoryPressure", "SufficientMemory"),
-                        ("DiskPressure", "NoDiskPressure"),
-                        ("PIDPressure", "SufficientPID"),
-                    )
-                ),
-            ],
-        }
+        return node_status(self.args, self.node, self.ready_since, now_text())
 
     def register(self) -> None:
         labels = {
@@ -597,52 +552,6 @@ class NodeAgent:
                     return container.log_path
         path = self.work_dir / "logs" / namespace / pod / f"{name}.log"
         return path if path.exists() else None
-
-
-def log_handler(agent: NodeAgent) -> type[BaseHTTPRequestHandler]:
-    class ContainerLogs(BaseHTTPRequestHandler):
-        """The kubelet's ``/containerLogs/{namespace}/{pod}/{container}`` endpoint."""
-
-        def do_GET(self) -> None:
-            url = urllib.parse.urlsplit(self.path)
-            parts = url.path.strip("/").split("/")
-            if len(parts) != 4 or parts[0] != "containerLogs":
-                self.send_error(404, "not found")
-                return
-            query = dict(urllib.parse.parse_qsl(url.query))
-            path = agent.log_file(parts[1], parts[2], parts[3])
-            if path is None:
-                self.send_error(400, f'container "{parts[3]}" in pod "{parts[2]}" has no log')
-                return
-            data = path.read_bytes()
-            if query.get("tailLines"):
-                lines = data.splitlines(keepends=True)
-                data = (
-                    b"".join(lines[-int(query["tailLines"]) :]) if int(query["tailLines"]) else b""
-                )
-            if query.get("limitBytes"):
-                data = data[: int(query["limitBytes"])]
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("log endpoint: " + format, *args)
-
-    return ContainerLogs
-
-
-def serve_logs(agent: NodeAgent, args: argparse.Namespace) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((args.address, args.port), log_handler(agent))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(args.tls_cert, args.tls_key)
-    context.load_verify_locations(args.client_ca)
-    context.verify_mode = ssl.CERT_REQUIRED
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True, name="log-endpoint").start()
-    return server
 
 
 def main() -> None:
