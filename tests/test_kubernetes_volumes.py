@@ -17,22 +17,19 @@ from kubernetes import client as k8s_client
 from jobbridge import Engine, JobSpec, Phase, Store
 from jobbridge.backends.base import BackendContext
 from jobbridge.backends.kubernetes import KubernetesBackend, KubernetesOptions, job_manifest
+from jobbridge.backends.kubernetes_api import KubeApi, KubeRefused
 from jobbridge.backends.kubernetes_manifest import WorkspaceVolume, secret_manifest
 from jobbridge.config import EngineSettings, SecretsSettings
-from jobbridge.errors import ResourcesNotSupportedError
+from jobbridge.errors import ResourcesNotSupportedError, SubmissionError, SubmitOutcome
 from jobbridge.secrets import SecretKind, new_key
-from tests.test_kubernetes import (  # noqa: F401 - fixtures
-    OPTIONS,
-    WAIT,
-    admin,
-    k8s,
-    make_job,
-    namespace,
-    native_jobs,
-    sh,
-    wait_for,
-)
+from tests import test_kubernetes as on_kubernetes
+from tests.test_kubernetes import OPTIONS, WAIT, make_job, native_jobs, sh, wait_for
 from tests.test_secrets import KEYTAB, NEEDLES, TOKEN, sha, stored_rows
+
+# the real cluster's fixtures, shared with the backend's other tests
+k8s = on_kubernetes.k8s
+admin = on_kubernetes.admin
+namespace = on_kubernetes.namespace
 
 VALUES = {"TOKEN": (SecretKind.ENV, TOKEN.encode()), "KEYTAB": (SecretKind.FILE, KEYTAB)}
 KINDS = {name: kind for name, (kind, _) in VALUES.items()}
@@ -103,11 +100,53 @@ def test_a_workspace_without_a_volume_is_refused(tmp_path: Path) -> None:
         KubernetesOptions(workspace_volume=WorkspaceVolume.CLAIM)
 
 
+class SecretsApi(KubeApi):
+    """The API door with an existing Secret of the job's name, labelled ``owner``."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.calls: list[str] = []
+
+    def create_secret(self, namespace: str, body: dict[str, Any]) -> None:
+        self.calls.append("create_secret")
+        raise KubeRefused(409, "AlreadyExists", "exists")
+
+    def read_secret_labels(self, namespace: str, name: str) -> dict[str, str]:
+        return {"jobbridge.io/job-id": self.owner}
+
+    def replace_secret(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        self.calls.append("replace_secret")
+
+    def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("create_job")
+        raise KubeRefused(422, "Invalid", "bad")
+
+    def delete_secret(self, namespace: str, name: str) -> None:
+        self.calls.append("delete_secret")
+
+
+def test_a_secret_of_another_job_is_never_replaced(tmp_path: Path) -> None:
+    backend = KubernetesBackend("k8s", OPTIONS, BackendContext(tmp_path))
+    job = make_job(JobSpec(executable="true", secrets=["TOKEN"]))
+    backend._api = api = SecretsApi(owner="someone-else")
+    with pytest.raises(SubmissionError) as caught:
+        backend.submit_with_secrets(job, VALUES)
+    assert caught.value.outcome is SubmitOutcome.REFUSED
+    assert api.calls == ["create_secret"]  # neither replaced nor deleted, and no Job
+    # this job's own, left by an earlier attempt: replaced; the refused Job takes it away
+    backend._api = api = SecretsApi(owner=job.id)
+    with pytest.raises(SubmissionError) as caught:
+        backend.submit_with_secrets(job, VALUES)
+    assert caught.value.outcome is SubmitOutcome.REFUSED
+    assert api.calls == ["create_secret", "replace_secret", "create_job", "delete_secret"]
+    assert_nowhere({"the error": str(caught.value).encode()})
+
+
 # -- on the real API server ----------------------------------------------------------------------
 
 
 @pytest.fixture
-def backend(k8s: dict[str, str], namespace: str, tmp_path: Path) -> Iterator[KubernetesBackend]:  # noqa: F811
+def backend(k8s: dict[str, str], namespace: str, tmp_path: Path) -> Iterator[KubernetesBackend]:
     options = KubernetesOptions(
         kubeconfig=k8s["JOBBRIDGE_TEST_K8S_KUBECONFIG"],
         namespace=namespace,
@@ -137,7 +176,7 @@ def engine(backend: KubernetesBackend, tmp_path: Path) -> Iterator[Engine]:
     engine.close()
 
 
-def the_secret(admin: Any, namespace: str, job_id: str) -> Any | None:  # noqa: F811
+def the_secret(admin: Any, namespace: str, job_id: str) -> Any | None:
     core = k8s_client.CoreV1Api(admin)
     found = core.list_namespaced_secret(namespace, label_selector=f"jobbridge.io/job-id={job_id}")
     return found.items[0] if found.items else None
@@ -151,8 +190,8 @@ REPORT = (
 
 def test_a_job_reads_its_secrets_which_appear_nowhere_else(
     engine: Engine,
-    admin: Any,  # noqa: F811
-    namespace: str,  # noqa: F811
+    admin: Any,
+    namespace: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -192,8 +231,8 @@ def test_a_job_reads_its_secrets_which_appear_nowhere_else(
 
 def test_a_freed_job_takes_its_secret_along(
     engine: Engine,
-    admin: Any,  # noqa: F811
-    namespace: str,  # noqa: F811
+    admin: Any,
+    namespace: str,
 ) -> None:
     spec = sh('test -n "$TOKEN"', secrets=["TOKEN"])
     job = engine.submit(spec, owner="alice")
@@ -207,8 +246,8 @@ def test_a_freed_job_takes_its_secret_along(
 
 def test_a_refused_job_leaves_no_secret(
     engine: Engine,
-    admin: Any,  # noqa: F811
-    namespace: str,  # noqa: F811
+    admin: Any,
+    namespace: str,
 ) -> None:
     # the API server refuses the Job (a label value too long), after its Secret was made
     spec = sh("true", secrets=["TOKEN"], attributes={"kubernetes.service_account": "-bad-"})

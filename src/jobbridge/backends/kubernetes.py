@@ -169,10 +169,10 @@ class KubernetesBackend(Backend):
             return name
         try:
             put_secret(self.api, self.namespace, job.id, secret_manifest(job, secrets))
-        except BackendError as error:  # the configuration could not be loaded
-            raise SubmissionError(str(error), SubmitOutcome.NOT_MADE) from None
         except SubmissionError as error:
             raise SubmissionError(f"{self.name}: {error}", error.outcome) from None
+        except BackendError as error:  # the configuration could not be loaded
+            raise SubmissionError(str(error), SubmitOutcome.NOT_MADE) from None
         try:
             created = self._create(job, manifest)
         except SubmissionError as error:
