@@ -531,3 +531,17 @@ def test_demo_script_computes_the_expected_total() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "expected: 5000050000" in done.stdout
     assert re.search(r"^5000050000$", done.stdout, re.MULTILINE)
+
+
+def test_submit_takes_an_image_and_its_pull_policy() -> None:
+    options = {"image": "python:3.12", "pull_policy": "IfNotPresent"}
+    spec = build_spec({}, ["true"], options, here=False)
+    assert (spec.image, spec.pull_policy) == ("python:3.12", "IfNotPresent")
+    # the local backend has no container runtime configured here: refused, not ignored
+    refused = invoke("submit", "--image", "busybox:1.36", "--pull-policy", "Never", "--", "true")
+    assert refused.exit_code != 0
+    assert "image" in refused.stderr and "No such option" not in refused.stderr
+    assert invoke("list", "--json").stdout.strip() == "[]"
+    wrong = invoke("submit", "--pull-policy", "Sometimes", "--", "true")
+    assert wrong.exit_code == 2
+    assert "Sometimes" in wrong.stderr

@@ -272,7 +272,7 @@ class Dispatcher:
         self, backend: Backend, job: Job, token: str, native: Sequence[NativeDependency]
     ) -> Job:
         self.hooks.run_before_submit(job)
-        handed = job
+        handed, secrets = job, None
         if self._prepare is not None:
             try:
                 prepared = self._prepare(backend, job, token)
@@ -280,9 +280,12 @@ class Dispatcher:
                 return self._not_submitted(backend, job, token, preparation_failure(error))
             if prepared.done is not None:
                 return prepared.done
-            handed = prepared.job
+            handed, secrets = prepared.job, prepared.secrets
         try:
-            native_id = backend.submit(handed, native)
+            if secrets is not None:
+                native_id = backend.submit_with_secrets(handed, secrets, native)
+            else:
+                native_id = backend.submit(handed, native)
         except Exception as error:
             return self._not_submitted(backend, job, token, error)
         return self._submitted(backend, job, token, native_id)

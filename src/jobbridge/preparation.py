@@ -8,7 +8,7 @@ import contextlib
 import logging
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ from jobbridge.phase import Phase
 from jobbridge.secrets import (
     SecretError,
     Secrets,
+    SecretValues,
     remove_delivered,
     wrap_with_secrets,
     write_secrets,
@@ -61,7 +62,7 @@ def admit(
     names a secret its owner lacks, or secrets on a backend that keeps no job directory."""
     if spec.secrets:
         secrets.check(owner, spec.secrets)
-        if _sandbox(backend, _probe(spec, backend)) is None:
+        if not backend.delivers_secrets and _sandbox(backend, _probe(spec, backend)) is None:
             raise SecretError(f"backend {backend.name!r} keeps no job directory for secrets")
     if spec.workflow is None:
         return spec
@@ -146,6 +147,8 @@ class Prepared:
     """What the backend is handed: the recorded job with its workspace and secrets wired in."""
     done: Job | None = None
     """The job as it is now, if it needs no backend (it was served from the cache)."""
+    secrets: SecretValues | None = field(default=None, repr=False)
+    """Its decrypted secrets, for a backend that hands them over itself."""
 
 
 class Preparer:
@@ -178,6 +181,9 @@ class Preparer:
         if spec.workspace:
             environment["JOBBRIDGE_WORKSPACE"] = spec.workspace
         spec = spec.model_copy(update={"environment": environment})
+        if spec.secrets and backend.delivers_secrets:
+            values = self.secrets.values(job.owner, spec.secrets)
+            return Prepared(job.model_copy(update={"spec": spec}), secrets=values)
         if spec.secrets:
             if place is None:
                 raise SecretError(f"backend {backend.name!r} keeps no job directory for secrets")
@@ -187,7 +193,12 @@ class Preparer:
 
     def ended(self, backend: Backend, job: Job) -> None:
         """Take an ended job's secrets away."""
-        if job.spec.secrets and job.is_submitted:
+        if job.spec.secrets and job.is_submitted and backend.delivers_secrets:
+            try:
+                backend.remove_secrets(job)
+            except Exception:
+                log.warning("could not remove the secrets of job %s", job.id, exc_info=True)
+        elif job.spec.secrets and job.is_submitted:
             place = _sandbox(backend, job)
             if place is not None:
                 remove_delivered(*place)

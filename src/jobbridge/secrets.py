@@ -32,6 +32,7 @@ __all__ = [
     "Secret",
     "SecretError",
     "SecretKind",
+    "SecretValues",
     "Secrets",
     "new_key",
     "remove_delivered",
@@ -55,6 +56,10 @@ class SecretKind(StrEnum):
     """Given to the job as an environment variable of the secret's name."""
     FILE = "file"
     """Given to the job as the file ``$JOBBRIDGE_SECRETS/NAME``."""
+
+
+SecretValues = dict[str, tuple[SecretKind, bytes]]
+"""A job's decrypted secrets by name: what is handed to it, never stored nor shown."""
 
 
 class Secret(BaseModel):
@@ -116,7 +121,7 @@ class Secrets:
                 f"no secret named {missing[0]!r}; add it with `jobbridge secrets add`"
             )
 
-    def values(self, owner: str | None, names: list[str]) -> dict[str, tuple[SecretKind, bytes]]:
+    def values(self, owner: str | None, names: list[str]) -> SecretValues:
         """The decrypted secrets a job names, for handing them to it."""
         self.check(owner, names)
         assert owner is not None
@@ -171,9 +176,7 @@ def _check_name(name: str) -> None:
 # -- handing secrets to a job ----------------------------------------------------------------
 
 
-def write_secrets(
-    transport: Transport, sandbox: str, values: dict[str, tuple[SecretKind, bytes]]
-) -> str:
+def write_secrets(transport: Transport, sandbox: str, values: SecretValues) -> str:
     """Write a job's secrets into a private directory of its sandbox; return its path."""
     directory = posixpath.join(sandbox, SECRETS_DIR)
     env_dir = posixpath.join(directory, _ENV_SUBDIR)
@@ -188,9 +191,7 @@ def write_secrets(
     return directory
 
 
-def wrap_with_secrets(
-    spec: JobSpec, directory: str, values: dict[str, tuple[SecretKind, bytes]]
-) -> JobSpec:
+def wrap_with_secrets(spec: JobSpec, directory: str, values: SecretValues) -> JobSpec:
     """The spec with its program started by a wrapper that reads the environment secrets
     from their files (names only: no value is in the command line)."""
     lines = [f"JOBBRIDGE_SECRETS={shlex.quote(directory)}", "export JOBBRIDGE_SECRETS"]

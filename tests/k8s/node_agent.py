@@ -13,6 +13,14 @@ run there. This agent plays the kubelet's part against the real API server, as t
   image is ignored, except that an image whose repository starts with ``unpullable/``
   is reported as ``ErrImagePull`` and then ``ImagePullBackOff``, as a kubelet would for an
   image it cannot fetch;
+* volumes: a ``hostPath`` volume is the local directory of its path (made for
+  ``DirectoryOrCreate``); a ``secret`` volume is a private directory (0700) of the agent's
+  into which the Secret's keys are written with their modes, read from the API as a kubelet
+  reads them (the node authorizer lets a node read only its pods' Secrets), and removed when
+  the process ends; a ``persistentVolumeClaim`` is a directory of the agent's per claim. No
+  process can mount anything here, so a mount path is mapped instead: the working directory,
+  environment values and arguments that start with a mount path are rewritten to the local
+  directory. Environment variables from ``secretKeyRef`` are read from the Secret too;
 * it reports the pod Running, then Succeeded or Failed with the process's exit code in the
   container status (128 + signal for a killed process). Only ``restartPolicy: Never`` is
   honoured: a failed container is never restarted. Resource limits are not enforced;
@@ -46,9 +54,12 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from node_logs import serve_logs  # beside this script
+from node_object import node_status
+from node_volumes import Volumes, mapped
 
 log = logging.getLogger("node-agent")
 
@@ -127,6 +138,8 @@ class Container:
     reported: str = ""
     """The last status body that reached the API server (JSON text)."""
     removed: bool = False
+    private_dirs: list[Path] = field(default_factory=list)
+    """Directories holding the pod's Secrets, removed when its process ends."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -141,6 +154,7 @@ class NodeAgent:
         self.api = Api(args.server, Path(args.token_file).read_text().strip(), args.ca)
         self.node = args.node_name
         self.work_dir = Path(args.work_dir)
+        self.volumes = Volumes(self.api, self.work_dir)
         self.containers: dict[str, Container] = {}  # by pod uid
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -152,53 +166,7 @@ class NodeAgent:
     # -- the node ------------------------------------------------------------------------
 
     def node_status(self) -> dict[str, Any]:
-        resources = {"cpu": self.args.cpus, "memory": self.args.memory, "pods": "250"}
-        stamp = now_text()
-        return {
-            "capacity": resources,
-            "allocatable": resources,
-            "addresses": [
-                {"type": "InternalIP", "address": self.args.address},
-                {"type": "Hostname", "address": self.node},
-            ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.args.port}},
-            "nodeInfo": {
-                "machineID": "jobbridge-stand-in",
-                "systemUUID": "jobbridge-stand-in",
-                "bootID": "jobbridge-stand-in",
-                "kernelVersion": os.uname().release,
-                "osImage": "jobbridge stand-in node agent (local processes)",
-                "containerRuntimeVersion": "standin://0",
-                "kubeletVersion": "v1.20.2",
-                "kubeProxyVersion": "v1.20.2",
-                "operatingSystem": "linux",
-                "architecture": "amd64",
-            },
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True",
-                    "reason": "KubeletReady",
-                    "message": "the stand-in node agent is running",
-                    "lastHeartbeatTime": stamp,
-                    "lastTransitionTime": self.ready_since,
-                },
-                *(
-                    {
-                        "type": kind,
-                        "status": "False",
-                        "reason": f"KubeletHas{reason}",
-                        "lastHeartbeatTime": stamp,
-                        "lastTransitionTime": self.ready_since,
-                    }
-                    for kind, reason in (
-                        ("MemoryPressure", "SufficientMemory"),
-                        ("DiskPressure", "NoDiskPressure"),
-                        ("PIDPressure", "SufficientPID"),
-                    )
-                ),
-            ],
-        }
+        return node_status(self.args, self.node, self.ready_since, now_text())
 
     def register(self) -> None:
         labels = {
@@ -258,6 +226,7 @@ class NodeAgent:
             gone = [c for uid, c in self.containers.items() if uid not in seen]
         for container in gone:
             self.stop(container, grace=0)
+            self.volumes.release(container.private_dirs)
             with self.lock:
                 self.containers.pop(container.uid, None)
         self.orphans_checked = True
@@ -307,13 +276,24 @@ class NodeAgent:
         if not argv:
             container.start_error = "the stand-in node cannot run an image's own entrypoint"
             return container
-        workdir = Path(first.get("workingDir") or self.work_dir / "pods" / meta["uid"])
+        try:
+            mounts = self.volumes.mount(pod, first, container.private_dirs)
+            environment = self.environment(pod, first)
+        except (ApiError, OSError, KeyError, ValueError) as error:
+            # what a kubelet says of a Secret it cannot read: CreateContainerConfigError
+            self.volumes.release(container.private_dirs)
+            container.start_error = f"cannot prepare the pod's volumes or variables: {error}"
+            return container
+        argv = [mapped(word, mounts) for word in argv]
+        workdir = Path(
+            mapped(first.get("workingDir") or "", mounts) or self.work_dir / "pods" / meta["uid"]
+        )
         workdir.mkdir(parents=True, exist_ok=True)
         env = {
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": "/root",
             "HOSTNAME": meta["name"],
-            **self.environment(pod, first),
+            **{name: mapped(value, mounts) for name, value in environment.items()},
         }
         with container.log_path.open("wb") as output:
             try:
@@ -347,6 +327,11 @@ class NodeAgent:
         for item in spec.get("env") or []:
             if "value" in item:
                 env[item["name"]] = item["value"]
+                continue
+            secret_ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+            if secret_ref:
+                data = self.volumes.secret(pod["metadata"]["namespace"], secret_ref["name"])
+                env[item["name"]] = data[secret_ref["key"]].decode()
                 continue
             ref = (item.get("valueFrom") or {}).get("fieldRef") or {}
             path = ref.get("fieldPath", "")
@@ -396,6 +381,7 @@ class NodeAgent:
         if container.exit_code is None:
             container.exit_code = code if code >= 0 else 128 - code
             container.finished_at = now_text()
+            self.volumes.release(container.private_dirs)
         exit_code = container.exit_code
         terminated = {
             "exitCode": exit_code,
@@ -494,6 +480,8 @@ class NodeAgent:
                 raise
         with self.lock:
             self.containers.pop(meta["uid"], None)
+        if container is not None:
+            self.volumes.release(container.private_dirs)
         log.info("pod %s/%s: deleted", meta["namespace"], meta["name"])
 
     def stopped(self, container: Container, pod: dict[str, Any]) -> bool:
@@ -564,52 +552,6 @@ class NodeAgent:
                     return container.log_path
         path = self.work_dir / "logs" / namespace / pod / f"{name}.log"
         return path if path.exists() else None
-
-
-def log_handler(agent: NodeAgent) -> type[BaseHTTPRequestHandler]:
-    class ContainerLogs(BaseHTTPRequestHandler):
-        """The kubelet's ``/containerLogs/{namespace}/{pod}/{container}`` endpoint."""
-
-        def do_GET(self) -> None:
-            url = urllib.parse.urlsplit(self.path)
-            parts = url.path.strip("/").split("/")
-            if len(parts) != 4 or parts[0] != "containerLogs":
-                self.send_error(404, "not found")
-                return
-            query = dict(urllib.parse.parse_qsl(url.query))
-            path = agent.log_file(parts[1], parts[2], parts[3])
-            if path is None:
-                self.send_error(400, f'container "{parts[3]}" in pod "{parts[2]}" has no log')
-                return
-            data = path.read_bytes()
-            if query.get("tailLines"):
-                lines = data.splitlines(keepends=True)
-                data = (
-                    b"".join(lines[-int(query["tailLines"]) :]) if int(query["tailLines"]) else b""
-                )
-            if query.get("limitBytes"):
-                data = data[: int(query["limitBytes"])]
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("log endpoint: " + format, *args)
-
-    return ContainerLogs
-
-
-def serve_logs(agent: NodeAgent, args: argparse.Namespace) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((args.address, args.port), log_handler(agent))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(args.tls_cert, args.tls_key)
-    context.load_verify_locations(args.client_ca)
-    context.verify_mode = ssl.CERT_REQUIRED
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True, name="log-endpoint").start()
-    return server
 
 
 def main() -> None:

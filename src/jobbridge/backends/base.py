@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,6 +15,9 @@ from jobbridge.job import Job, JobStatus
 from jobbridge.push import PushAddress, PushEvent
 from jobbridge.spec import JobSpec, Memory, Walltime
 from jobbridge.transport.base import Transport
+
+if TYPE_CHECKING:
+    from jobbridge.secrets import SecretValues
 
 __all__ = [
     "Backend",
@@ -107,6 +110,9 @@ class Backend(ABC):
     """True if the backend can be handed a job whose parents it still runs."""
     native_conditions: ClassVar[frozenset[str]] = frozenset({"afterok", "afterany", "afternotok"})
     """With ``native_dependencies``: the conditions it enforces; for others jobbridge waits."""
+    delivers_secrets: ClassVar[bool] = False
+    """True if the backend hands a job its secrets itself (``submit_with_secrets``); else
+    they go through the job's directory (``sandbox``)."""
 
     def __init__(self, name: str, options: BackendOptions, context: BackendContext) -> None:
         self.name = name
@@ -161,6 +167,19 @@ class Backend(ABC):
     def submit(self, job: Job, dependencies: Sequence[NativeDependency] = ()) -> str:
         """Hand one job over; return the backend's own id for it. ``dependencies`` come only
         to a backend with ``native_dependencies``."""
+
+    def submit_with_secrets(
+        self,
+        job: Job,
+        secrets: SecretValues,
+        dependencies: Sequence[NativeDependency] = (),
+    ) -> str:
+        """``submit``, handing the job its decrypted ``secrets`` (a backend that
+        ``delivers_secrets``). No value may reach a log, an event or an error message."""
+        raise BackendError(f"backend {self.name!r} cannot hand secrets to a job")
+
+    def remove_secrets(self, job: Job) -> None:  # noqa: B027 - nothing delivered, nothing to do
+        """Take an ended job's secrets away (a backend that ``delivers_secrets``)."""
 
     def submit_array(
         self, jobs: Sequence[Job], dependencies: Sequence[NativeDependency] = ()

@@ -143,6 +143,23 @@ class KubeApi:
             propagation_policy=propagation,
         )
 
+    def create_secret(self, namespace: str, body: JsonObject) -> None:
+        self._call("create_secret", self.core.create_namespaced_secret, namespace, body)
+
+    def read_secret_labels(self, namespace: str, name: str) -> dict[str, str]:
+        """A Secret's labels only: its values stay out of this process's objects."""
+        answer = self._object("read_secret", self.core.read_namespaced_secret, name, namespace)
+        return dict((answer.get("metadata") or {}).get("labels") or {})
+
+    def replace_secret(self, namespace: str, name: str, body: JsonObject) -> None:
+        self._call("replace_secret", self.core.replace_namespaced_secret, name, namespace, body)
+
+    def patch_secret(self, namespace: str, name: str, patch: JsonObject) -> None:
+        self._call("patch_secret", self.core.patch_namespaced_secret, name, namespace, patch)
+
+    def delete_secret(self, namespace: str, name: str) -> None:
+        self._call("delete_secret", self.core.delete_namespaced_secret, name, namespace)
+
     def pod_log(
         self, namespace: str, pod: str, container: str, limit_bytes: int | None = None
     ) -> bytes:

@@ -25,7 +25,7 @@ from jobbridge.cli.output import (
 )
 from jobbridge.job import Job
 from jobbridge.phase import Phase
-from jobbridge.spec import JobSpec, Launcher
+from jobbridge.spec import JobSpec, Launcher, PullPolicy
 from jobbridge.transport.local import LocalTransport
 
 __all__ = ["build_spec", "runs_here", "submit"]
@@ -46,6 +46,8 @@ _TOP_FIELDS = {
     "epilogue": "epilogue",
     "workflow": "workflow",
     "workspace": "workspace",
+    "image": "image",
+    "pull_policy": "pull_policy",
 }
 _RESOURCE_FIELDS = {
     "nodes": "nodes",
@@ -210,6 +212,16 @@ def runs_here(backend: Backend) -> bool:
     metavar="KEY=VALUE",
     callback=_pairs,
     help="Backend-specific option, e.g. slurm.constraint=haswell (repeatable).",
+)
+@click.option(
+    "--image",
+    metavar="IMAGE",
+    help="Container image to run the job in (Kubernetes, or a configured container runtime).",
+)
+@click.option(
+    "--pull-policy",
+    type=click.Choice([policy.value for policy in PullPolicy]),
+    help="When the image is fetched (default: the backend's).",
 )
 @click.option("--workflow", metavar="NAME", help="The workflow the job is part of.")
 @click.option(
