@@ -42,6 +42,7 @@ from jobbridge.pilot.description import (
     WorkUnitDescription,
 )
 from jobbridge.pilot.launch import pilot_spec, walltime_seconds
+from jobbridge.pilot.lease import COORDINATOR_LEASE, busy, take_coordination
 from jobbridge.pilot.recording import listen
 from jobbridge.pilot.records import (
     Listener,
@@ -63,9 +64,26 @@ log = logging.getLogger(__name__)
 class Coordinator(Recovery):
     """Binds work units to pilots, over one engine. ``close`` stops it; pilots run on."""
 
-    def __init__(self, engine: Engine, settings: CoordinatorSettings | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: CoordinatorSettings | None = None,
+        *,
+        wait: float | None = 0.0,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        """Coordinate the store's pilots, once this process holds the store's pilot lease:
+        waits for it at most ``wait`` seconds (None: until it comes or ``stopping`` is set),
+        then raises ``CoordinatorBusyError`` naming the holder."""
         super().__init__(engine, settings)
-        self._recover()
+        duration = self.settings.lease_duration or engine.settings.lease_duration
+        self._lease = take_coordination(engine.store, duration, wait, stopping)
+        self._lost = False
+        try:
+            self._recover()
+        except BaseException:
+            self._lease.stop()
+            raise
         self._caller = threading.Thread(
             target=self._run_callbacks, name="jobbridge-pilot-callbacks", daemon=True
         )
@@ -101,6 +119,7 @@ class Coordinator(Recovery):
         description: PilotJobDescription,
         context: dict[str, Any] | None = None,
     ) -> str:
+        self._require_lease()
         if self.open_pilot_service(service_id) != ServiceState.ACTIVE:
             raise JobStateError(f"pilot job service {service_id} is cancelled")
         description.check_own()
@@ -255,6 +274,7 @@ class Coordinator(Recovery):
     def submit(self, service_id: str, descriptions: Sequence[WorkUnitDescription]) -> list[str]:
         """Record the units (in one transaction), then let them wait for a pilot. A unit
         that no live or pending pilot can ever fit ends ERROR at once, saying why."""
+        self._require_lease()
         with self._lock:
             service = self._unit_services[service_id]
             if service.state != ServiceState.ACTIVE:
@@ -352,6 +372,7 @@ class Coordinator(Recovery):
             while True:
                 if all(self._recorded_final(uid) for uid in unit_ids):
                     return True
+                self._require_lease()
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -389,9 +410,20 @@ class Coordinator(Recovery):
         self._stopping.set()
         self._wake.set()
         self._loop.join()
-        self._flush()
+        if not self._lost:
+            self._flush()
         self._callbacks.put(None)
         self._caller.join()
+        self._lease.stop()
+
+    @property
+    def coordinating(self) -> bool:
+        """Whether this coordinator still holds the store's pilot lease and works."""
+        return not self._lost and not self._stopping.is_set()
+
+    def _require_lease(self) -> None:
+        if self._lost:
+            raise busy(self.engine.store)
 
     def __enter__(self) -> Coordinator:
         return self
@@ -401,6 +433,13 @@ class Coordinator(Recovery):
 
     def _run(self) -> None:
         while not self._stopping.is_set():
+            if not self._lease.holds(COORDINATOR_LEASE):
+                # another process may coordinate now: what this one knows is stale
+                log.error("lost the pilot lease of this store; this coordinator stops")
+                self._lost = True
+                with self._changed:
+                    self._changed.notify_all()
+                return
             try:
                 self._round()
             except Exception:

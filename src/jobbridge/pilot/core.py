@@ -53,6 +53,9 @@ class CoordinatorSettings:
     agent_timeout: float = 120.0
     """A running pilot whose agent has been silent this long is cancelled."""
     default_retries: int = 3
+    lease_duration: float | None = None
+    """Seconds of the store's pilot lease (renewed every third of it); a coordinator that
+    dies is taken over this long after its last renewal. None: the engine's lease_duration."""
 
 
 class CoordinatorCore:
