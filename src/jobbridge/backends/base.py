@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,6 +14,9 @@ from jobbridge.errors import BackendError, LimitExceededError
 from jobbridge.job import Job, JobStatus
 from jobbridge.spec import JobSpec, Memory, Walltime
 from jobbridge.transport.base import Transport
+
+if TYPE_CHECKING:
+    from jobbridge.engine import Engine
 
 __all__ = [
     "Backend",
@@ -106,6 +109,10 @@ class Backend(ABC):
         self.name = name
         self.options = options
         self.context = context
+
+    def attach(self, engine: Engine) -> None:  # noqa: B027 - most backends stand alone
+        """Called once the engine serving this backend has all its backends: a backend
+        built on the store or on other backends (a pilot pool) takes what it needs here."""
 
     @property
     def search_delay(self) -> float:

@@ -132,7 +132,8 @@ class Binding(Recording):
             and (pilot.job is None or not pilot.job.phase.is_final)
         ]  # fmt: skip
         if not candidates:
-            self._fail_waiting(service)
+            if not service.kept:
+                self._fail_waiting(service)
             return
         largest = (
             max(pilot.cores_per_node for pilot in candidates),

@@ -43,8 +43,11 @@ from jobbridge.pilot.description import (
 )
 from jobbridge.pilot.launch import pilot_spec, walltime_seconds
 from jobbridge.pilot.lease import COORDINATOR_LEASE, busy, take_coordination
+from jobbridge.pilot.pools import PoolKeeper
 from jobbridge.pilot.recording import listen
 from jobbridge.pilot.records import (
+    SUBMITTED,
+    WAITING,
     Listener,
     PilotRecord,
     ServiceState,
@@ -84,6 +87,7 @@ class Coordinator(Recovery):
         except BaseException:
             self._lease.stop()
             raise
+        self._pools = PoolKeeper(self)
         self._caller = threading.Thread(
             target=self._run_callbacks, name="jobbridge-pilot-callbacks", daemon=True
         )
@@ -224,8 +228,8 @@ class Coordinator(Recovery):
             )
         return service_id
 
-    def open_unit_service(self, service_id: str) -> None:
-        """Know the service and all its units (a reconnection)."""
+    def open_unit_service(self, service_id: str, *, units: bool = True) -> None:
+        """Know the service and (with ``units``) all its units (a reconnection)."""
         with self._lock:
             known = service_id in self._unit_services
         if not known:
@@ -236,11 +240,47 @@ class Coordinator(Recovery):
             service.links = set(self.records.links(service_id))
             with self._lock:
                 self._unit_services.setdefault(service_id, service)
+        if not units:
+            return
         rows = self.records.units(service_id=service_id)
         with self._lock:
             for row in rows:
                 if row["id"] not in self._units:
                     self._units[row["id"]] = unit_from_row(row)
+
+    # -- pilot pools (see ``pools``) --------------------------------------------------------
+
+    def pool_pilots(self, pilot_service_id: str) -> list[PilotRecord]:
+        with self._lock:
+            return [p for p in self._pilots.values() if p.service_id == pilot_service_id]
+
+    def keep_service(self, service_id: str, kept: bool) -> None:
+        """Whether the service's waiting units wait for pilots to come (a pool's) rather
+        than fail when none is live or pending."""
+        with self._lock:
+            self._unit_services[service_id].kept = kept
+
+    def take_up(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Units that another process recorded, and cancels it asked for."""
+        cancels = []
+        with self._lock:
+            for row in rows:
+                unit = self._units.get(row["id"])
+                service = self._unit_services.get(row["service_id"])
+                if service is None:
+                    continue
+                if unit is None:
+                    unit = self._units[row["id"]] = unit_from_row(row)
+                    service.waiting.append(unit.id)
+                    service.checked = None
+                if unit.detail == SUBMITTED and unit.phase is Phase.QUEUED:
+                    self._set(unit, Phase.QUEUED, WAITING, None)
+                if row["cancel_asked"] and not unit.cancel_asked:
+                    cancels.append(unit.id)
+        for unit_id in cancels:
+            self.cancel_unit(unit_id)
+        self._flush()
+        self._wake.set()
 
     def unit_service_state(self, service_id: str) -> str:
         with self._lock:
@@ -455,6 +495,7 @@ class Coordinator(Recovery):
                 self.engine.refresh()
             except Exception:
                 log.exception("engine refresh failed")
+        self._pools.tick(now)
         with self._lock:
             active = [pilot for pilot in self._pilots.values() if not pilot.done]
         if not active:

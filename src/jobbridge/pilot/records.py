@@ -19,6 +19,7 @@ from jobbridge.spec import Launcher
 __all__ = [
     "BOUND",
     "RESCHEDULED",
+    "SUBMITTED",
     "WAITING",
     "Listener",
     "PilotRecord",
@@ -28,6 +29,9 @@ __all__ = [
     "unit_from_row",
 ]
 
+SUBMITTED = "SUBMITTED"
+"""Recorded by a process other than the coordinating one (a pilot pool's job), not yet
+taken up."""
 WAITING = "WAITING"
 BOUND = "BOUND"
 RESCHEDULED = "RESCHEDULED"
@@ -142,6 +146,9 @@ class UnitServiceRecord:
     links: set[str] = field(default_factory=set)
     waiting: deque[str] = field(default_factory=deque)
     had_pilots: bool = False
+    kept: bool = False
+    """A pilot pool's service: its pilots are started again when they end, so its units
+    wait for them rather than failing while there is none."""
     checked: tuple[int, int] | None = None
     """The largest (cores per node, cores) of its pilots when its waiting units were last
     found to fit; None: look again."""
