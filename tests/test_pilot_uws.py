@@ -1,6 +1,7 @@
 """UWS on pilots: job definitions whose backend is a pilot pool, through the service's HTTP
 API on real local pilots: a job completes with its results, a failing one ends ERROR with
-its exit code, an aborted one stops its unit, and a service restart loses nothing."""
+its exit code, an aborted one stops its unit, and a service restart loses nothing; and a pool
+of pilots on the real SLURM."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from jobbridge import Config, Engine, Phase
+from jobbridge import Config, Engine, EngineSettings, Phase, Store
+from jobbridge.backends.base import BackendContext
 from jobbridge.config import BackendConfig
 from jobbridge.errors import JobbridgeError, LimitExceededError
-from jobbridge.pilot.pool import PilotPoolBackend
+from jobbridge.pilot.pool import PilotPoolBackend, PilotPoolOptions
 from jobbridge.spec import JobSpec
 from jobbridge.store.pilots import PilotStore
 from jobbridge.uws import create_app
+from tests.conftest import cluster_env
+from tests.test_batch_slurm import slurm_backend
 from tests.uws_support import add_user, bearer, service_config
 
 BASE = "http://testserver"
@@ -167,3 +171,45 @@ def test_a_pool_refuses_what_its_pilots_cannot_run(config: Config) -> None:
             pool.check(JobSpec(executable="true", queue="short"))
         job = engine.create(JobSpec(executable="true"), backend="quick")
         assert job.phase is Phase.PENDING
+
+
+@pytest.mark.slurm
+def test_a_pool_of_slurm_pilots_runs_a_definition(config: Config, isolated_data_dir: Path) -> None:
+    cluster_env("slurm")
+    pool = PilotPoolBackend(
+        "quick",
+        PilotPoolOptions.model_validate(
+            {
+                "pilot_backend": "slurm",
+                "cores": 1,
+                "walltime": "0:10:00",
+                "min_refresh_interval": 0.1,
+            }
+        ),
+        BackendContext(isolated_data_dir / "jobs"),
+    )
+    engine = Engine(
+        Store(f"sqlite:///{isolated_data_dir / 'jobbridge.db'}"),
+        {"slurm": slurm_backend(isolated_data_dir), "quick": pool},
+        settings=EngineSettings(refresh_interval=0.2),
+        default_backend="slurm",
+    )
+    try:
+        with TestClient(create_app(config, engine=engine), base_url=BASE) as client:
+            client.follow_redirects = False
+            client.headers.update(bearer(add_user(engine, "alice")))
+            url = run(client, "hello", who="slurm")
+            assert phase_after(client, url, {"PENDING", "QUEUED", "EXECUTING"}, 120) == "COMPLETED"
+            [pilot] = PilotStore(engine.store).pilots(done=False)
+            pilot_job = engine.get(pilot["job_id"])
+            assert pilot_job.backend == "slurm" and pilot_job.native_id
+            stdout = client.get(f"{url}/results/stdout").text
+            assert stdout == f"hello slurm from {pilot['id']}\n"
+            failing = run(client, "failing")
+            assert phase_after(client, failing, {"PENDING", "QUEUED", "EXECUTING"}, 60) == "ERROR"
+            assert engine.get(failing.rsplit("/", 1)[1]).exit_code == 3
+    finally:
+        for job in engine.store.active():
+            with contextlib.suppress(JobbridgeError):
+                engine.cancel(job.id)
+        engine.close()
