@@ -401,6 +401,12 @@ class Coordinator(Recovery):
         chosen = unit.description.output if stream == "stdout" else unit.description.error
         if chosen is None:
             suffix = "out" if stream == "stdout" else "err"
+            part = (unit.output or {}).get(suffix)
+            if part:  # a stretch of the file its agent's worker shares among its units
+                name, start, *end = part
+                return mailbox.read(
+                    str(name), int(start), int(end[0]) - int(start) if end else None
+                )
             return mailbox.read(f"{agent_module.UNITS_DIR}/{unit.id}.{suffix}")
         where = unit.description.working_directory or pilot.description.working_directory or ""
         return mailbox.read(os.path.join(where, chosen))
@@ -521,3 +527,4 @@ class Coordinator(Recovery):
                 self._fail_hopeless(service)
             self._bind()
         self._flush()
+        self._acknowledge(active)

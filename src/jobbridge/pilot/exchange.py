@@ -65,12 +65,18 @@ class Exchange(Binding):
             return
         with self._lock:
             self._apply(pilot, files)
-        self._flush()
-        names = [found for found, _ in files]
-        if mailbox.acks_now:
-            mailbox.remove(names)
-        else:
-            pilot.acks = names
+            pilot.unrecorded.extend(name for name, _ in files)
+
+    def _acknowledge(self, pilots: Iterable[PilotRecord]) -> None:
+        """The agents' files whose news is in the store now are removed with the next
+        exchange; while a write is pending or failed they stay (read again, they change
+        nothing), so that no news is lost if this process dies."""
+        with self._lock:
+            if self._dirty or self._writing:
+                return
+            for pilot in pilots:
+                pilot.acks.extend(pilot.unrecorded)
+                pilot.unrecorded.clear()
 
     def _apply(self, pilot: PilotRecord, files: Iterable[tuple[str, bytes]]) -> None:
         finished = 0
@@ -96,12 +102,14 @@ class Exchange(Binding):
             pilot.finished.append((time.monotonic(), finished))
 
     def _apply_update(self, pilot: PilotRecord, update: list[Any]) -> int:
-        unit_id, attempt, word, code, when, said = update
+        unit_id, attempt, word, code, when, said, *extra = update
         unit = self._units.get(str(unit_id))
         if unit is None or unit.pilot_id != pilot.id or unit.attempts != attempt:
             return 0
         if unit.phase.is_final:
             return 0
+        if extra and isinstance(extra[0], dict):
+            unit.output = extra[0]
         moment = datetime.fromtimestamp(float(when), UTC)
         if word == agent_module.RUNNING:
             if unit.phase is Phase.QUEUED:

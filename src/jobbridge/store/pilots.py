@@ -87,13 +87,14 @@ work_units = sa.Table(
     sa.Column("started", UTCDateTime),
     sa.Column("ended", UTCDateTime),
     sa.Column("cancel_asked", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("output", JSONDocument),
     sa.Index("ix_work_units_service_seq", "service_id", "seq"),
     sa.Index("ix_work_units_phase", "phase"),
 )
 
 UNIT_STATE_FIELDS = (
     "phase", "detail", "message", "exit_code", "pilot_id", "attempts", "retried", "started",
-    "ended",
+    "ended", "output",
 )  # fmt: skip
 """What a batch of unit changes writes."""
 
