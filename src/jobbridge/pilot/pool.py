@@ -30,6 +30,7 @@ from pydantic import Field
 from jobbridge import staging
 from jobbridge.backends.base import (
     Backend,
+    BackendContext,
     BackendOptions,
     Located,
     Missing,
@@ -85,7 +86,7 @@ class PilotPoolBackend(Backend):
     Options = PilotPoolOptions
     options: PilotPoolOptions
 
-    def __init__(self, name: str, options: BackendOptions, context: Any) -> None:
+    def __init__(self, name: str, options: BackendOptions, context: BackendContext) -> None:
         super().__init__(name, options, context)
         digest = hashlib.sha256(name.encode()).hexdigest()[:24]
         self.unit_service_id = f"pool-{digest}"

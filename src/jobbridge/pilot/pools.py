@@ -99,9 +99,13 @@ class PoolKeeper:
             and (pilot.job is None or not pilot.job.phase.is_final)
         ]
         if len(live) < pool.options.pilots and now >= state.next_start:
-            pilot_id = coordinator.create_pilot(
-                pool.pilot_service_id, pool.options.pilot_backend, pool.pilot_description()
-            )
+            try:
+                pilot_id = coordinator.create_pilot(
+                    pool.pilot_service_id, pool.options.pilot_backend, pool.pilot_description()
+                )
+            except JobbridgeError:
+                state.next_start = now + 30.0
+                raise
             log.info("pilot pool %s: started pilot %s", pool.name, pilot_id)
 
 
