@@ -170,6 +170,17 @@ class Binding(Recording):
                 self._end(unit, Phase.ERROR, "NO_PILOT", why)
         service.waiting.clear()
 
+    def _cancel(self, unit: UnitRecord) -> None:
+        """Stop a unit: at once if no pilot has it, else through its pilot (lock held)."""
+        if unit.phase.is_final:
+            return
+        unit.cancel_asked = True
+        pilot = self._pilots.get(unit.pilot_id or "")
+        if pilot is None:
+            self._end(unit, Phase.ABORTED, "CANCELLED", "cancelled")
+        else:
+            pilot.cancels.append(unit.id)
+
     def _hand_back(self, unit: UnitRecord, why: str) -> None:
         """A unit its pilot did not finish: bound again, or failed when it has started too
         often already."""

@@ -34,7 +34,6 @@ from typing import Any
 from jobbridge.engine import Engine
 from jobbridge.errors import JobbridgeError, JobStateError
 from jobbridge.job import new_job_id, utcnow
-from jobbridge.phase import Phase
 from jobbridge.pilot import agent as agent_module
 from jobbridge.pilot.core import CoordinatorSettings
 from jobbridge.pilot.description import (
@@ -46,8 +45,6 @@ from jobbridge.pilot.lease import COORDINATOR_LEASE, busy, take_coordination
 from jobbridge.pilot.pools import PoolKeeper
 from jobbridge.pilot.recording import listen
 from jobbridge.pilot.records import (
-    SUBMITTED,
-    WAITING,
     Listener,
     PilotRecord,
     ServiceState,
@@ -248,40 +245,6 @@ class Coordinator(Recovery):
                 if row["id"] not in self._units:
                     self._units[row["id"]] = unit_from_row(row)
 
-    # -- pilot pools (see ``pools``) --------------------------------------------------------
-
-    def pool_pilots(self, pilot_service_id: str) -> list[PilotRecord]:
-        with self._lock:
-            return [p for p in self._pilots.values() if p.service_id == pilot_service_id]
-
-    def keep_service(self, service_id: str, kept: bool) -> None:
-        """Whether the service's waiting units wait for pilots to come (a pool's) rather
-        than fail when none is live or pending."""
-        with self._lock:
-            self._unit_services[service_id].kept = kept
-
-    def take_up(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Units that another process recorded, and cancels it asked for."""
-        cancels = []
-        with self._lock:
-            for row in rows:
-                unit = self._units.get(row["id"])
-                service = self._unit_services.get(row["service_id"])
-                if service is None:
-                    continue
-                if unit is None:
-                    unit = self._units[row["id"]] = unit_from_row(row)
-                    service.waiting.append(unit.id)
-                    service.checked = None
-                if unit.detail == SUBMITTED and unit.phase is Phase.QUEUED:
-                    self._set(unit, Phase.QUEUED, WAITING, None)
-                if row["cancel_asked"] and not unit.cancel_asked:
-                    cancels.append(unit.id)
-        for unit_id in cancels:
-            self.cancel_unit(unit_id)
-        self._flush()
-        self._wake.set()
-
     def unit_service_state(self, service_id: str) -> str:
         with self._lock:
             return self._unit_services[service_id].state
@@ -365,15 +328,7 @@ class Coordinator(Recovery):
 
     def cancel_unit(self, unit_id: str) -> None:
         with self._lock:
-            unit = self._unit(unit_id)
-            if unit.phase.is_final:
-                return
-            unit.cancel_asked = True
-            pilot = self._pilots.get(unit.pilot_id or "")
-            if pilot is None:
-                self._end(unit, Phase.ABORTED, "CANCELLED", "cancelled")
-            else:
-                pilot.cancels.append(unit.id)
+            self._cancel(self._unit(unit_id))
         self._flush()
         self._wake.set()
 

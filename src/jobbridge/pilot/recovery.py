@@ -1,12 +1,19 @@
-"""Taking up a store's pilots and unfinished units when a coordinator starts."""
+"""Taking up what the store holds: every pilot and unfinished unit when a coordinator starts,
+and, while it runs, the units and cancels that other processes recorded for the pilot pools
+(see ``pools``)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from jobbridge.phase import Phase
 from jobbridge.pilot.exchange import Exchange
 from jobbridge.pilot.records import (
+    SUBMITTED,
+    WAITING,
+    PilotRecord,
     UnitServiceRecord,
     unit_from_row,
 )
@@ -44,3 +51,32 @@ class Recovery(Exchange):
             elif owner is not None:
                 owner.waiting.append(unit.id)
                 owner.checked = None
+
+    def pool_pilots(self, pilot_service_id: str) -> list[PilotRecord]:
+        with self._lock:
+            return [p for p in self._pilots.values() if p.service_id == pilot_service_id]
+
+    def keep_service(self, service_id: str, kept: bool) -> None:
+        """Whether the service's waiting units wait for pilots to come (a pool's) rather
+        than fail when none is live or pending."""
+        with self._lock:
+            self._unit_services[service_id].kept = kept
+
+    def take_up(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Units that another process recorded, and cancels it asked for."""
+        with self._lock:
+            for row in rows:
+                unit = self._units.get(row["id"])
+                service = self._unit_services.get(row["service_id"])
+                if service is None:
+                    continue
+                if unit is None:
+                    unit = self._units[row["id"]] = unit_from_row(row)
+                    service.waiting.append(unit.id)
+                    service.checked = None
+                if unit.detail == SUBMITTED and unit.phase is Phase.QUEUED:
+                    self._set(unit, Phase.QUEUED, WAITING, None)
+                if row["cancel_asked"] and not unit.cancel_asked:
+                    self._cancel(unit)
+        self._flush()
+        self._wake.set()
