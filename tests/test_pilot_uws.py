@@ -18,6 +18,7 @@ from jobbridge import Config, Engine, EngineSettings, Phase, Store
 from jobbridge.backends.base import BackendContext
 from jobbridge.config import BackendConfig
 from jobbridge.errors import JobbridgeError, LimitExceededError
+from jobbridge.pilot import Coordinator
 from jobbridge.pilot.pool import PilotPoolBackend, PilotPoolOptions
 from jobbridge.spec import JobSpec
 from jobbridge.store.pilots import PilotStore
@@ -213,3 +214,29 @@ def test_a_pool_of_slurm_pilots_runs_a_definition(config: Config, isolated_data_
             with contextlib.suppress(JobbridgeError):
                 engine.cancel(job.id)
         engine.close()
+
+
+@pytest.mark.usefixtures("stop_pilots")
+def test_another_process_submits_to_a_pool_and_aborts_through_the_store(config: Config) -> None:
+    """Replicas: the engine that submits does not coordinate; the one that coordinates takes
+    its units up and carries out its cancels, both through the store."""
+    with (
+        contextlib.closing(Engine.from_config(config)) as coordinating,
+        contextlib.closing(Engine.from_config(config)) as other,
+        Coordinator(coordinating),
+    ):
+        done = other.submit(JobSpec(executable="sh", arguments=["-c", "echo $JOBBRIDGE_JOB_ID"]),
+                            backend="quick")  # fmt: skip
+        slow = other.submit(JobSpec(executable="sleep", arguments=["60"]), backend="quick")
+        [finished] = other.wait([done.id], timeout=60)
+        assert finished.phase is Phase.COMPLETED, finished
+        assert other.read_output(done.id) == f"{done.id}\n".encode()
+        deadline = time.monotonic() + 60
+        while other.get(slow.id).phase is not Phase.EXECUTING:
+            assert time.monotonic() < deadline
+            other.refresh()
+            time.sleep(0.1)
+        assert other.cancel(slow.id).phase is Phase.ABORTED
+        while unit_phase(other, slow.id) != "ABORTED":
+            assert time.monotonic() < deadline, unit_phase(other, slow.id)
+            time.sleep(0.1)
