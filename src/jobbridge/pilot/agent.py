@@ -59,22 +59,8 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGKILL, signal.SIGHUP, signal.SIGINT)
 
 class Unit:
     __slots__ = (
-        "argv",
-        "attempt",
-        "cores",
-        "cwd",
-        "env",
-        "id",
-        "launcher",
-        "pid",
-        "placement",
-        "processes",
-        "stderr",
-        "stdin",
-        "stdout",
-        "stop_word",
-        "timer",
-        "walltime",
+        "argv", "attempt", "cores", "cwd", "env", "id", "launcher", "pid", "placement",
+        "processes", "stderr", "stdin", "stdout", "stop_word", "timer", "walltime",
     )  # fmt: skip
 
     def __init__(self, data: dict[str, Any]) -> None:
