@@ -78,10 +78,12 @@ def local_rounds(units: int, rounds: int) -> tuple[list[float], list[float], dic
                     rates.append(units / (time.perf_counter() - started))
                     assert all(unit.state is Phase.COMPLETED for unit in done[-10:])
                 limits.append(spawn_limit(units))
-                memory = agent_memory(int(pilot.agent["pid"]))
+                agent_pid = int(pilot.agent["pid"])
+                memory = agent_memory(agent_pid)
                 failed = [u for u in wus.work_units if u.state is not Phase.COMPLETED]
                 assert not failed, failed[:3]
                 pilot.cancel()
+                wait_gone(agent_pid)  # before its directory is removed
             finally:
                 coordinator.close()
     return rates, limits, memory
@@ -118,6 +120,16 @@ def slurm_first_unit(rounds: int) -> list[float] | None:
             finally:
                 coordinator.close()
     return samples
+
+
+def wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 def wait_ended(pilot: PilotJob) -> None:

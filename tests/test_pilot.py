@@ -117,6 +117,9 @@ def test_a_thousand_units_over_two_pilots(coordinator: Coordinator, engine: Engi
         job = engine.get(pilot.job_id)
         assert job.phase is Phase.EXECUTING
         assert job.spec.executable and "jobbridge_agent.py" in job.spec.arguments
+        # no file per unit: each worker (one per core) keeps one stdout and one stderr file
+        _, sandbox = engine.backend("local").sandbox(job)
+        assert len(os.listdir(os.path.join(sandbox, agent_module.UNITS_DIR))) == 2
 
 
 def test_two_core_units_only_where_they_fit(coordinator: Coordinator) -> None:
@@ -498,13 +501,22 @@ def test_the_pilot_tables_on_every_database(store: Store) -> None:
     records.add_units(rows)
     assert records.next_seq("wus1") == 4
     records.update_units(
-        [{**rows[0], "phase": "COMPLETED", "exit_code": 0, "ended": now, "attempts": 1}]
-    )
+        [
+            {
+                **rows[0], "phase": "COMPLETED", "exit_code": 0, "ended": now, "attempts": 1,
+                "output": {"out": ["units/worker-1-0.out", 10, 25]},
+            }
+        ]
+    )  # fmt: skip
     assert [r["phase"] for r in records.units(service_id="wus1")] == [
         "COMPLETED",
         "QUEUED",
         "QUEUED",
     ]
+    assert records.units_by_id(["u0"])["u0"]["output"] == {"out": ["units/worker-1-0.out", 10, 25]}
+    records.ask_cancel("u1")
+    asked = records.news(["wus1"], "SUBMITTED")
+    assert [(r["id"], r["cancel_asked"]) for r in asked] == [("u1", True)]
     assert [r["id"] for r in records.units(active_only=True)] == ["u1", "u2"]
     records.unlink("wus1", "pjs1")
     assert records.links("wus1") == []

@@ -98,6 +98,8 @@ class Engine:
         )
         self._staging: set[str] = set()
         self._staging_lock = threading.Lock()
+        for backend in list(self.backends.values()):
+            backend.attach(self)
 
     @classmethod
     def from_config(cls, config: Config | None = None, **kwargs: Any) -> Engine:
@@ -123,6 +125,7 @@ class Engine:
             raise JobStateError("backends are added before the engine runs in the background")
         self.backends[backend.name] = backend
         self._backend_locks.setdefault(backend.name, threading.Lock())
+        backend.attach(self)
 
     def backend(self, name: str | None = None) -> Backend:
         name = name or self.default_backend

@@ -17,6 +17,7 @@ from jobbridge.spec import JobSpec, Memory, Walltime
 from jobbridge.transport.base import Transport
 
 if TYPE_CHECKING:
+    from jobbridge.engine import Engine
     from jobbridge.secrets import SecretValues
 
 __all__ = [
@@ -121,6 +122,10 @@ class Backend(ABC):
         self.push: PushAddress | None = None
         """Where jobs submitted from now on push to (see ``jobbridge.push``); None: they
         do not, and only polling finds their news."""
+
+    def attach(self, engine: Engine) -> None:  # noqa: B027 - most backends stand alone
+        """Called once the engine serving this backend has all its backends: a backend
+        built on the store or on other backends (a pilot pool) takes what it needs here."""
 
     @property
     def search_delay(self) -> float:

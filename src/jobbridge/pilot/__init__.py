@@ -19,11 +19,13 @@ from jobbridge.pilot.description import (
     PilotJobDescription,
     WorkUnitDescription,
 )
+from jobbridge.pilot.lease import CoordinatorBusyError
 
 __all__ = [
     "PILOTJOB_TYPE",
     "Callback",
     "Coordinator",
+    "CoordinatorBusyError",
     "CoordinatorSettings",
     "PilotDescriptionError",
     "PilotJob",

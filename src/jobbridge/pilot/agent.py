@@ -11,12 +11,16 @@ the backend's transport (locally, or over the SSH connection to the login node):
   [...], "drain": bool}``. The agent reads them in order and removes them; a unit it has
   seen already is ignored, so that a batch sent twice does no harm.
 - ``out/NNNN.json``, written atomically by the agent: ``{"agent": {...}, "updates": [[unit,
-  attempt, word, exit_code, time, message], ...]}``, batched; the coordinator removes them
-  once it has recorded them. The first one says hello (hosts, cores, pid); one is written at
-  least every ``heartbeat`` seconds.
+  attempt, word, exit_code, time, message, output], ...]}``, batched; the coordinator removes
+  them once it has recorded them. The first one says hello (hosts, cores, pid); one is
+  written at least every ``heartbeat`` seconds. ``output`` says where the unit's stdout and
+  stderr are: ``{"out": [file, start, end], "err": [...]}`` (no end while it runs).
 
-Units are processes started with ``posix_spawn`` by one thread per core, with their own
-stdout and stderr files and their exit codes. Cores are counted per node; a unit on another
+Units are processes started with ``posix_spawn`` by one thread per core, with their exit
+codes. Each thread runs one unit at a time and keeps one stdout and one stderr file, which
+its units append to: a unit's output is the part its run added, so that no file is made per
+unit (on a cluster's shared file system, making files is what costs most). A unit that names
+its own files gets them. Cores are counted per node; a unit on another
 node of the allocation (or with the ``srun`` launcher) goes through ``srun``. Near the end of
 its walltime the agent stops starting units that would not finish and hands them back; when
 cancelled it hands back every unit it has not finished.
@@ -55,22 +59,8 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGKILL, signal.SIGHUP, signal.SIGINT)
 
 class Unit:
     __slots__ = (
-        "argv",
-        "attempt",
-        "cores",
-        "cwd",
-        "env",
-        "id",
-        "launcher",
-        "pid",
-        "placement",
-        "processes",
-        "stderr",
-        "stdin",
-        "stdout",
-        "stop_word",
-        "timer",
-        "walltime",
+        "argv", "attempt", "cores", "cwd", "env", "id", "launcher", "pid", "placement",
+        "processes", "stderr", "stdin", "stdout", "stop_word", "timer", "walltime",
     )  # fmt: skip
 
     def __init__(self, data: dict[str, Any]) -> None:
@@ -90,6 +80,23 @@ class Unit:
         self.placement: dict[str, int] = {}
         self.stop_word = ""
         self.timer: threading.Timer | None = None
+
+
+class Logs:
+    """One worker thread's stdout and stderr files, and how long they were after its last
+    unit."""
+
+    __slots__ = ("ends", "fds", "names")
+
+    def __init__(self, root: str, number: int) -> None:
+        base = f"{UNITS_DIR}/worker-{os.getpid()}-{number}"
+        self.names = (base + ".out", base + ".err")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        self.fds = tuple(os.open(os.path.join(root, name), flags, 0o644) for name in self.names)
+        self.ends = [os.fstat(fd).st_size for fd in self.fds]
+
+    def measure(self) -> None:
+        self.ends = [os.fstat(fd).st_size for fd in self.fds]
 
 
 class Agent:
@@ -131,7 +138,10 @@ class Agent:
             signal.signal(signum, self.on_terminate)
         workers = []
         for number in range(self.cores_per_node * len(self.nodes)):
-            worker = threading.Thread(target=self.work, name=f"unit-{number}", daemon=True)
+            worker = threading.Thread(
+                target=self.work, args=(Logs(self.root, number),), name=f"unit-{number}",
+                daemon=True,
+            )  # fmt: skip
             worker.start()
             workers.append(worker)
         self.flush(force=True)
@@ -267,9 +277,15 @@ class Agent:
             "python": ".".join(str(part) for part in sys.version_info[:3]),
         }
 
-    def record(self, unit: Unit, word: str, code: int | None, message: str = "") -> None:
+    def record(
+        self, unit: Unit, word: str, code: int | None, message: str = "",
+        output: dict[str, list[Any]] | None = None,
+    ) -> None:  # fmt: skip
         """Queue one update (the lock is held)."""
-        self.updates.append([unit.id, unit.attempt, word, code, time.time(), message])
+        update = [unit.id, unit.attempt, word, code, time.time(), message]
+        if output:
+            update.append(output)
+        self.updates.append(update)
 
     def return_pending(self, why: str) -> None:
         for unit in self.pending:
@@ -300,7 +316,7 @@ class Agent:
 
     # -- running units ----------------------------------------------------------------------
 
-    def work(self) -> None:
+    def work(self, logs: Logs) -> None:
         while True:
             with self.lock:
                 unit = self.next_unit()
@@ -310,7 +326,7 @@ class Agent:
                     self.lock.wait()
                     unit = self.next_unit()
                 self.running[unit.id] = unit
-            self.execute(unit)
+            self.execute(unit, logs)
 
     def next_unit(self) -> Unit | None:
         """The first pending unit that fits the free cores, its cores taken (lock held);
@@ -352,11 +368,15 @@ class Agent:
                 return placement
         return None
 
-    def execute(self, unit: Unit) -> None:
+    def execute(self, unit: Unit, logs: Logs) -> None:
         code: int | None = None
         word, message = EXITED, ""
+        output: dict[str, list[Any]] = {}
+        for key, chosen, index in (("out", unit.stdout, 0), ("err", unit.stderr, 1)):
+            if not chosen:
+                output[key] = [logs.names[index], logs.ends[index]]
         try:
-            pid = self.spawn(unit)
+            pid = self.spawn(unit, logs)
         except OSError as error:
             word, code = EXEC_FAILED, 127
             message = f"{error.strerror or error}: {error.filename or unit.argv[0]}"
@@ -364,7 +384,7 @@ class Agent:
         if pid:
             with self.lock:
                 unit.pid = pid
-                self.record(unit, RUNNING, None)
+                self.record(unit, RUNNING, None, "", output)
                 stop = unit.stop_word
             if stop:
                 self.stop(unit)
@@ -376,6 +396,10 @@ class Agent:
             if unit.timer is not None:
                 unit.timer.cancel()
             code = exit_code_of(status)
+            logs.measure()
+            for key, index in (("out", 0), ("err", 1)):
+                if key in output:
+                    output[key] = [output[key][0], output[key][1], logs.ends[index]]
             if os.WIFSIGNALED(status):
                 message = f"killed by signal {os.WTERMSIG(status)}"
                 if os.WTERMSIG(status) in _STOP_SIGNALS and not unit.stop_word:
@@ -393,7 +417,7 @@ class Agent:
             for node, cores in unit.placement.items():
                 self.free[node] += cores
             if self.running.pop(unit.id, None) is not None:
-                self.record(unit, word, code, message)
+                self.record(unit, word, code, message, output if pid else None)
             self.lock.notify_all()
 
     def time_out(self, unit: Unit) -> None:
@@ -412,22 +436,25 @@ class Agent:
         timer.daemon = True
         timer.start()
 
-    def spawn(self, unit: Unit) -> int:
+    def spawn(self, unit: Unit, logs: Logs) -> int:
         cwd = unit.cwd or self.directory
         if cwd is not None:
             cwd = os.path.join(self.root, cwd)
         where = cwd or self.root
-        stdout = os.path.join(where, unit.stdout) if unit.stdout else self.unit_file(unit, "out")
-        stderr = os.path.join(where, unit.stderr) if unit.stderr else self.unit_file(unit, "err")
         stdin = os.path.join(where, unit.stdin) if unit.stdin else os.devnull
-        actions: list[tuple[Any, ...]] = [
-            (os.POSIX_SPAWN_OPEN, 0, stdin, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, stdout, _WRITE_FLAGS, 0o644),
-        ]
-        if stderr == stdout:
-            actions.append((os.POSIX_SPAWN_DUP2, 1, 2))
+        actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, stdin, os.O_RDONLY, 0)]
+        if unit.stdout:
+            stdout = os.path.join(where, unit.stdout)
+            actions.append((os.POSIX_SPAWN_OPEN, 1, stdout, _WRITE_FLAGS, 0o644))
         else:
+            actions.append((os.POSIX_SPAWN_DUP2, logs.fds[0], 1))
+        if unit.stderr and unit.stderr == unit.stdout:
+            actions.append((os.POSIX_SPAWN_DUP2, 1, 2))
+        elif unit.stderr:
+            stderr = os.path.join(where, unit.stderr)
             actions.append((os.POSIX_SPAWN_OPEN, 2, stderr, _WRITE_FLAGS, 0o644))
+        else:
+            actions.append((os.POSIX_SPAWN_DUP2, logs.fds[1], 2))
         argv = self.command(unit)
         if cwd is not None and cwd != self.root:
             argv = ["/bin/sh", "-c", _CHDIR, "sh", cwd, *argv]
@@ -437,9 +464,6 @@ class Agent:
         env["JOBBRIDGE_UNIT_CORES"] = str(unit.cores)
         env["JOBBRIDGE_UNIT_NODES"] = ",".join(unit.placement)
         return os.posix_spawnp(argv[0], argv, env, file_actions=actions)
-
-    def unit_file(self, unit: Unit, suffix: str) -> str:
-        return os.path.join(self.root, UNITS_DIR, f"{unit.id}.{suffix}")
 
     def command(self, unit: Unit) -> list[str]:
         nodes = list(unit.placement)

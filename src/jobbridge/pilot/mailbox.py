@@ -47,14 +47,6 @@ class Mailbox(ABC):
         """Put ``batch`` into ``in/`` as ``name``, remove the ``acks`` from ``out/``, and
         return the files of ``out/`` (name, content), oldest first."""
 
-    @property
-    def acks_now(self) -> bool:
-        """Whether recorded files are removed at once (else with the next exchange)."""
-        return False
-
-    def remove(self, names: Sequence[str]) -> None:  # noqa: B027 - only local removes at once
-        """Remove recorded files from ``out/`` now."""
-
     def read(self, relative: str, offset: int = 0, size: int | None = None) -> bytes:
         try:
             return self.transport.read_bytes(posixpath.join(self.root, relative), offset, size)
@@ -63,18 +55,24 @@ class Mailbox(ABC):
 
 
 class LocalMailbox(Mailbox):
+    def __init__(self, transport: Transport, root: str) -> None:
+        super().__init__(transport, root)
+        self._made = False
+
     def exchange(
         self, name: str | None, batch: bytes | None, acks: Sequence[str]
     ) -> list[tuple[str, bytes]]:
         inbox = os.path.join(self.root, "in")
         outbox = os.path.join(self.root, "out")
         if name is not None and batch is not None:
-            os.makedirs(inbox, exist_ok=True)
+            if not self._made:
+                os.makedirs(inbox, exist_ok=True)
+                self._made = True
             temporary = os.path.join(inbox, f".{name}.tmp")
             with open(temporary, "wb") as handle:
                 handle.write(batch)
             os.replace(temporary, os.path.join(inbox, name))
-        self.remove(acks)
+        self._remove(acks)
         try:
             names = sorted(n for n in os.listdir(outbox) if n.endswith(".json") and n[0] != ".")
         except FileNotFoundError:
@@ -88,11 +86,7 @@ class LocalMailbox(Mailbox):
                 continue
         return found
 
-    @property
-    def acks_now(self) -> bool:
-        return True
-
-    def remove(self, names: Sequence[str]) -> None:
+    def _remove(self, names: Sequence[str]) -> None:
         for name in names:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.root, "out", name))

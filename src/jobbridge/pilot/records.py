@@ -19,6 +19,7 @@ from jobbridge.spec import Launcher
 __all__ = [
     "BOUND",
     "RESCHEDULED",
+    "SUBMITTED",
     "WAITING",
     "Listener",
     "PilotRecord",
@@ -28,6 +29,9 @@ __all__ = [
     "unit_from_row",
 ]
 
+SUBMITTED = "SUBMITTED"
+"""Recorded by a process other than the coordinating one (a pilot pool's job), not yet
+taken up."""
 WAITING = "WAITING"
 BOUND = "BOUND"
 RESCHEDULED = "RESCHEDULED"
@@ -59,6 +63,8 @@ class UnitRecord:
     ended: datetime | None = None
     retried: int = 0
     cancel_asked: bool = False
+    output: dict[str, list[Any]] | None = None
+    """Where the agent put its stdout and stderr: {"out": [file, start, end], "err": ...}."""
     listeners: dict[str, list[Listener]] = field(default_factory=dict)
     one_node: bool = field(init=False)
     """Runs on one node (no launcher spreads it)."""
@@ -78,6 +84,7 @@ class UnitRecord:
             "retried": self.retried,
             "started": self.started,
             "ended": self.ended,
+            "output": self.output,
         }
 
 
@@ -102,6 +109,9 @@ class PilotRecord:
     cancels: list[str] = field(default_factory=list)
     drain: bool = False
     acks: list[str] = field(default_factory=list)
+    """The agent's files to remove with the next exchange (their news is recorded)."""
+    unrecorded: list[str] = field(default_factory=list)
+    """The agent's files read, whose news may not be in the store yet."""
     last_exchange: float = 0.0
     ended_at: float | None = None
     done: bool = False
@@ -142,6 +152,9 @@ class UnitServiceRecord:
     links: set[str] = field(default_factory=set)
     waiting: deque[str] = field(default_factory=deque)
     had_pilots: bool = False
+    kept: bool = False
+    """A pilot pool's service: its pilots are started again when they end, so its units
+    wait for them rather than failing while there is none."""
     checked: tuple[int, int] | None = None
     """The largest (cores per node, cores) of its pilots when its waiting units were last
     found to fit; None: look again."""
@@ -164,4 +177,5 @@ def unit_from_row(row: dict[str, Any]) -> UnitRecord:
         started=row["started"],
         ended=row["ended"],
         retried=row.get("retried") or 0,
+        output=row.get("output"),
     )

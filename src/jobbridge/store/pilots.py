@@ -86,13 +86,15 @@ work_units = sa.Table(
     sa.Column("created", UTCDateTime, nullable=False),
     sa.Column("started", UTCDateTime),
     sa.Column("ended", UTCDateTime),
+    sa.Column("cancel_asked", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("output", JSONDocument),
     sa.Index("ix_work_units_service_seq", "service_id", "seq"),
     sa.Index("ix_work_units_phase", "phase"),
 )
 
 UNIT_STATE_FIELDS = (
     "phase", "detail", "message", "exit_code", "pilot_id", "attempts", "retried", "started",
-    "ended",
+    "ended", "output",
 )  # fmt: skip
 """What a batch of unit changes writes."""
 
@@ -232,6 +234,72 @@ class PilotStore:
         ]
         with self.store.writing() as conn:
             conn.execute(statement, rows)
+
+    def add_unit_once(self, row: Mapping[str, Any]) -> None:
+        """One unit whose id its submitter chose: recorded once, however often it is sent."""
+        try:
+            with self.store.writing() as conn:
+                conn.execute(work_units.insert().values(**row))
+        except sa.exc.IntegrityError:
+            if self.units_by_id([row["id"]]) == {}:
+                raise
+
+    def units_by_id(self, unit_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        query = sa.select(work_units).where(work_units.c.id.in_(list(unit_ids)))
+        with self.store.reading() as conn:
+            return {row.id: row._asdict() for row in conn.execute(query)}
+
+    def ask_cancel(self, unit_id: str) -> None:
+        """Ask the coordinating process to cancel a unit (it looks for such asks)."""
+        with self.store.writing() as conn:
+            conn.execute(
+                work_units.update().where(work_units.c.id == unit_id).values(cancel_asked=True)
+            )
+
+    def news(self, service_ids: Sequence[str], submitted: str) -> list[dict[str, Any]]:
+        """Units of these services that another process recorded (detail ``submitted``) or
+        asked to cancel, and that have not ended."""
+        query = sa.select(work_units).where(
+            work_units.c.service_id.in_(list(service_ids)),
+            work_units.c.phase.not_in(_FINAL),
+            sa.or_(work_units.c.detail == submitted, work_units.c.cancel_asked.is_(True)),
+        )
+        with self.store.reading() as conn:
+            return [row._asdict() for row in conn.execute(query.order_by(work_units.c.seq))]
+
+    def ensure_pool(
+        self,
+        name: str,
+        unit_service_id: str,
+        pilot_service_id: str,
+        retries: int,
+        created: datetime,
+    ) -> None:
+        """The work unit service and the pilot job service of a pilot pool, linked: made by
+        whichever process comes first (their ids follow from the pool's name)."""
+        if self.unit_service(unit_service_id) is not None:
+            return
+        try:
+            with self.store.writing() as conn:
+                conn.execute(
+                    pilot_services.insert().values(
+                        id=pilot_service_id, state="ACTIVE", created=created
+                    )
+                )
+                conn.execute(
+                    unit_services.insert().values(
+                        id=unit_service_id, state="ACTIVE", retries=retries, created=created,
+                        pool=name,
+                    )
+                )  # fmt: skip
+                conn.execute(
+                    unit_service_links.insert().values(
+                        unit_service_id=unit_service_id, pilot_service_id=pilot_service_id
+                    )
+                )
+        except sa.exc.IntegrityError:
+            if self.unit_service(unit_service_id) is None:
+                raise
 
     def units(
         self, *, service_id: str | None = None, active_only: bool = False

@@ -1,6 +1,7 @@
 """The FastAPI application: the UWS routes, VOSI-style capabilities and availability, the
 error mapping, the web pages (``/ui``), the metrics (``/metrics``), and the engine refreshing
-in the background while the service runs. On PostgreSQL, the phase changes that other
+in the background while the service runs, and the pilots of its pilot pools coordinated
+(by one replica at a time). On PostgreSQL, the phase changes that other
 replicas make wake this one's waiting requests too."""
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from jobbridge.config import Config, load_config
 from jobbridge.engine import Engine
 from jobbridge.errors import JobbridgeError, JobNotFoundError
 from jobbridge.job import utcnow
+from jobbridge.pilot.pools import PoolCoordination, pools_of
 from jobbridge.push import PushAddress, PushKey
 from jobbridge.spec import format_validation_error
 from jobbridge.store.uws import UwsStore
@@ -97,10 +99,15 @@ def create_app(
         if settings.push:
             engine.push_to(PushAddress(push_endpoint(settings), push_key))
         engine.start_background()
+        pools = PoolCoordination(engine) if pools_of(engine) else None
+        if pools is not None:
+            pools.start()
         try:
             yield
         finally:
             engine.push_to(None)
+            if pools is not None:
+                pools.stop()
             engine.stop_background()
             if listener is not None:
                 listener.close()
