@@ -2,8 +2,8 @@
 of the service, say), for the coordinating one to carry out; and where a unit's stdout and
 stderr are in the files its agent's worker shares among its units.
 
-Revision ID: 0011
-Revises: 0009
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-11-29
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 from jobbridge.store.schema import JSONDocument
 
-revision = "0011"
-down_revision = "0009"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

@@ -1,6 +1,6 @@
 """Workflows and their workspaces, the job cache, users' secrets.
 
-Revision ID: 0009
+Revision ID: 0008
 Revises: 0007
 Create Date: 2026-11-29
 """
@@ -10,7 +10,7 @@ from alembic import op
 
 from jobbridge.store.schema import UTCDateTime
 
-revision = "0009"
+revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None
