@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -17,7 +17,7 @@ from jobbridge.store.connection import WRITE_OPTION, alembic_config, create_engi
 from jobbridge.store.schema import dependencies, events, jobs, leases
 
 if TYPE_CHECKING:
-    pass
+    from jobbridge.store.batch import Change
 
 __all__ = ["JOB_CHANNEL", "Store"]
 
@@ -209,6 +209,13 @@ class Store:
             self._announce(conn, job_id, new.value)
             return moved
 
+    def move_many(self, changes: Sequence[Change]) -> dict[str, Job]:
+        """Apply many jobs' changes in one transaction, each only if its job is still as it
+        expects (see ``batch``); the changed jobs by id."""
+        from jobbridge.store.batch import apply_changes
+
+        return apply_changes(self, changes)
+
     def update(self, job_id: str, **fields: Any) -> Job:
         """Change fields other than the phase."""
         _check_fields(fields)
@@ -269,6 +276,13 @@ class Store:
             submitting_since=None,
             not_before=None,
         )
+
+    def finish_claims(self, token: str, native_ids: Mapping[str, str]) -> dict[str, Job]:
+        """``finish_claim`` for many jobs claimed under one token, in one transaction; the
+        jobs whose claim still held, by id."""
+        from jobbridge.store.batch import finish_claims
+
+        return finish_claims(self, token, native_ids)
 
     def adopt(self, job_id: str, native_id: str) -> Job | None:
         """Take a native id found for a submission whose outcome was unknown."""
@@ -612,6 +626,17 @@ class Store:
         )
         with self.reading() as conn:
             return [(self._job(row), row.condition) for row in conn.execute(query)]
+
+    def having_dependents(self, parent_ids: Sequence[str]) -> set[str]:
+        """Those of ``parent_ids`` that some job depends on."""
+        found: set[str] = set()
+        with self.reading() as conn:
+            for chunk in _chunks(parent_ids, 500):
+                query = sa.select(dependencies.c.parent_id).where(
+                    dependencies.c.parent_id.in_(chunk)
+                )
+                found.update(conn.execute(query.distinct()).scalars())
+        return found
 
     def events(self, job_id: str) -> list[Event]:
         query = (
