@@ -87,7 +87,7 @@ def test_finishing_many_claims_takes_only_those_still_held(store: Store) -> None
     store.retry_later(jobs[2].id, utcnow(), "back to waiting")  # from UNCERTAIN
     fresh = make_job()
     store.add([fresh], claimed=[fresh.id], token=token)
-    done = store.finish_claims(token, {fresh.id: "n1", jobs[0].id: "n2"})
+    done = store.finish_claims({fresh.id: (token, "n1"), jobs[0].id: (token, "n2")})
     assert set(done) == {fresh.id}
     assert done[fresh.id].native_id == "n1"
     assert done[fresh.id].handover is Handover.SUBMITTED

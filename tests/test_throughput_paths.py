@@ -128,6 +128,8 @@ def test_a_background_submission_without_answer_is_looked_for_not_lost(
 
 def test_a_refresh_parses_only_changed_rows(engine: Engine, cluster: FakeCluster) -> None:
     jobs = [engine.submit(SPEC) for _ in range(5)]
+    assert engine.settle(10)
+    jobs = engine.store.get_many(job.id for job in jobs)
     engine.refresh(force=True)
     first = {job.id: job for job in engine.store.handed_over("fake")}
     second = {job.id: job for job in engine.store.handed_over("fake")}

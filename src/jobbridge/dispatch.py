@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -26,6 +24,7 @@ from jobbridge.claims import ClaimKeeper, new_token
 from jobbridge.config import EngineSettings
 from jobbridge.dependencies import NEVER, Readiness, Verdict, judge
 from jobbridge.errors import JobNotFoundError, SubmitOutcome, submit_outcome
+from jobbridge.handovers import Handovers, Queued
 from jobbridge.hooks import Hooks
 from jobbridge.job import Handover, Job, JobStatus, utcnow
 from jobbridge.phase import Phase
@@ -69,10 +68,7 @@ class Dispatcher:
         self.settings = settings
         self._move = move
         self._keeper = ClaimKeeper(store, settings.claim_timeout / 4)
-        self._workers = max(1, max_concurrent_submissions)
-        self._pools: dict[str, ThreadPoolExecutor] = {}
-        self._underway = 0
-        self._settled = threading.Condition()
+        self._background = Handovers(self._keeper, self._hand, max_concurrent_submissions)
 
     def add(self, backend: Backend, jobs: list[Job], *, background: bool = False) -> list[Job]:
         """Record new QUEUED jobs and hand over those that may run at once. They are recorded
@@ -91,7 +87,8 @@ class Dispatcher:
         self.store.add(jobs, claimed=[job.id for job in go_now], token=token)
         go_now = [_claimed(job) for job in go_now]
         if background and go_now and not _whole_native_array(backend, go_now):
-            handed = {job.id: self._in_background(backend, job, token, native) for job in go_now}
+            self._background.put(backend, [Queued(job, token, native) for job in go_now])
+            handed = {job.id: job for job in go_now}
         else:
             handed = {job.id: job for job in self._submit_claimed(backend, go_now, token, native)}
         later = [job for job in jobs if job.id not in handed]
@@ -99,47 +96,21 @@ class Dispatcher:
             handed.update((job.id, job) for job in self.hand_over(backend, later))
         return [handed.get(job.id, job) for job in jobs]
 
-    # -- handing over in the background ---------------------------------------------------
-
-    def _in_background(
-        self, backend: Backend, job: Job, token: str, native: Sequence[NativeDependency]
-    ) -> Job:
-        """Leave a job claimed under ``token`` to a worker; its claim's heartbeat runs from
-        now on, so that it is never taken for dead while it waits for its turn."""
-        self._keeper.hold(token, [job.id])
-        with self._settled:
-            self._underway += 1
-            pool = self._pools.get(backend.name)
-            if pool is None:
-                pool = self._pools[backend.name] = ThreadPoolExecutor(
-                    self._workers, thread_name_prefix=f"jobbridge-submit-{backend.name}"
-                )
-
-        def work() -> None:
-            try:
-                self._submit_one(backend, job, token, native)
-            except Exception:  # its claim dies with it: the job is then looked for, not lost
-                log.exception("handing job %s to %s failed", job.id, backend.name)
-            finally:
-                self._keeper.let_go(token, [job.id])
-                with self._settled:
-                    self._underway -= 1
-                    if self._underway == 0:
-                        self._settled.notify_all()
-
-        pool.submit(work)
-        return job
-
     def settle(self, timeout: float | None = None) -> bool:
         """Wait until every handover left to the background is done; False on timeout."""
-        with self._settled:
-            return self._settled.wait_for(lambda: self._underway == 0, timeout)
+        return self._background.settle(timeout)
 
     def close(self) -> None:
         """Finish the handovers under way (an interrupted one would only be looked for)."""
-        pools, self._pools = self._pools, {}
-        for pool in pools.values():
-            pool.shutdown(wait=True)
+        self._background.close()
+
+    def _hand(self, backend: Backend, queued: list[Queued]) -> None:
+        """Hand over jobs taken from the background queue."""
+        if backend.batch_submission and len(queued) > 1:
+            self._submit_batch(backend, queued)
+            return
+        for item in queued:
+            self._submit_one(backend, item.job, item.token, item.native)
 
     def hand_over(self, backend: Backend, waiting: Sequence[Job]) -> list[Job]:
         """Submit what may run now; return the jobs as they are afterwards."""
@@ -254,6 +225,8 @@ class Dispatcher:
         with self._keeper.holding(token, [job.id for job in claimed]):
             if _whole_native_array(backend, claimed):
                 return self._submit_array(backend, claimed, token, native)
+            if backend.batch_submission and len(claimed) > 1 and not native:
+                return self._submit_batch(backend, [Queued(job, token) for job in claimed])
             return [self._submit_one(backend, job, token, native) for job in claimed]
 
     def _submit_one(
@@ -284,8 +257,37 @@ class Dispatcher:
             for job, native_id in zip(members, native_ids, strict=True)
         ]
 
+    def _submit_batch(self, backend: Backend, queued: list[Queued]) -> list[Job]:
+        """Hand many jobs over in one step, and record what they got in one transaction."""
+        for item in queued:
+            self.hooks.run_before_submit(item.job)
+        try:
+            answers = backend.submit_many([item.job for item in queued])
+        except Exception as error:
+            answers = [error] * len(queued)
+        results: dict[str, Job] = {}
+        got: dict[str, tuple[str, str]] = {}
+        for item, answer in zip(queued, answers, strict=True):
+            if isinstance(answer, Exception):
+                results[item.job.id] = self._not_submitted(backend, item.job, item.token, answer)
+            else:
+                got[item.job.id] = (item.token, answer)
+        done = self.store.finish_claims(got)
+        for item in queued:
+            if item.job.id in got:
+                native_id = got[item.job.id][1]
+                results[item.job.id] = self._finished(
+                    backend, item.job, done.get(item.job.id), native_id
+                )
+        return [results[item.job.id] for item in queued]
+
     def _submitted(self, backend: Backend, job: Job, token: str, native_id: str) -> Job:
-        done = self.store.finish_claim(job.id, token, native_id)
+        return self._finished(
+            backend, job, self.store.finish_claim(job.id, token, native_id), native_id
+        )
+
+    def _finished(self, backend: Backend, job: Job, done: Job | None, native_id: str) -> Job:
+        """After the native id was recorded (``done``), or found too late to record (None)."""
         if done is None:
             return self._late_answer(backend, job, native_id)
         self.hooks.run_after_submit(done)

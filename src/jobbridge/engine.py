@@ -127,14 +127,17 @@ class Engine:
         *,
         backend: str | None = None,
         owner: str | None = None,
-        background: bool = False,
+        background: bool | None = None,
     ) -> Job:
-        """Record one job and hand it over as soon as it may run. With ``background`` it
-        returns once the job is recorded (claimed for submission, so durable and found
-        again after any crash); a worker hands it over, at most
-        ``max_concurrent_submissions`` at once per backend (see ``settle``)."""
+        """Record one job and hand it over as soon as it may run. With ``background`` (the
+        default: ``submit_in_background``) it returns once the job is recorded (claimed for
+        submission, so durable and found again after any crash); a worker hands it over, at
+        most ``max_concurrent_submissions`` at once per backend (see ``settle``). Without,
+        it returns the job as its handover left it."""
         if spec.array is not None:
             raise SpecError("this spec describes an array: submit it with submit_array()")
+        if background is None:
+            background = self.settings.submit_in_background
         return self._add(spec, backend, owner, Phase.QUEUED, background=background)[0]
 
     def submit_many(

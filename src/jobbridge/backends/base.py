@@ -101,6 +101,8 @@ class Backend(ABC):
     """True if the backend can be handed a job whose parents it still runs."""
     native_conditions: ClassVar[frozenset[str]] = frozenset({"afterok", "afterany", "afternotok"})
     """With ``native_dependencies``: the conditions it enforces; for others jobbridge waits."""
+    batch_submission: ClassVar[bool] = False
+    """True if ``submit_many`` hands many jobs over for much less than one by one."""
 
     def __init__(self, name: str, options: BackendOptions, context: BackendContext) -> None:
         self.name = name
@@ -152,6 +154,18 @@ class Backend(ABC):
     def submit(self, job: Job, dependencies: Sequence[NativeDependency] = ()) -> str:
         """Hand one job over; return the backend's own id for it. ``dependencies`` come only
         to a backend with ``native_dependencies``."""
+
+    def submit_many(self, jobs: Sequence[Job]) -> list[str | Exception]:
+        """Hand over many jobs without native dependencies; for each, in order, its native
+        id or the error that kept it back (as ``submit`` would have raised it). One job's
+        failure never keeps the others back."""
+        answers: list[str | Exception] = []
+        for job in jobs:
+            try:
+                answers.append(self.submit(job))
+            except Exception as error:
+                answers.append(error)
+        return answers
 
     def submit_array(
         self, jobs: Sequence[Job], dependencies: Sequence[NativeDependency] = ()

@@ -64,6 +64,7 @@ class LocalBackend(Backend):
 
     kind = "local"
     Options = LocalOptions
+    batch_submission = True
     options: LocalOptions
 
     def __init__(self, name: str, options: BackendOptions, context: BackendContext) -> None:
@@ -95,12 +96,32 @@ class LocalBackend(Backend):
             raise LimitExceededError(self.name, "cores", spec.resources.cores, self.options.cores)
 
     def submit(self, job: Job, dependencies: Sequence[NativeDependency] = ()) -> str:
+        job_dir = self._prepare(job)
+        self.supervisor.enqueue(job.id, job_dir)
+        return job_dir
+
+    def submit_many(self, jobs: Sequence[Job]) -> list[str | Exception]:
+        """Every job's plan and spool entry, then one wake-up of the supervisor."""
+        answers: list[str | Exception] = []
+        for job in jobs:
+            try:
+                job_dir = self._prepare(job)
+                self.supervisor.enqueue(job.id, job_dir, wake=False)
+            except Exception as error:
+                answers.append(error)
+            else:
+                answers.append(job_dir)
+        if any(isinstance(answer, str) for answer in answers):
+            self.supervisor.wake()
+        return answers
+
+    def _prepare(self, job: Job) -> str:
+        """The job's directory with its inputs and its plan in it."""
         job_dir = self._job_dir(job)
         self.transport.make_dirs(job_dir)
         staging.stage_in(self.transport, job_dir, job.spec.stage_in)
         plan = self._plan(job, job_dir)
         self.transport.write_bytes(os.path.join(job_dir, sup.PLAN_FILE), json.dumps(plan).encode())
-        self.supervisor.enqueue(job.id, job_dir)
         return job_dir
 
     def locate(self, jobs: Sequence[Job]) -> Located:

@@ -85,16 +85,16 @@ def apply_changes(store: Store, changes: Sequence[Change]) -> dict[str, Job]:
     return _apply(store, guarded)
 
 
-def finish_claims(store: Store, token: str, native_ids: Mapping[str, str]) -> dict[str, Job]:
-    """Record the native ids that claimed submissions got, for the jobs still claimed under
-    ``token`` (see ``Store.finish_claim``); those jobs as they are now, by id."""
-    guard = {"claim_token": token, "handover": Handover.CLAIMED.value}
+def finish_claims(store: Store, answers: Mapping[str, tuple[str, str]]) -> dict[str, Job]:
+    """Record the native ids that claimed submissions got (job id -> its claim's token, the
+    native id), for the jobs still claimed under those tokens (see ``Store.finish_claim``);
+    those jobs as they are now, by id."""
     return _apply(
         store,
         [
             _Guarded(
                 job_id,
-                guard,
+                {"claim_token": token, "handover": Handover.CLAIMED.value},
                 {
                     "native_id": native_id,
                     "handover": Handover.SUBMITTED.value,
@@ -103,7 +103,7 @@ def finish_claims(store: Store, token: str, native_ids: Mapping[str, str]) -> di
                     "not_before": None,
                 },
             )
-            for job_id, native_id in native_ids.items()
+            for job_id, (token, native_id) in answers.items()
         ],
     )
 

@@ -277,12 +277,12 @@ class Store:
             not_before=None,
         )
 
-    def finish_claims(self, token: str, native_ids: Mapping[str, str]) -> dict[str, Job]:
-        """``finish_claim`` for many jobs claimed under one token, in one transaction; the
-        jobs whose claim still held, by id."""
+    def finish_claims(self, answers: Mapping[str, tuple[str, str]]) -> dict[str, Job]:
+        """``finish_claim`` for many jobs in one transaction: job id -> (the token it was
+        claimed under, the native id it got). The jobs whose claim still held, by id."""
         from jobbridge.store.batch import finish_claims
 
-        return finish_claims(self, token, native_ids)
+        return finish_claims(self, answers)
 
     def adopt(self, job_id: str, native_id: str) -> Job | None:
         """Take a native id found for a submission whose outcome was unknown."""
