@@ -106,7 +106,7 @@ class Dispatcher:
 
     def _hand(self, backend: Backend, queued: list[Queued]) -> None:
         """Hand over jobs taken from the background queue."""
-        if backend.batch_submission and len(queued) > 1:
+        if backend.batch_submission and not any(item.native for item in queued):
             self._submit_batch(backend, queued)
             return
         for item in queued:
