@@ -200,8 +200,7 @@ def test_jobs_submitted_one_by_one_are_handed_over_together(url: str, cluster: F
         done = engine.store.get_many(job.id for job in jobs)
     assert all(job.handover is Handover.SUBMITTED for job in done)
     assert cluster.submit_calls == 20 and len(set(cluster.by_job.values())) == 20
-    assert len(backend.batches) < 20, "jobs queued meanwhile share a handover"
-    assert sum(backend.batches) == 20
+    assert max(backend.batches) > 1, "jobs queued meanwhile share a handover"
 
 
 def test_a_refused_job_in_a_batch_keeps_no_other_back(url: str, cluster: FakeCluster) -> None:

@@ -106,11 +106,11 @@ class Dispatcher:
 
     def _hand(self, backend: Backend, queued: list[Queued]) -> None:
         """Hand over jobs taken from the background queue."""
-        if backend.batch_submission and not any(item.native for item in queued):
-            self._submit_batch(backend, queued)
+        if len(queued) == 1 or any(item.native for item in queued):
+            for item in queued:
+                self._submit_one(backend, item.job, item.token, item.native)
             return
-        for item in queued:
-            self._submit_one(backend, item.job, item.token, item.native)
+        self._submit_batch(backend, queued)
 
     def hand_over(self, backend: Backend, waiting: Sequence[Job]) -> list[Job]:
         """Submit what may run now; return the jobs as they are afterwards."""

@@ -3,7 +3,9 @@
 Each backend has a queue of claimed jobs and at most ``workers`` threads that hand them
 over; a thread leaves once the queue is empty. A backend that takes many jobs in one step
 (``batch_submission``) gets whatever queued meanwhile in one go, so that jobs submitted one
-by one in quick succession still share a handover and its one write. Every queued job's
+by one in quick succession still share a handover and its one write; from a long queue for
+any other backend, a thread takes its share of jobs, submits them one by one, and records
+what they got in one write. Every queued job's
 claim is kept alive from the moment it is queued until its handover is over, so that no
 other process takes it for dead meanwhile; a process that dies with jobs in its queue leaves
 them claimed, and they are then looked for, never lost.
@@ -27,6 +29,9 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
 """Jobs handed to a batch-taking backend in one step at most."""
+MAX_SHARE = 16
+"""Jobs one worker takes from a long queue for a backend that takes them one by one; it
+records their native ids in one transaction."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,6 @@ class Handovers:
             thread.join()
 
     def _work(self, backend: Backend) -> None:
-        size = MAX_BATCH if backend.batch_submission else 1
         while True:
             with self._lock:
                 queue = self._queues[backend.name]
@@ -96,6 +100,10 @@ class Handovers:
                     self._running[backend.name] -= 1
                     self._threads.discard(threading.current_thread())
                     return
+                if backend.batch_submission:
+                    size = MAX_BATCH
+                else:  # one at a time to the backend, the answers recorded together
+                    size = max(1, min(MAX_SHARE, len(queue) // self._workers))
                 taken = [queue.popleft() for _ in range(min(size, len(queue)))]
             try:
                 self._hand(backend, taken)
