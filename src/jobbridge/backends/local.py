@@ -233,6 +233,9 @@ class LocalBackend(Backend):
             return result
         runner = self._runner(job_dir)
         if runner is None:
+            queued = job.queued or job.created
+            if time.time() - queued.timestamp() < STALL:  # handed over later still
+                return JobStatus(phase=Phase.QUEUED)
             waited = time.time() - self._submitted_at(job_dir)
             if waited < STALL:
                 return JobStatus(phase=Phase.QUEUED)
