@@ -27,6 +27,8 @@ __all__ = ["Change", "apply_changes", "finish_claims"]
 
 _CHUNK = 500
 """Ids in one ``IN`` list, well below every database's limit on bound parameters."""
+_ATTEMPTS = 3
+_DEADLOCK = "40P01"
 _NOTIFY = sa.text(
     "SELECT pg_notify(:channel, payload) FROM unnest(CAST(:payloads AS text[])) AS payload"
 )
@@ -114,7 +116,19 @@ def _apply(store: Store, changes: Sequence[_Guarded]) -> dict[str, Job]:
     by_id = {change.job_id: change for change in changes}
     if len(by_id) != len(changes):
         raise ValueError("one change per job in a batch")
-    guards = sorted({column for change in changes for column in change.guard})
+    for attempt in range(_ATTEMPTS):
+        try:
+            return _apply_once(store, by_id)
+        except sa.exc.OperationalError as error:
+            # PostgreSQL ended the transaction to break a deadlock with a writer that locks
+            # rows in another order (a heartbeat): nothing was written, so it may run again
+            if _sqlstate(error) != _DEADLOCK or attempt == _ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _apply_once(store: Store, by_id: dict[str, _Guarded]) -> dict[str, Job]:
+    guards = sorted({column for change in by_id.values() for column in change.guard})
     with store.writing() as conn:
         holding = [
             by_id[row.id]
@@ -132,6 +146,10 @@ def _apply(store: Store, changes: Sequence[_Guarded]) -> dict[str, Job]:
             conn.execute(events.insert(), moved)
             _announce(store, conn, [(event["job_id"], event["new_phase"]) for event in moved])
     return changed
+
+
+def _sqlstate(error: sa.exc.DBAPIError) -> str | None:
+    return getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
 
 
 def _locked(conn: sa.Connection, job_ids: list[str], guards: list[str]) -> Iterator[Any]:
