@@ -238,3 +238,25 @@ def test_a_batch_whose_answer_never_came_is_adopted_not_repeated(
         assert cluster.submit_calls == 5
     finally:
         second.close()
+
+
+def test_an_unchanged_listing_is_reused_only_while_nothing_was_committed(url: str) -> None:
+    mine, theirs = Store(url), Store(url)
+    try:
+        jobs = [make_job(native_id=str(n), backend="fake") for n in range(3)]
+        mine.add(jobs)
+        assert [job.id for job in mine.handed_over("fake")] == [job.id for job in jobs]
+        again = mine.handed_over("fake")
+        assert all(a is b for a, b in zip(again, mine.handed_over("fake"), strict=True))
+        theirs.update(jobs[0].id, detail="SEEN")  # another process
+        assert mine.handed_over("fake")[0].detail == "SEEN"
+        theirs.move(jobs[1].id, Phase.QUEUED, Phase.COMPLETED)
+        assert [job.id for job in mine.handed_over("fake")] == [jobs[0].id, jobs[2].id]
+        mine.update(jobs[2].id, detail="MINE")  # this process, through another connection
+        assert mine.handed_over("fake")[-1].detail == "MINE"
+        late = make_job(native_id="9", backend="fake")
+        theirs.add([late])
+        assert mine.handed_over("fake")[-1].id == late.id
+    finally:
+        mine.close()
+        theirs.close()

@@ -13,7 +13,13 @@ from jobbridge.errors import JobNotFoundError
 from jobbridge.job import Event, Handover, Job, utcnow
 from jobbridge.phase import ACTIVE_PHASES, Phase
 from jobbridge.spec import JobSpec
-from jobbridge.store.connection import WRITE_OPTION, alembic_config, create_engine, head_revision
+from jobbridge.store.connection import (
+    WRITE_OPTION,
+    ChangeWatch,
+    alembic_config,
+    create_engine,
+    head_revision,
+)
 from jobbridge.store.schema import dependencies, events, jobs, leases
 
 if TYPE_CHECKING:
@@ -44,6 +50,8 @@ class Store:
         self._writer = self._engine.execution_options(**{WRITE_OPTION: True})
         self._parsed: dict[str, tuple[int, Job]] = {}
         self._specs: dict[str, tuple[Any, JobSpec]] = {}
+        self._watch = ChangeWatch(self._engine)
+        self._listings: dict[str, tuple[int, list[tuple[str, int]]]] = {}
         if migrate:
             self.migrate()
 
@@ -52,6 +60,7 @@ class Store:
         return self._engine.dialect.name
 
     def close(self) -> None:
+        self._watch.close()
         self._engine.dispose()
 
     def migrate(self) -> None:
@@ -549,7 +558,9 @@ class Store:
     def handed_over(self, backend: str) -> list[Job]:
         """The active jobs that this backend holds (with a native id), oldest first. Only
         ids and versions are read for all; whole rows only where the version changed since
-        this store last parsed them, so an unchanged job costs neither parsing nor validation."""
+        this store last parsed them, so an unchanged job costs neither parsing nor validation.
+        On SQLite, when nothing at all was committed since the last listing, not even the
+        ids are read again."""
         listing = (
             sa.select(jobs.c.id, jobs.c.version)
             .where(
@@ -560,8 +571,15 @@ class Store:
             .order_by(jobs.c.created, jobs.c.id)
         )
         found: dict[str, Job] = {}
+        moment = self._watch.version()  # before the listing: a later commit shows next time
         with self.reading() as conn:
-            listed = conn.execute(listing).all()
+            known = self._listings.get(backend)
+            if moment is not None and known is not None and known[0] == moment:
+                listed = known[1]  # nothing was committed since: the same jobs, unchanged
+            else:
+                listed = [(job_id, version) for job_id, version in conn.execute(listing)]
+                if moment is not None:
+                    self._listings[backend] = (moment, listed)
             stale = []
             for job_id, version in listed:
                 seen = self._parsed.get(job_id)
