@@ -73,15 +73,18 @@ class ChangeWatch:
     """Whether anything was committed to a SQLite database since a moment: its
     ``data_version``, read on a connection of the watch's own that never writes, changes
     with every commit of any other connection, in this process or another. On other
-    databases it knows nothing (``version`` is None)."""
+    databases, and in memory, it knows nothing (``version`` is None)."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
+        database = engine.url.database
+        # an in-memory database is one connection shared by all: it would watch itself
+        self._watchable = engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
         self._conn: sa.Connection | None = None
         self._lock = threading.Lock()
 
     def version(self) -> int | None:
-        if self._engine.dialect.name != "sqlite":
+        if not self._watchable:
             return None
         with self._lock:
             if self._conn is None:
