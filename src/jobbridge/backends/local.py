@@ -101,17 +101,23 @@ class LocalBackend(Backend):
         return job_dir
 
     def submit_many(self, jobs: Sequence[Job]) -> list[str | Exception]:
-        """Every job's plan and spool entry, then one wake-up of the supervisor."""
+        """Every job's plan and spool entry, with one wake-up of the supervisor per runner's
+        worth of jobs (so that the first start while the rest are written)."""
         answers: list[str | Exception] = []
+        unannounced = 0
         for job in jobs:
             try:
                 job_dir = self._prepare(job)
                 self.supervisor.enqueue(job.id, job_dir, wake=False)
             except Exception as error:
                 answers.append(error)
-            else:
-                answers.append(job_dir)
-        if any(isinstance(answer, str) for answer in answers):
+                continue
+            answers.append(job_dir)
+            unannounced += 1
+            if unannounced == sup.MAX_BATCH:
+                self.supervisor.wake()
+                unannounced = 0
+        if unannounced:
             self.supervisor.wake()
         return answers
 
