@@ -333,7 +333,7 @@ def make_engine(backend: BatchBackend, data_dir: Path) -> Engine:
     return Engine(
         store,
         {backend.name: backend},
-        settings=EngineSettings(refresh_interval=0.2),
+        settings=EngineSettings(refresh_interval=0.2, submit_in_background=False),
         default_backend=backend.name,
     )
 

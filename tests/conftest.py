@@ -81,6 +81,11 @@ def local_backend(isolated_data_dir: Path) -> Iterator[LocalBackend]:
 @pytest.fixture
 def engine(isolated_data_dir: Path, local_backend: LocalBackend) -> Iterator[Engine]:
     store = Store(f"sqlite:///{isolated_data_dir / 'jobbridge.db'}")
-    engine = Engine(store, {"local": local_backend}, settings=EngineSettings(refresh_interval=0.1))
+    # the tests look at each handover's outcome as submit() returns it
+    engine = Engine(
+        store,
+        {"local": local_backend},
+        settings=EngineSettings(refresh_interval=0.1, submit_in_background=False),
+    )
     yield engine
     engine.close()

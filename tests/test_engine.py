@@ -45,6 +45,8 @@ def db_url(tmp_path: Path) -> str:
 
 def make_engine(db_url: str, cluster: FakeCluster, **options: object) -> Engine:
     settings = options.pop("settings", EngineSettings(status_failure_threshold=3))
+    # the tests look at each handover's outcome as submit() returns it
+    settings = settings.model_copy(update={"submit_in_background": False})
     native_arrays = bool(options.pop("native_arrays", False))
     native_dependencies = bool(options.pop("native_dependencies", False))
     backend = FakeBackend(
@@ -694,7 +696,7 @@ def test_a_stuck_backend_delays_no_other(db_url: str, cluster: FakeCluster) -> N
         return blocked_status(jobs)
 
     stuck.status = hang  # type: ignore[method-assign,assignment]
-    settings = EngineSettings(refresh_interval=0.05)
+    settings = EngineSettings(refresh_interval=0.05, submit_in_background=False)
     backends = {"fast": fast, "stuck": stuck}
     with Engine(Store(db_url), backends, settings=settings, default_backend="fast") as engine:  # type: ignore[arg-type]
         slow_job = engine.submit(SPEC, backend="stuck")

@@ -63,7 +63,7 @@ def backend_on(data_dir: Path) -> PbsProBackend:
 
 def engine_on(backend: PbsProBackend, data_dir: Path) -> Engine:
     store = Store(f"sqlite:///{data_dir / 'jobbridge.db'}")
-    settings = EngineSettings(refresh_interval=0.2, claim_timeout=5)
+    settings = EngineSettings(refresh_interval=0.2, claim_timeout=5, submit_in_background=False)
     return Engine(store, {backend.name: backend}, settings=settings, default_backend=backend.name)
 
 

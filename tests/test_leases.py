@@ -108,7 +108,7 @@ def two_engines(
     store_url: str,
 ) -> Iterator[tuple[Engine, Engine, CountingBackend, CountingBackend, FakeCluster]]:
     cluster = FakeCluster()
-    settings = EngineSettings(refresh_interval=0.05, lease_duration=2.0)
+    settings = EngineSettings(refresh_interval=0.05, lease_duration=2.0, submit_in_background=False)
     one_backend, two_backend = CountingBackend(cluster), CountingBackend(cluster)
     one = Engine(Store(store_url), {"fake": one_backend}, settings=settings, default_backend="fake")
     two = Engine(Store(store_url), {"fake": two_backend}, settings=settings, default_backend="fake")

@@ -21,6 +21,7 @@ from jobbridge import (
     ResourcesNotSupportedError,
 )
 from jobbridge.backends import local_supervisor as sup
+from jobbridge.job import Handover
 
 HOSTILE = ["$(touch pwned)", "`touch pwned`", "a; touch pwned", 'it\'s "quoted"', "new\nline", "*"]
 
@@ -294,3 +295,28 @@ def test_the_supervisor_stays_small() -> None:
     ).stdout.split()
     assert "local_supervisor" in loaded
     assert not {"jobbridge", "pydantic", "sqlalchemy", "subprocess", "threading"} & set(loaded)
+
+
+def test_many_jobs_handed_over_in_one_step_each_run_once(engine: Engine, tmp_path: Path) -> None:
+    """submit_many() gives the supervisor all jobs with one wake-up; a job whose input is
+    missing is kept back alone, and every other one runs, once."""
+    counter = tmp_path / "runs"
+    specs = [
+        JobSpec(executable="sh", arguments=["-c", f"echo {n} >> {counter}"]) for n in range(30)
+    ]
+    vanishing = tmp_path / "vanishing"
+    vanishing.write_text("gone before its job is handed over")
+    missing_input = JobSpec(executable="true", stage_in=[{"source": str(vanishing), "target": "x"}])
+    engine.hooks.on_before_submit(lambda job: vanishing.unlink(missing_ok=True))
+    backend = engine.backend()
+    wakes: list[bytes] = []
+    wake = backend.supervisor.wake  # type: ignore[attr-defined]
+    backend.supervisor.wake = lambda message=b"j": wakes.append(message) or wake(message)  # type: ignore[attr-defined]
+    jobs = engine.submit_many([*specs[:15], missing_input, *specs[15:]])
+    assert len(wakes) == 1
+    kept_back = jobs.pop(15)  # to be tried again later, as a passing failure
+    assert kept_back.handover is Handover.WAITING and not kept_back.is_submitted
+    assert all(job.is_submitted for job in jobs)
+    done = engine.wait([job.id for job in jobs], timeout=60)
+    assert [job.phase for job in done].count(Phase.COMPLETED) == 30
+    assert sorted(int(line) for line in counter.read_text().split()) == list(range(30))

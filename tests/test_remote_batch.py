@@ -62,7 +62,7 @@ def engine(isolated_data_dir: Path, kind: str) -> Iterator[Engine]:
     engine = Engine(
         store,
         {"cluster": backend},
-        settings=EngineSettings(refresh_interval=0.2),
+        settings=EngineSettings(refresh_interval=0.2, submit_in_background=False),
         default_backend="cluster",
         results_dir=isolated_data_dir / "results",
     )

@@ -275,3 +275,16 @@ def test_a_backend_without_job_directories_refuses_secrets(tmp_path: Path) -> No
         assert cluster.submit_calls == 0 and engine.store.count() == 0
     finally:
         engine.close()
+
+
+def test_jobs_handed_over_together_each_get_their_secrets(secret_engine: Engine) -> None:
+    """A batch handover prepares every job of the batch as a single handover would."""
+    add_alice_secrets(secret_engine)
+    spec = JobSpec(executable="sh", arguments=["-c", REPORT], secrets=["TOKEN", "KEYTAB"])
+    jobs = secret_engine.submit_many([spec] * 6, owner="alice")
+    done = secret_engine.wait([job.id for job in jobs], timeout=60)
+    for job in done:
+        assert job.phase is Phase.COMPLETED, job.message
+        lines = secret_engine.read_output(job.id).decode().split("\n")
+        assert lines[0].split()[0] == sha(TOKEN.encode())
+        assert lines[1].split()[0] == sha(KEYTAB)

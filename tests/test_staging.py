@@ -39,7 +39,7 @@ def engine(isolated_data_dir: Path) -> Iterator[Engine]:
     engine = Engine(
         store,
         {"local": backend},
-        settings=EngineSettings(refresh_interval=0.1),
+        settings=EngineSettings(refresh_interval=0.1, submit_in_background=False),
         results_dir=isolated_data_dir / "results",
     )
     yield engine
@@ -251,6 +251,7 @@ def test_cores_in_flight_make_jobs_wait(isolated_data_dir: Path) -> None:
         Store(f"sqlite:///{isolated_data_dir / 'l.db'}"),
         {"small": backend},
         default_backend="small",
+        settings=EngineSettings(submit_in_background=False),
     ) as engine:
         spec = JobSpec(executable="sleep", arguments=["0.5"], resources={"cores_per_process": 2})
         jobs = [engine.submit(spec) for _ in range(3)]

@@ -4,14 +4,16 @@ they return, a crash leaves them to be looked for, refreshes parse only changed 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from jobbridge import Engine, EngineSettings, JobSpec, Phase, Store
 from jobbridge.backends.base import BackendOptions
-from jobbridge.job import Handover
+from jobbridge.errors import JobbridgeError
+from jobbridge.job import Handover, Job
 from jobbridge.store.connection import head_revision as _head_revision
 from tests.doubles import FakeBackend, FakeCluster
 from tests.test_store import make_job
@@ -128,6 +130,8 @@ def test_a_background_submission_without_answer_is_looked_for_not_lost(
 
 def test_a_refresh_parses_only_changed_rows(engine: Engine, cluster: FakeCluster) -> None:
     jobs = [engine.submit(SPEC) for _ in range(5)]
+    assert engine.settle(10)
+    jobs = engine.store.get_many(job.id for job in jobs)
     engine.refresh(force=True)
     first = {job.id: job for job in engine.store.handed_over("fake")}
     second = {job.id: job for job in engine.store.handed_over("fake")}
@@ -159,3 +163,100 @@ def test_the_head_revision_is_alembics() -> None:
     from jobbridge.store.connection import alembic_config as _alembic_config
 
     assert _head_revision() == ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+class BatchBackend(FakeBackend):
+    """A fake that takes many jobs in one step, and counts its steps."""
+
+    batch_submission = True
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        super().__init__(cluster, options=BackendOptions(min_refresh_interval=0))
+        self.batches: list[int] = []
+        self.crash_after_batch = False
+
+    def submit_many(self, jobs: Sequence[Job]) -> list[str | Exception]:
+        self.batches.append(len(jobs))
+        answers = super().submit_many(jobs)
+        if self.crash_after_batch:  # the backend has them all, the answer never comes back
+            raise RuntimeError("process killed")
+        return answers
+
+
+def batch_engine(url: str, backend: BatchBackend) -> Engine:
+    settings = EngineSettings(claim_timeout=0.3)
+    return Engine(Store(url), {"fake": backend}, settings=settings, default_backend="fake")
+
+
+def test_jobs_submitted_one_by_one_are_handed_over_together(url: str, cluster: FakeCluster) -> None:
+    backend = BatchBackend(cluster)
+    gate = threading.Event()
+    backend.on_submit.append(lambda job: gate.wait(10))
+    with batch_engine(url, backend) as engine:
+        jobs = [engine.submit(SPEC) for _ in range(20)]
+        assert all(job.handover is Handover.CLAIMED for job in jobs)
+        gate.set()
+        assert engine.settle(10)
+        done = engine.store.get_many(job.id for job in jobs)
+    assert all(job.handover is Handover.SUBMITTED for job in done)
+    assert cluster.submit_calls == 20 and len(set(cluster.by_job.values())) == 20
+    assert max(backend.batches) > 1, "jobs queued meanwhile share a handover"
+
+
+def test_a_refused_job_in_a_batch_keeps_no_other_back(url: str, cluster: FakeCluster) -> None:
+    backend = BatchBackend(cluster)
+    refused = JobSpec(executable="refuse-me")
+
+    def refuse(job: Job) -> None:
+        if job.spec.executable == "refuse-me":
+            raise JobbridgeError("no such program")
+
+    backend.on_submit.append(refuse)
+    with batch_engine(url, backend) as engine:
+        jobs = engine.submit_many([SPEC, refused, SPEC])
+    assert [job.is_submitted for job in jobs] == [True, False, True]
+    assert (jobs[1].phase, jobs[1].detail) == (Phase.ERROR, "SUBMIT_FAILED")
+    assert backend.batches == [3]
+
+
+def test_a_batch_whose_answer_never_came_is_adopted_not_repeated(
+    url: str, cluster: FakeCluster
+) -> None:
+    first_backend = BatchBackend(cluster)
+    first_backend.crash_after_batch = True
+    first = batch_engine(url, first_backend)
+    jobs = first.submit_many([SPEC] * 5)
+    first.close()
+    assert not any(job.is_submitted for job in jobs)
+    assert cluster.submit_calls == 5
+    time.sleep(0.4)  # the claims' heartbeat stopped with their process
+    second = batch_engine(url, BatchBackend(cluster))
+    try:
+        second.refresh(force=True)
+        found = second.store.get_many(job.id for job in jobs)
+        assert [job.native_id for job in found] == [cluster.by_job[job.id] for job in jobs]
+        assert cluster.submit_calls == 5
+    finally:
+        second.close()
+
+
+def test_an_unchanged_listing_is_reused_only_while_nothing_was_committed(url: str) -> None:
+    mine, theirs = Store(url), Store(url)
+    try:
+        jobs = [make_job(native_id=str(n), backend="fake") for n in range(3)]
+        mine.add(jobs)
+        assert [job.id for job in mine.handed_over("fake")] == [job.id for job in jobs]
+        again = mine.handed_over("fake")
+        assert all(a is b for a, b in zip(again, mine.handed_over("fake"), strict=True))
+        theirs.update(jobs[0].id, detail="SEEN")  # another process
+        assert mine.handed_over("fake")[0].detail == "SEEN"
+        theirs.move(jobs[1].id, Phase.QUEUED, Phase.COMPLETED)
+        assert [job.id for job in mine.handed_over("fake")] == [jobs[0].id, jobs[2].id]
+        mine.update(jobs[2].id, detail="MINE")  # this process, through another connection
+        assert mine.handed_over("fake")[-1].detail == "MINE"
+        late = make_job(native_id="9", backend="fake")
+        theirs.add([late])
+        assert mine.handed_over("fake")[-1].id == late.id
+    finally:
+        mine.close()
+        theirs.close()

@@ -67,6 +67,12 @@ class EngineSettings(BaseModel):
         description="first pause before a submission that failed for a passing"
         " reason is tried again; it doubles up to max_backoff",
     )
+    submit_in_background: bool = Field(
+        True,
+        description="submit() returns once the job is recorded and claimed (durable, found"
+        " again after any crash); at most max_concurrent_submissions workers per backend hand"
+        " jobs over meanwhile, many at once where the backend allows",
+    )
     lease_duration: float = Field(
         30.0,
         gt=0,

@@ -15,25 +15,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from jobbridge.backends.base import Backend, NativeDependency
 from jobbridge.claims import ClaimKeeper, new_token
 from jobbridge.config import EngineSettings
 from jobbridge.dependencies import NEVER, Readiness, Verdict, judge
 from jobbridge.errors import JobNotFoundError, SubmitOutcome, submit_outcome
+from jobbridge.handovers import Handovers, Queued
 from jobbridge.hooks import Hooks
 from jobbridge.job import Handover, Job, JobStatus, utcnow
 from jobbridge.phase import Phase
-from jobbridge.preparation import preparation_failure
+from jobbridge.preparation import Prepared, preparation_failure
 from jobbridge.store import Store
-
-if TYPE_CHECKING:
-    from jobbridge.preparation import Prepared
 
 __all__ = ["Dispatcher", "Mover"]
 
@@ -81,10 +77,7 @@ class Dispatcher:
         self.settings = settings
         self._move = move
         self._keeper = ClaimKeeper(store, settings.claim_timeout / 4)
-        self._workers = max(1, max_concurrent_submissions)
-        self._pools: dict[str, ThreadPoolExecutor] = {}
-        self._underway = 0
-        self._settled = threading.Condition()
+        self._background = Handovers(self._keeper, self._hand, max_concurrent_submissions)
 
     def add(self, backend: Backend, jobs: list[Job], *, background: bool = False) -> list[Job]:
         """Record new QUEUED jobs and hand over those that may run at once. They are recorded
@@ -103,7 +96,8 @@ class Dispatcher:
         self.store.add(jobs, claimed=[job.id for job in go_now], token=token)
         go_now = [_claimed(job) for job in go_now]
         if background and go_now and not _whole_native_array(backend, go_now):
-            handed = {job.id: self._in_background(backend, job, token, native) for job in go_now}
+            self._background.put(backend, [Queued(job, token, native) for job in go_now])
+            handed = {job.id: job for job in go_now}
         else:
             handed = {job.id: job for job in self._submit_claimed(backend, go_now, token, native)}
         later = [job for job in jobs if job.id not in handed]
@@ -111,47 +105,21 @@ class Dispatcher:
             handed.update((job.id, job) for job in self.hand_over(backend, later))
         return [handed.get(job.id, job) for job in jobs]
 
-    # -- handing over in the background ---------------------------------------------------
-
-    def _in_background(
-        self, backend: Backend, job: Job, token: str, native: Sequence[NativeDependency]
-    ) -> Job:
-        """Leave a job claimed under ``token`` to a worker; its claim's heartbeat runs from
-        now on, so that it is never taken for dead while it waits for its turn."""
-        self._keeper.hold(token, [job.id])
-        with self._settled:
-            self._underway += 1
-            pool = self._pools.get(backend.name)
-            if pool is None:
-                pool = self._pools[backend.name] = ThreadPoolExecutor(
-                    self._workers, thread_name_prefix=f"jobbridge-submit-{backend.name}"
-                )
-
-        def work() -> None:
-            try:
-                self._submit_one(backend, job, token, native)
-            except Exception:  # its claim dies with it: the job is then looked for, not lost
-                log.exception("handing job %s to %s failed", job.id, backend.name)
-            finally:
-                self._keeper.let_go(token, [job.id])
-                with self._settled:
-                    self._underway -= 1
-                    if self._underway == 0:
-                        self._settled.notify_all()
-
-        pool.submit(work)
-        return job
-
     def settle(self, timeout: float | None = None) -> bool:
         """Wait until every handover left to the background is done; False on timeout."""
-        with self._settled:
-            return self._settled.wait_for(lambda: self._underway == 0, timeout)
+        return self._background.settle(timeout)
 
     def close(self) -> None:
         """Finish the handovers under way (an interrupted one would only be looked for)."""
-        pools, self._pools = self._pools, {}
-        for pool in pools.values():
-            pool.shutdown(wait=True)
+        self._background.close()
+
+    def _hand(self, backend: Backend, queued: list[Queued]) -> None:
+        """Hand over jobs taken from the background queue."""
+        if len(queued) == 1 or any(item.native for item in queued):
+            for item in queued:
+                self._submit_one(backend, item.job, item.token, item.native)
+            return
+        self._submit_batch(backend, queued)
 
     def hand_over(self, backend: Backend, waiting: Sequence[Job]) -> list[Job]:
         """Submit what may run now; return the jobs as they are afterwards."""
@@ -266,29 +234,29 @@ class Dispatcher:
         with self._keeper.holding(token, [job.id for job in claimed]):
             if _whole_native_array(backend, claimed):
                 return self._submit_array(backend, claimed, token, native)
+            if backend.batch_submission and len(claimed) > 1 and not native:
+                return self._submit_batch(backend, [Queued(job, token) for job in claimed])
             return [self._submit_one(backend, job, token, native) for job in claimed]
 
     def _submit_one(
         self, backend: Backend, job: Job, token: str, native: Sequence[NativeDependency]
     ) -> Job:
         self.hooks.run_before_submit(job)
-        handed, secrets = job, None
-        if self._prepare is not None:
-            try:
-                prepared = self._prepare(backend, job, token)
-            except Exception as error:
-                return self._not_submitted(backend, job, token, preparation_failure(error))
-            if prepared.done is not None:
-                return prepared.done
-            handed, secrets = prepared.job, prepared.secrets
+        ready = self._ready(backend, job, token)
+        if isinstance(ready, Job):
+            return ready
+        return self._submit_prepared(backend, Queued(job, token, native), ready)
+
+    def _ready(self, backend: Backend, job: Job, token: str) -> Prepared | Job:
+        """What the backend is to be handed for ``job``; or the job as it is now if it needs
+        no backend (served from the cache) or its preparation failed."""
+        if self._prepare is None:
+            return Prepared(job)
         try:
-            if secrets is not None:
-                native_id = backend.submit_with_secrets(handed, secrets, native)
-            else:
-                native_id = backend.submit(handed, native)
+            prepared = self._prepare(backend, job, token)
         except Exception as error:
-            return self._not_submitted(backend, job, token, error)
-        return self._submitted(backend, job, token, native_id)
+            return self._not_submitted(backend, job, token, preparation_failure(error))
+        return prepared if prepared.done is None else prepared.done
 
     def _submit_array(
         self,
@@ -315,8 +283,55 @@ class Dispatcher:
             for job, native_id in zip(members, native_ids, strict=True)
         ]
 
+    def _submit_batch(self, backend: Backend, queued: list[Queued]) -> list[Job]:
+        """Hand many jobs over in one step, and record what they got in one transaction."""
+        results: dict[str, Job] = {}
+        batch: list[tuple[Queued, Job]] = []
+        for item in queued:
+            self.hooks.run_before_submit(item.job)
+            ready = self._ready(backend, item.job, item.token)
+            if isinstance(ready, Job):
+                results[item.job.id] = ready
+            elif ready.secrets is not None:  # handed over with them, on its own
+                results[item.job.id] = self._submit_prepared(backend, item, ready)
+            else:
+                batch.append((item, ready.job))
+        try:
+            answers = backend.submit_many([handed for _, handed in batch])
+        except Exception as error:
+            answers = [error] * len(batch)
+        got: dict[str, tuple[str, str]] = {}
+        for (item, _), answer in zip(batch, answers, strict=True):
+            if isinstance(answer, Exception):
+                results[item.job.id] = self._not_submitted(backend, item.job, item.token, answer)
+            else:
+                got[item.job.id] = (item.token, answer)
+        done = self.store.finish_claims(got) if got else {}
+        for item, _ in batch:
+            if item.job.id in got:
+                native_id = got[item.job.id][1]
+                results[item.job.id] = self._finished(
+                    backend, item.job, done.get(item.job.id), native_id
+                )
+        return [results[item.job.id] for item in queued]
+
+    def _submit_prepared(self, backend: Backend, item: Queued, ready: Prepared) -> Job:
+        try:
+            if ready.secrets is not None:
+                native_id = backend.submit_with_secrets(ready.job, ready.secrets, item.native)
+            else:
+                native_id = backend.submit(ready.job, item.native)
+        except Exception as error:
+            return self._not_submitted(backend, item.job, item.token, error)
+        return self._submitted(backend, item.job, item.token, native_id)
+
     def _submitted(self, backend: Backend, job: Job, token: str, native_id: str) -> Job:
-        done = self.store.finish_claim(job.id, token, native_id)
+        return self._finished(
+            backend, job, self.store.finish_claim(job.id, token, native_id), native_id
+        )
+
+    def _finished(self, backend: Backend, job: Job, done: Job | None, native_id: str) -> Job:
+        """After the native id was recorded (``done``), or found too late to record (None)."""
         if done is None:
             return self._late_answer(backend, job, native_id)
         self.hooks.run_after_submit(done)

@@ -49,6 +49,7 @@ from jobbridge.push import PushAddress, PushEvent, PushReceiver
 from jobbridge.secrets import Secrets
 from jobbridge.spec import JobSpec
 from jobbridge.store import Store
+from jobbridge.store.batch import Change
 from jobbridge.store.workflows import Workflow, WorkflowStore
 from jobbridge.transport.base import Transport
 
@@ -88,7 +89,7 @@ class Engine:
             max_concurrent_submissions=max_concurrent_submissions,
             prepare=self._prepare,
         )
-        self._poller = Poller(store, self.settings, self._move, self.hooks)
+        self._poller = Poller(store, self.settings, self._move, self._move_many, self.hooks)
         self._pushes = PushReceiver(store, self.backends, self._move)
         self._backend_locks = {name: threading.Lock() for name in self.backends}
         self._destroy_lock = threading.Lock()
@@ -142,14 +143,17 @@ class Engine:
         *,
         backend: str | None = None,
         owner: str | None = None,
-        background: bool = False,
+        background: bool | None = None,
     ) -> Job:
-        """Record one job and hand it over as soon as it may run. With ``background`` it
-        returns once the job is recorded (claimed for submission, so durable and found
-        again after any crash); a worker hands it over, at most
-        ``max_concurrent_submissions`` at once per backend (see ``settle``)."""
+        """Record one job and hand it over as soon as it may run. With ``background`` (the
+        default: ``submit_in_background``) it returns once the job is recorded (claimed for
+        submission, so durable and found again after any crash); a worker hands it over, at
+        most ``max_concurrent_submissions`` at once per backend (see ``settle``). Without,
+        it returns the job as its handover left it."""
         if spec.array is not None:
             raise SpecError("this spec describes an array: submit it with submit_array()")
+        if background is None:
+            background = self.settings.submit_in_background
         return self._add(spec, backend, owner, Phase.QUEUED, background=background)[0]
 
     def submit_many(
@@ -355,14 +359,49 @@ class Engine:
         self, job: Job, new: Phase, news: JobStatus, *, token: str | None = None, **extra: Any
     ) -> Job | None:
         """Apply what a backend (or jobbridge itself) said, if it moves the job forward."""
+        prepared = self._change_for(job, new, news, token, extra)
+        if prepared is None:
+            return None
+        change, news = prepared
+        if change.new is job.phase:
+            return self.store.update(job.id, **change.fields)
+        moved = self.store.move(
+            job.id, job.phase, change.new, time=change.time, token=token, **change.fields
+        )
+        if moved is not None:
+            self._moved(job, moved, news)
+        return moved
+
+    def _move_many(self, said: Sequence[tuple[Job, JobStatus]]) -> None:
+        """``_move`` for many jobs at once (what one refresh found): one transaction."""
+        prepared: dict[str, tuple[Job, Change, JobStatus]] = {}
+        for job, news in said:
+            found = self._change_for(job, news.phase, news, None, {})
+            if found is not None:
+                prepared[job.id] = (job, *found)
+        if not prepared:
+            return
+        changed = self.store.move_many([change for _, change, _ in prepared.values()])
+        ended = [moved.id for moved in changed.values() if moved.phase.is_final]
+        parents = self.store.having_dependents(ended) if ended else set()
+        for job_id, moved in changed.items():
+            job, change, news = prepared[job_id]
+            if change.new is not job.phase:
+                self._moved(job, moved, news, dependents=job_id in parents)
+
+    def _change_for(
+        self, job: Job, new: Phase, news: JobStatus, token: str | None, extra: dict[str, Any]
+    ) -> tuple[Change, JobStatus] | None:
+        """The change that what was said makes to the job, None for none."""
         if new is Phase.HELD and job.phase in (Phase.EXECUTING, Phase.SUSPENDED):
             new = Phase.SUSPENDED  # held again after it ran (a requeue held by the system)
             news = news.model_copy(update={"phase": new})
         if new is job.phase:
             if new is Phase.EXECUTING and job.started is None and news.started is not None:
-                return self.store.update(job.id, started=news.started)
+                return Change(job.id, new, new, {"started": news.started}), news
             if news.detail != job.detail and new is Phase.SUSPENDED:
-                return self.store.update(job.id, detail=news.detail, message=news.message)
+                detail = {"detail": news.detail, "message": news.message}
+                return Change(job.id, new, new, detail), news
             return None
         if not job.phase.can_move_to(new) or _backwards_from_unknown(job, new):
             log.debug("job %s: ignoring %s -> %s", job.id, job.phase, new)
@@ -384,20 +423,21 @@ class Engine:
             fields["started"] = started
         if new.is_final:
             fields["ended"] = news.ended or now
-        moved = self.store.move(job.id, job.phase, new, time=now, token=token, **fields)
-        if moved is None:
-            return None
+        return Change(job.id, job.phase, new, fields, token=token, time=now), news
+
+    def _moved(self, job: Job, moved: Job, news: JobStatus, *, dependents: bool = True) -> None:
+        """What follows a job's phase change: hooks, stage-out, its dependents."""
         if news.detail == "DEPENDENCY_NEVER_SATISFIED" and moved.is_submitted:
             # the scheduler would keep it pending for ever
             self._dispatch.cancel_quietly(self.backend(moved.backend), moved)
-        if new.is_final and moved.spec.stage_out and moved.is_submitted:
+        if moved.phase.is_final and moved.spec.stage_out and moved.is_submitted:
             self._offload_stage_out(moved, job.phase)
         else:
             self._announce(moved, job.phase)
-        if new.is_final:
+        if moved.phase.is_final:
             self._prepare.ended(self.backend(moved.backend), moved)
-            self._settle_dependents(moved.id, new)
-        return moved
+            if dependents:
+                self._settle_dependents(moved.id, moved.phase)
 
     def _settle_dependents(self, parent_id: str, ending: Phase) -> None:
         """End every job that ``parent_id`` ending in ``ending`` can never let run, and take it

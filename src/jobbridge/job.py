@@ -111,4 +111,12 @@ _ID_ALPHABET = "0123456789abcdefghijkmnpqrstvwxyz"  # no l, o, u: easier to read
 
 def new_job_id() -> str:
     """Twelve random characters (60 bits): unique in any realistic store, short to type."""
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+    number = secrets.randbelow(_ID_SPACE)  # one draw from the system's randomness, not twelve
+    letters = []
+    for _ in range(12):
+        number, digit = divmod(number, len(_ID_ALPHABET))
+        letters.append(_ID_ALPHABET[digit])
+    return "".join(letters)
+
+
+_ID_SPACE = len(_ID_ALPHABET) ** 12

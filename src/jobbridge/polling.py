@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from jobbridge.backends.base import Backend, Missing
@@ -39,11 +40,13 @@ class Poller:
         store: Store,
         settings: EngineSettings,
         move: Mover,
+        move_many: Callable[[Sequence[tuple[Job, JobStatus]]], object],
         hooks: Hooks | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self._move = move
+        self._move_many = move_many
         self._hooks = hooks or Hooks()
         self._states: dict[str, _PollState] = {}
 
@@ -74,6 +77,7 @@ class Poller:
         state.next_due = now + backend.options.min_refresh_interval
         missing: list[tuple[Job, Missing]] = []
         found_again = []
+        said_to: list[tuple[Job, JobStatus]] = []
         for job in jobs:
             said = news.get(job.id)
             if said is None:
@@ -83,7 +87,8 @@ class Poller:
                 continue
             if job.misses:
                 found_again.append(job.id)
-            self._move(job, said.phase, said)
+            said_to.append((job, said))
+        self._move_many(said_to)
         if found_again:
             self.store.clear_misses(found_again)
         if missing:
@@ -123,6 +128,4 @@ class Poller:
             detail="STATUS_UNAVAILABLE",
             message=f"{state.failures} status queries in a row failed; the last said: {error}",
         )
-        for job in jobs:
-            if job.phase is not Phase.UNKNOWN:
-                self._move(job, Phase.UNKNOWN, unknown)
+        self._move_many([(job, unknown) for job in jobs if job.phase is not Phase.UNKNOWN])

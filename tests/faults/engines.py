@@ -52,6 +52,7 @@ ENGINE_SETTINGS: dict[str, Any] = {
     "claim_timeout": 3,
     "retry_delay": 0.5,
     "max_backoff": 2,
+    "submit_in_background": False,  # each handover's outcome is checked as it comes back
 }
 BATCH_OPTIONS: dict[str, Any] = {
     "min_refresh_interval": 0.2,

@@ -114,6 +114,8 @@ class Backend(ABC):
     delivers_secrets: ClassVar[bool] = False
     """True if the backend hands a job its secrets itself (``submit_with_secrets``); else
     they go through the job's directory (``sandbox``)."""
+    batch_submission: ClassVar[bool] = False
+    """True if ``submit_many`` hands many jobs over for much less than one by one."""
 
     def __init__(self, name: str, options: BackendOptions, context: BackendContext) -> None:
         self.name = name
@@ -185,6 +187,18 @@ class Backend(ABC):
 
     def remove_secrets(self, job: Job) -> None:  # noqa: B027 - nothing delivered, nothing to do
         """Take an ended job's secrets away (a backend that ``delivers_secrets``)."""
+
+    def submit_many(self, jobs: Sequence[Job]) -> list[str | Exception]:
+        """Hand over many jobs without native dependencies; for each, in order, its native
+        id or the error that kept it back (as ``submit`` would have raised it). One job's
+        failure never keeps the others back."""
+        answers: list[str | Exception] = []
+        for job in jobs:
+            try:
+                answers.append(self.submit(job))
+            except Exception as error:
+                answers.append(error)
+        return answers
 
     def submit_array(
         self, jobs: Sequence[Job], dependencies: Sequence[NativeDependency] = ()

@@ -70,6 +70,7 @@ class LocalBackend(Backend):
 
     kind = "local"
     Options = LocalOptions
+    batch_submission = True
     options: LocalOptions
 
     def __init__(self, name: str, options: BackendOptions, context: BackendContext) -> None:
@@ -101,12 +102,38 @@ class LocalBackend(Backend):
             raise LimitExceededError(self.name, "cores", spec.resources.cores, self.options.cores)
 
     def submit(self, job: Job, dependencies: Sequence[NativeDependency] = ()) -> str:
+        job_dir = self._prepare(job)
+        self.supervisor.enqueue(job.id, job_dir)
+        return job_dir
+
+    def submit_many(self, jobs: Sequence[Job]) -> list[str | Exception]:
+        """Every job's plan and spool entry, with one wake-up of the supervisor per runner's
+        worth of jobs (so that the first start while the rest are written)."""
+        answers: list[str | Exception] = []
+        unannounced = 0
+        for job in jobs:
+            try:
+                job_dir = self._prepare(job)
+                self.supervisor.enqueue(job.id, job_dir, wake=False)
+            except Exception as error:
+                answers.append(error)
+                continue
+            answers.append(job_dir)
+            unannounced += 1
+            if unannounced == sup.MAX_BATCH:
+                self.supervisor.wake()
+                unannounced = 0
+        if unannounced:
+            self.supervisor.wake()
+        return answers
+
+    def _prepare(self, job: Job) -> str:
+        """The job's directory with its inputs and its plan in it."""
         job_dir = self._job_dir(job)
         self.transport.make_dirs(job_dir)
         staging.stage_in(self.transport, job_dir, job.spec.stage_in)
         plan = self._plan(job, job_dir)
         self.transport.write_bytes(os.path.join(job_dir, sup.PLAN_FILE), json.dumps(plan).encode())
-        self.supervisor.enqueue(job.id, job_dir)
         return job_dir
 
     def locate(self, jobs: Sequence[Job]) -> Located:
@@ -263,6 +290,9 @@ class LocalBackend(Backend):
             return result
         runner = self._runner(job_dir)
         if runner is None:
+            queued = job.queued or job.created
+            if time.time() - queued.timestamp() < STALL:  # handed over later still
+                return JobStatus(phase=Phase.QUEUED)
             waited = time.time() - self._submitted_at(job_dir)
             if waited < STALL:
                 return JobStatus(phase=Phase.QUEUED)

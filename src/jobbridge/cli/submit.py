@@ -287,7 +287,8 @@ def submit(
     if spec.array is not None:
         jobs = engine.submit_array(spec, backend=chosen.name, owner=session.owner)
     else:
-        jobs = [engine.submit(spec, backend=chosen.name, owner=session.owner)]
+        # one job: its handover's answer is worth waiting for, to show it
+        jobs = [engine.submit(spec, backend=chosen.name, owner=session.owner, background=False)]
     if wait:
         status = _wait(session, jobs, timeout, as_json=as_json, quiet=quiet)
     else:

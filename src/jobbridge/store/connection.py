@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
-__all__ = ["WRITE_OPTION", "alembic_config", "create_engine", "head_revision"]
+__all__ = ["WRITE_OPTION", "ChangeWatch", "alembic_config", "create_engine", "head_revision"]
 
 _WAL_PATIENCE = 60.0
 """Seconds a new connection waits for its turn to switch the database to WAL."""
@@ -66,6 +67,37 @@ def _begin_sqlite(conn: sa.Connection) -> None:
     # BEGIN IMMEDIATE waits for the write lock instead.
     writes = conn.get_execution_options().get(WRITE_OPTION, False)
     conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+
+
+class ChangeWatch:
+    """Whether anything was committed to a SQLite database since a moment: its
+    ``data_version``, read on a connection of the watch's own that never writes, changes
+    with every commit of any other connection, in this process or another. On other
+    databases, and in memory, it knows nothing (``version`` is None)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        database = engine.url.database
+        # an in-memory database is one connection shared by all: it would watch itself
+        self._watchable = engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
+        self._conn: sa.Connection | None = None
+        self._lock = threading.Lock()
+
+    def version(self) -> int | None:
+        if not self._watchable:
+            return None
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._engine.connect()
+            version = self._conn.exec_driver_sql("PRAGMA data_version").scalar()
+            self._conn.rollback()  # no transaction held open between two looks
+            return int(version) if version is not None else None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 def alembic_config() -> AlembicConfig:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -13,11 +13,17 @@ from jobbridge.errors import JobNotFoundError
 from jobbridge.job import Event, Handover, Job, utcnow
 from jobbridge.phase import ACTIVE_PHASES, Phase
 from jobbridge.spec import JobSpec
-from jobbridge.store.connection import WRITE_OPTION, alembic_config, create_engine, head_revision
+from jobbridge.store.connection import (
+    WRITE_OPTION,
+    ChangeWatch,
+    alembic_config,
+    create_engine,
+    head_revision,
+)
 from jobbridge.store.schema import dependencies, events, jobs, leases
 
 if TYPE_CHECKING:
-    pass
+    from jobbridge.store.batch import Change
 
 __all__ = ["JOB_CHANNEL", "Store"]
 
@@ -47,6 +53,8 @@ class Store:
         self._writer = self._engine.execution_options(**{WRITE_OPTION: True})
         self._parsed: dict[str, tuple[int, Job]] = {}
         self._specs: dict[str, tuple[Any, JobSpec]] = {}
+        self._watch = ChangeWatch(self._engine)
+        self._listings: dict[str, tuple[int, list[tuple[str, int]]]] = {}
         if migrate:
             self.migrate()
 
@@ -55,6 +63,7 @@ class Store:
         return self._engine.dialect.name
 
     def close(self) -> None:
+        self._watch.close()
         self._engine.dispose()
 
     def migrate(self) -> None:
@@ -212,6 +221,13 @@ class Store:
             self._announce(conn, job_id, new.value)
             return moved
 
+    def move_many(self, changes: Sequence[Change]) -> dict[str, Job]:
+        """Apply many jobs' changes in one transaction, each only if its job is still as it
+        expects (see ``batch``); the changed jobs by id."""
+        from jobbridge.store.batch import apply_changes
+
+        return apply_changes(self, changes)
+
     def update(self, job_id: str, **fields: Any) -> Job:
         """Change fields other than the phase."""
         _check_fields(fields)
@@ -272,6 +288,13 @@ class Store:
             submitting_since=None,
             not_before=None,
         )
+
+    def finish_claims(self, answers: Mapping[str, tuple[str, str]]) -> dict[str, Job]:
+        """``finish_claim`` for many jobs in one transaction: job id -> (the token it was
+        claimed under, the native id it got). The jobs whose claim still held, by id."""
+        from jobbridge.store.batch import finish_claims
+
+        return finish_claims(self, answers)
 
     def adopt(self, job_id: str, native_id: str) -> Job | None:
         """Take a native id found for a submission whose outcome was unknown."""
@@ -541,7 +564,9 @@ class Store:
     def handed_over(self, backend: str) -> list[Job]:
         """The active jobs that this backend holds (with a native id), oldest first. Only
         ids and versions are read for all; whole rows only where the version changed since
-        this store last parsed them, so an unchanged job costs neither parsing nor validation."""
+        this store last parsed them, so an unchanged job costs neither parsing nor validation.
+        On SQLite, when nothing at all was committed since the last listing, not even the
+        ids are read again."""
         listing = (
             sa.select(jobs.c.id, jobs.c.version)
             .where(
@@ -552,8 +577,15 @@ class Store:
             .order_by(jobs.c.created, jobs.c.id)
         )
         found: dict[str, Job] = {}
+        moment = self._watch.version()  # before the listing: a later commit shows next time
         with self.reading() as conn:
-            listed = conn.execute(listing).all()
+            known = self._listings.get(backend)
+            if moment is not None and known is not None and known[0] == moment:
+                listed = known[1]  # nothing was committed since: the same jobs, unchanged
+            else:
+                listed = [(job_id, version) for job_id, version in conn.execute(listing)]
+                if moment is not None:
+                    self._listings[backend] = (moment, listed)
             stale = []
             for job_id, version in listed:
                 seen = self._parsed.get(job_id)
@@ -618,6 +650,17 @@ class Store:
         )
         with self.reading() as conn:
             return [(self._job(row), row.condition) for row in conn.execute(query)]
+
+    def having_dependents(self, parent_ids: Sequence[str]) -> set[str]:
+        """Those of ``parent_ids`` that some job depends on."""
+        found: set[str] = set()
+        with self.reading() as conn:
+            for chunk in _chunks(parent_ids, 500):
+                query = sa.select(dependencies.c.parent_id).where(
+                    dependencies.c.parent_id.in_(chunk)
+                )
+                found.update(conn.execute(query.distinct()).scalars())
+        return found
 
     def events(self, job_id: str) -> list[Event]:
         query = (

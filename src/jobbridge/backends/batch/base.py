@@ -486,10 +486,12 @@ class BatchBackend(Backend):
                 self._forget(native_id)
         if exit_files is None:  # only what the queue tells in full is news
             return answers
-        missing = [job for job in jobs if isinstance(answers.get(job.id), Missing)]
+        # only the jobs with news, not every job asked about (most have none)
+        news = [by_native[native_id] for native_id in answered]
+        missing = [job for job in news if isinstance(answers[job.id], Missing)]
         answers.update(self._terminated(missing))
-        for job in jobs:
-            verdict = answers.get(job.id)
+        for job in news:
+            verdict = answers[job.id]
             if isinstance(verdict, JobStatus) and _timed_out(job, verdict):
                 answers[job.id] = verdict.model_copy(update={"detail": "TIMEOUT"})
         return self._with_scheduler_words(by_native, answers)
