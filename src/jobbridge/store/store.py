@@ -624,6 +624,16 @@ class Store:
                 )
             return self._fetch(conn, job_id)
 
+    def has_active(self, backend: str) -> bool:
+        """Whether any job of the backend is active (waiting, being handed over or held)."""
+        query = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.backend == backend, jobs.c.phase.in_([p.value for p in ACTIVE_PHASES]))
+            .limit(1)
+        )
+        with self.reading() as conn:
+            return conn.execute(query).first() is not None
+
     def count_in_flight(self, backend: str, array_id: str | None = None) -> int:
         """Active jobs that the backend holds or is being handed."""
         query = (
