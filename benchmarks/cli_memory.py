@@ -14,6 +14,7 @@ it), in MiB. The last line is a JSON object of the figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -86,10 +87,8 @@ def stop_all(engine: Engine, backend: str, native_ids: list[str]) -> None:
             subprocess.run(["scancel", *native_ids[start : start + 500]], check=False)
         return
     for job in engine.store.active():
-        try:
+        with contextlib.suppress(JobbridgeError):
             engine.cancel(job.id)
-        except JobbridgeError:
-            pass
 
 
 def main() -> None:
