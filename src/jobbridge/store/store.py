@@ -19,6 +19,7 @@ from jobbridge.store.connection import (
     alembic_config,
     create_engine,
     head_revision,
+    write_turns,
 )
 from jobbridge.store.schema import dependencies, events, jobs, leases
 
@@ -54,6 +55,7 @@ class Store:
         self.url = url
         self._engine = create_engine(url)
         self._writer = self._engine.execution_options(**{WRITE_OPTION: True})
+        self._write_turns = write_turns(self._engine)
         self._parsed: dict[str, tuple[int, Job]] = {}
         self._specs: dict[str, tuple[Any, JobSpec]] = {}
         self._watch = ChangeWatch(self._engine)
@@ -92,7 +94,7 @@ class Store:
     @contextmanager
     def writing(self) -> Iterator[sa.Connection]:
         """A write transaction (on SQLite it takes the write lock up front)."""
-        with self._writer.begin() as conn:
+        with self._write_turns, self._writer.begin() as conn:
             yield conn
 
     @contextmanager
