@@ -219,11 +219,12 @@ class UwsStore:
             return sa.or_(uws_jobs.c.owner.is_(None), uws_jobs.c.owner.startswith(ANONYMOUS_PREFIX))
         return uws_jobs.c.owner == owner
 
-    def count_active(self, owner: str) -> int:
-        """Jobs of ``owner`` (see ``_owned_by``) that have not ended. The count starts from
-        the jobs that have not ended, which are few, rather than from every record the owner
-        ever had: the owner is matched through an expression, which no index answers, so
-        that the database does not choose the owner's index instead."""
+    def count_active(self, owner: str, conn: sa.Connection | None = None) -> int:
+        """Jobs of ``owner`` (see ``_owned_by``) that have not ended (within ``conn``'s
+        transaction if given). The count starts from the jobs that have not ended, which
+        are few, rather than from every record the owner ever had: the owner is matched
+        through an expression, which no index answers, so that the database does not choose
+        the owner's index instead."""
         record_owner = sa.func.coalesce(uws_jobs.c.owner, "")
         if is_anonymous_owner(owner):
             mine = sa.or_(record_owner == "", record_owner.startswith(ANONYMOUS_PREFIX))
@@ -234,8 +235,10 @@ class UwsStore:
             .select_from(jobs.join(uws_jobs, uws_jobs.c.job_id == jobs.c.id))
             .where(jobs.c.phase.in_(_UNENDED), mine)
         )
-        with self._read() as conn:
+        if conn is not None:  # within the caller's transaction
             return int(conn.execute(query).scalar_one())
+        with self._read() as reading:
+            return int(reading.execute(query).scalar_one())
 
     def kept_files(self, owner: str) -> list[str]:
         """Paths of the files kept for the jobs of ``owner`` (see ``_owned_by``)."""
