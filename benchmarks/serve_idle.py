@@ -13,55 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
-
-DEFINITIONS = Path(__file__).parent.parent / "examples" / "definitions"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system time of the process and its threads (not of its children)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def memory_mib(pid: int) -> dict[str, float]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return {
-        key: round(int(status.split(f"{key}:")[1].split()[0]) / 1024, 1)
-        for key in ("VmRSS", "VmHWM")
-    }
-
-
-def threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def wait_until_up(url: str, server: subprocess.Popen[bytes], patience: float = 60) -> None:
-    deadline = time.monotonic() + patience
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the service exited with status {server.returncode}")
-        try:
-            httpx.get(f"{url}/jobs/sum", timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise SystemExit("the service did not come up")
+from _serve import service
 
 
 def handover_seconds(url: str, token: str, patience: float = 60) -> float:
@@ -85,31 +40,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="idle time measured")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds before measuring")
     args = parser.parse_args()
-    jobbridge = [sys.executable, "-c", "from jobbridge.cli import main; main()"]
-    with tempfile.TemporaryDirectory(prefix="jobbridge-bench-") as scratch:
-        env = {**os.environ, "JOBBRIDGE_DATA_DIR": scratch}
-        for name in ("JOBBRIDGE_DATABASE_URL", "JOBBRIDGE_CONFIG"):
-            env.pop(name, None)
-        token = subprocess.run(
-            [*jobbridge, "user", "add", "bench"], env=env, check=True, capture_output=True,
-            text=True,
-        ).stdout.strip()  # fmt: skip
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        argv = [*jobbridge, "serve", "--port", str(port), "--definitions", str(DEFINITIONS)]
-        server = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
-        try:
-            wait_until_up(url, server)
-            time.sleep(args.settle)
-            before, started = cpu_seconds(server.pid), time.monotonic()
-            time.sleep(args.seconds)
-            used, elapsed = cpu_seconds(server.pid) - before, time.monotonic() - started
-            memory = memory_mib(server.pid)
-            thread_count = threads(server.pid)
-            handover = handover_seconds(url, token)
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+    with service() as server:
+        time.sleep(args.settle)
+        before, started = server.cpu_seconds(), time.monotonic()
+        time.sleep(args.seconds)
+        used, elapsed = server.cpu_seconds() - before, time.monotonic() - started
+        memory = server.memory_mib()
+        thread_count = server.threads()
+        handover = handover_seconds(server.url, server.tokens[0])
     share = 100 * used / elapsed
     print(
         f"idle serve: {used * 1000:.0f} ms CPU in {elapsed:.0f} s ({share:.2f}% of a core),"
