@@ -70,6 +70,7 @@ HEAVY = (
     "lxml",
     "kubernetes",
     "alembic",
+    "cryptography",
     "yaml",
     "httpx",
     "sqlalchemy.orm",
