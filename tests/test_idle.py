@@ -84,6 +84,7 @@ def test_a_job_recorded_by_an_idle_engine_is_polled_at_once(
     idle_engine: Engine, cluster: FakeCluster
 ) -> None:
     job = idle_engine.submit(SPEC)
+    assert eventually(lambda: idle_engine.get(job.id).is_submitted, 5)
     cluster.set(idle_engine.get(job.id), Phase.COMPLETED, exit_code=0)
     assert eventually(lambda: idle_engine.get(job.id).phase is Phase.COMPLETED, 1.5)
 
@@ -103,6 +104,7 @@ def test_a_wake_up_has_an_idle_engine_poll_work_another_process_handed_over(
 ) -> None:
     with engine_on(Store(store_url), cluster, IDLE) as other:  # not in the background
         job = other.submit(SPEC)
+        assert other.settle(5)
         cluster.set(other.get(job.id), Phase.COMPLETED, exit_code=0)
     time.sleep(0.3)
     assert idle_engine.get(job.id).phase is Phase.QUEUED, "asleep for the idle pause"
