@@ -73,6 +73,13 @@ class EngineSettings(BaseModel):
         " again after any crash); at most max_concurrent_submissions workers per backend hand"
         " jobs over meanwhile, many at once where the backend allows",
     )
+    idle_refresh_interval: float = Field(
+        2.0,
+        gt=0,
+        description="running in the background, the longest pause between two refresh"
+        " cycles of a backend that has no active job; work started in the process (or heard"
+        " of from another replica on PostgreSQL) wakes it at once",
+    )
     lease_duration: float = Field(
         30.0,
         gt=0,

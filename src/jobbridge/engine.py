@@ -194,6 +194,7 @@ class Engine:
             for spec in specs
         ]
         added = self._dispatch.add(target, jobs, background=True)
+        self._background.wake(target.name)
         if not wait:
             return added
         self.settle()
@@ -297,7 +298,9 @@ class Engine:
         if phase is not Phase.QUEUED:
             self.store.add(jobs, also=also)
             return jobs
-        return self._dispatch.add(backend, jobs, background=background)
+        added = self._dispatch.add(backend, jobs, background=background)
+        self._background.wake(backend.name)
+        return added
 
     def _check_stage_out(self, spec: JobSpec) -> None:
         relative = [t.target for t in spec.stage_out if not os.path.isabs(t.target)]
@@ -505,6 +508,7 @@ class Engine:
     def _announce(self, job: Job, old: Phase) -> None:
         with self._changed:
             self._changed.notify_all()
+        self._background.wake(job.backend)
         hook_runner = self._background.hook_runner
         if hook_runner is None:
             self.hooks.run_phase_change(job, old)
@@ -707,6 +711,11 @@ class Engine:
         (used by the service); hooks and stage-out then run in workers of their own (see
         ``background``)."""
         self._background.start(self.backends)
+
+    def wake(self, backend: str | None = None) -> None:
+        """Running in the background: refresh ``backend`` (None: every one) now, not after
+        an idle pause (for work that another process started)."""
+        self._background.wake(backend)
 
     def stop_background(self) -> None:
         self._background.stop()

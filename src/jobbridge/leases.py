@@ -21,7 +21,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from jobbridge.store import Store
 
@@ -48,9 +48,17 @@ def new_holder() -> str:
 
 class LeaseKeeper:
     def __init__(
-        self, store: Store, duration: float, names: Iterable[str], *, holder: str | None = None
+        self,
+        store: Store,
+        duration: float,
+        names: Iterable[str],
+        *,
+        holder: str | None = None,
+        on_taken: Callable[[str], object] | None = None,
     ) -> None:
         self.store = store
+        self.on_taken = on_taken
+        """Called with the lease's name when this keeper takes a lease it did not hold."""
         self.duration = duration
         self.holder = holder or new_holder()
         self._valid_until = dict.fromkeys(names, 0.0)
@@ -81,6 +89,8 @@ class LeaseKeeper:
                 self._valid_until[name] = asked + self.duration * _SAFETY if held else 0.0
             if held and not was:
                 log.info("took lease %s as %s", name, self.holder)
+                if self.on_taken is not None:
+                    self.on_taken(name)
             elif was and not held:
                 log.warning("lost lease %s: another process holds it", name)
 

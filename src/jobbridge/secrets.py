@@ -16,8 +16,8 @@ import re
 import shlex
 from datetime import datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken
 from pydantic import BaseModel, ConfigDict
 
 from jobbridge.config import SecretsSettings
@@ -26,6 +26,9 @@ from jobbridge.spec import JobSpec
 from jobbridge.store.secrets import SecretStore
 from jobbridge.store.store import Store
 from jobbridge.transport.base import Transport
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 __all__ = [
     "SECRETS_DIR",
@@ -73,6 +76,8 @@ class Secret(BaseModel):
 
 
 def new_key() -> str:
+    from cryptography.fernet import Fernet
+
     return Fernet.generate_key().decode()
 
 
@@ -125,6 +130,8 @@ class Secrets:
         """The decrypted secrets a job names, for handing them to it."""
         self.check(owner, names)
         assert owner is not None
+        from cryptography.fernet import InvalidToken
+
         fernet = self.fernet()
         found = {}
         for name, kind, token, _ in self.rows.rows(owner, names):
@@ -137,6 +144,9 @@ class Secrets:
         return found
 
     def fernet(self) -> Fernet:
+        # cryptography is loaded only where a secret is used: it is large (7 MiB)
+        from cryptography.fernet import Fernet
+
         if self._fernet is None:
             self._fernet = Fernet(self._key())
         return self._fernet
@@ -156,6 +166,8 @@ class Secrets:
                 "no secrets key is configured: set key_file under [secrets] in the"
                 " configuration (`jobbridge secrets keygen FILE` makes a key)"
             )
+        from cryptography.fernet import Fernet
+
         try:
             Fernet(key)
         except ValueError:

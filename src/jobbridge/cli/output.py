@@ -11,7 +11,6 @@ from typing import Any
 
 import click
 from rich.console import Console, OverflowMethod
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -198,6 +197,15 @@ def wait_with_progress(
     """``engine.wait``, with a live bar when ``show`` and the console is a terminal."""
     if not show or not console.is_terminal:
         return engine.wait(job_ids, timeout)
+    # only a live bar needs it (and it is large)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     progress = Progress(
         TextColumn("waiting"),
         BarColumn(),

@@ -19,6 +19,7 @@ from jobbridge.store.connection import (
     alembic_config,
     create_engine,
     head_revision,
+    write_turns,
 )
 from jobbridge.store.schema import dependencies, events, jobs, leases
 
@@ -40,6 +41,9 @@ _INTERNAL = (
     "cache_key",
 )  # fmt: skip
 """Columns that the store keeps for its own bookkeeping, not part of a ``Job``."""
+_SET_FIELDS = set(Job.model_fields)
+"""Every field of a job read from a row is set: one set shared by all (frozen) jobs, where
+a set of their own would cost each 2 KB."""
 _PARSED_LIMIT = 100_000
 """Parsed rows kept at most; beyond it, the store starts afresh."""
 
@@ -51,6 +55,7 @@ class Store:
         self.url = url
         self._engine = create_engine(url)
         self._writer = self._engine.execution_options(**{WRITE_OPTION: True})
+        self._write_turns = write_turns(self._engine)
         self._parsed: dict[str, tuple[int, Job]] = {}
         self._specs: dict[str, tuple[Any, JobSpec]] = {}
         self._watch = ChangeWatch(self._engine)
@@ -89,7 +94,7 @@ class Store:
     @contextmanager
     def writing(self) -> Iterator[sa.Connection]:
         """A write transaction (on SQLite it takes the write lock up front)."""
-        with self._writer.begin() as conn:
+        with self._write_turns, self._writer.begin() as conn:
             yield conn
 
     @contextmanager
@@ -118,7 +123,7 @@ class Store:
             self._specs[row.id] = (raw, data["spec"])
         data["phase"] = Phase(data["phase"])
         data["handover"] = Handover(data["handover"])
-        job = Job.model_construct(**data)
+        job = Job.model_construct(_SET_FIELDS, **data)
         if len(self._parsed) >= _PARSED_LIMIT:
             self._parsed.clear()
             self._specs.clear()
@@ -611,7 +616,7 @@ class Store:
             done = conn.execute(
                 _changing()
                 .where(jobs.c.id == job_id, jobs.c.phase == phase.value)
-                .values(spec=spec.model_dump(mode="json"), name=spec.display_name)
+                .values(spec=_spec_document(spec), name=spec.display_name)
             )
             if done.rowcount != 1:
                 return None
@@ -623,6 +628,16 @@ class Store:
                     [{"job_id": job_id, "parent_id": p, "condition": c} for p, c in links],
                 )
             return self._fetch(conn, job_id)
+
+    def has_active(self, backend: str) -> bool:
+        """Whether any job of the backend is active (waiting, being handed over or held)."""
+        query = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.backend == backend, jobs.c.phase.in_([p.value for p in ACTIVE_PHASES]))
+            .limit(1)
+        )
+        with self.reading() as conn:
+            return conn.execute(query).first() is not None
 
     def count_in_flight(self, backend: str, array_id: str | None = None) -> int:
         """Active jobs that the backend holds or is being handed."""
@@ -713,8 +728,14 @@ def _job_row(job: Job) -> dict[str, Any]:
     row["handover"] = job.handover.value
     row["name"] = job.name
     row["workflow"] = job.spec.workflow
-    row["spec"] = job.spec.model_dump(mode="json")
+    row["spec"] = _spec_document(job.spec)
     return row
+
+
+def _spec_document(spec: JobSpec) -> dict[str, Any]:
+    """What the store keeps of a spec: the fields that differ from their defaults (a quarter
+    of the whole, to read and to hold in memory; the same spec when validated again)."""
+    return spec.model_dump(mode="json", exclude_defaults=True)
 
 
 def _changing() -> sa.Update:

@@ -7,7 +7,7 @@ replicas make wake this one's waiting requests too."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -91,7 +91,7 @@ def create_app(
         listener = None
         if engine.store.dialect == "postgresql":
             listener = context.listener = JobListener(
-                engine.store.url, waiters.poke, waiters.poke_all
+                engine.store.url, _also_waking(engine, waiters.poke), waiters.poke_all
             )
             listener.start()
         await asyncio.to_thread(service.sweep_orphans)
@@ -177,6 +177,17 @@ def create_app(
         }  # fmt: skip
 
     return app
+
+
+def _also_waking(engine: Engine, poke: Callable[[str, str], object]) -> Callable[[str, str], None]:
+    """What to do on hearing of a change another process made: wake the requests waiting
+    for that job, and the engine's refresh (the change may be new work for it)."""
+
+    def heard(job_id: str, phase: str) -> None:
+        poke(job_id, phase)
+        engine.wake()
+
+    return heard
 
 
 def capabilities_document(base: str, entries: list[tuple[str, str, str]]) -> bytes:

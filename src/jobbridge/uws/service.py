@@ -237,7 +237,6 @@ class UwsService:
         )
         run_id = _run_id(control["runid"]) if "runid" in control else None
         owner = owner_of(user)
-        self._check_active_jobs(owner)
         job_id = new_job_id()
         fetches: list[str] = []
         try:
@@ -250,6 +249,9 @@ class UwsService:
             spec = self._spec(definition, parameters, duration)
 
             def write_record(conn: Connection) -> None:
+                # counted in the transaction that adds the job: requests racing each other
+                # cannot all squeeze under the limit
+                self._check_active_jobs(owner, conn)
                 record = UwsJobRecord(
                     job_id=job_id, definition=definition.name, owner=owner,
                     run_id=run_id, parameters=tuple(parameters),
@@ -389,9 +391,9 @@ class UwsService:
 
     # -- limits ---------------------------------------------------------------------------
 
-    def _check_active_jobs(self, owner: str) -> None:
+    def _check_active_jobs(self, owner: str, conn: Connection) -> None:
         limit = self.settings.max_active_jobs
-        if self.uws.count_active(owner) >= limit:
+        if self.uws.count_active(owner, conn) >= limit:
             raise LimitReached(
                 f"limit max_active_jobs reached: {limit} jobs that have not ended (PENDING"
                 " included) is the most one user may have; delete some or let them end"
