@@ -166,7 +166,7 @@ def engine(backend: KubernetesBackend, tmp_path: Path) -> Iterator[Engine]:
     engine = Engine(
         Store(f"sqlite:///{tmp_path / 'store.db'}"),
         {"k8s": backend},
-        settings=EngineSettings(refresh_interval=0.1, max_backoff=1.0),
+        settings=EngineSettings(refresh_interval=0.1, max_backoff=1.0, submit_in_background=False),
         default_backend="k8s",
         secrets=SecretsSettings(key=new_key()),
     )
