@@ -2,13 +2,14 @@
 
 A change is applied only if it moves the job forward (a fenced compare-and-set in the store,
 one transaction for all that one refresh found), and what follows it follows here: hooks, in
-order and never on a polling thread; stage-out, in a worker of its own when the engine runs
-in the background; ended jobs' secrets taken away; and dependents that can now never run
-ended and taken off their backends.
+order and never on a polling thread (one that raises leaves an event on its job); stage-out,
+in a worker of its own when the engine runs in the background; ended jobs' secrets taken
+away; and dependents that can now never run ended and taken off their backends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -20,7 +21,8 @@ from jobbridge.backends.base import Backend
 from jobbridge.background import Background
 from jobbridge.dependencies import met
 from jobbridge.dispatch import cancel_quietly
-from jobbridge.hooks import Hooks
+from jobbridge.errors import JobNotFoundError
+from jobbridge.hooks import Hook, Hooks
 from jobbridge.job import Job, JobStatus, utcnow
 from jobbridge.phase import Phase
 from jobbridge.store import Store
@@ -196,6 +198,14 @@ class PhaseChanges:
             hook_runner.submit(self.hooks.run_phase_change, job, old)
 
     # -- acting on jobs -------------------------------------------------------------------------
+
+    def hook_failed(self, job: Job, hook: Hook, error: BaseException) -> None:
+        """Leave an event on the job whose hook raised (see ``Hooks.on_failure``)."""
+        if hook is Hook.DELETE:
+            return  # the job and its events are gone; the log has it
+        message = f"a {hook} hook raised {type(error).__name__}: {error}"
+        with contextlib.suppress(JobNotFoundError):
+            self.store.note(job.id, job.phase, "HOOK_FAILED", message)
 
     def wait_for_change(self, timeout: float) -> None:
         """Block until some job changes phase here, or ``timeout`` seconds pass."""

@@ -15,7 +15,6 @@ and what follows them are applied in ``changes``; files and outputs are read in 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -39,7 +38,7 @@ from jobbridge.errors import (
     SpecError,
     UnknownBackendError,
 )
-from jobbridge.hooks import Hook, Hooks
+from jobbridge.hooks import Hooks
 from jobbridge.job import Job, JobStatus, new_job_id, new_jobs, utcnow
 from jobbridge.outputs import JobOutputs
 from jobbridge.phase import ACTIVE_PHASES, Phase
@@ -81,7 +80,6 @@ class Engine(JobOutputs):
         self.settings = settings or EngineSettings()
         self.default_backend = default_backend
         self.hooks = hooks or Hooks()
-        self.hooks.on_failure = self._hook_failed
         self.workflows = WorkflowStore(store)
         self.secrets = Secrets(store, secrets or SecretsSettings())
         self._background = Background(
@@ -95,6 +93,7 @@ class Engine(JobOutputs):
             lambda backend, job: self._prepare.ended(backend, job),
             results_dir,
         )
+        self.hooks.on_failure = self._changes.hook_failed
         move = self._changes.move
         self._prepare = Preparer(store, self.workflows, self.secrets, move, results_dir)
         self._dispatch = Dispatcher(
@@ -430,13 +429,6 @@ class Engine(JobOutputs):
                 log.warning("could not free what job %s left behind", job_id, exc_info=True)
         self.store.delete(job_id)
         self.hooks.run_deleted(job)
-
-    def _hook_failed(self, job: Job, hook: Hook, error: BaseException) -> None:
-        if hook is Hook.DELETE:
-            return  # the job and its events are gone; the log has it
-        message = f"a {hook} hook raised {type(error).__name__}: {error}"
-        with contextlib.suppress(JobNotFoundError):
-            self.store.note(job.id, job.phase, "HOOK_FAILED", message)
 
     def wait(
         self,
