@@ -24,6 +24,7 @@ class JobOutputs:
     store: Store
 
     def backend(self, name: str | None = None) -> Backend:
+        """The backend called ``name`` (``Engine.backend``)."""
         raise NotImplementedError
 
     def get_results(
