@@ -110,7 +110,7 @@ def _sha256sum_lines(text: str) -> list[tuple[str, str]]:
 
 
 def output_places(job: Job, results_dir: Path | None) -> list[str]:
-    """Where the job's declared outputs land once brought back (see ``Engine._stage_out``)."""
+    """Where the job's declared outputs land once brought back (see ``changes``)."""
     root = results_dir or Path.cwd()
     return [
         os.path.join(root / job.id, os.path.expanduser(transfer.target))

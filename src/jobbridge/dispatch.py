@@ -31,7 +31,7 @@ from jobbridge.phase import Phase
 from jobbridge.preparation import Prepared, preparation_failure
 from jobbridge.store import Store
 
-__all__ = ["Dispatcher", "Mover"]
+__all__ = ["Dispatcher", "Mover", "cancel_quietly"]
 
 log = logging.getLogger(__name__)
 
@@ -464,18 +464,20 @@ class Dispatcher:
     def _cancel_native(self, backend: Backend, job: Job, native_id: str, why: str) -> None:
         target = job.model_copy(update={"native_id": native_id})
         log.warning("job %s: cancelling native job %s: %s", job.id, native_id, why)
-        self.cancel_quietly(backend, target)
+        cancel_quietly(backend, target)
         self._note(job, "NATIVE_CANCELLED", f"native job {native_id} cancelled: {why}")
 
     def _note(self, job: Job, detail: str, message: str) -> None:
         with contextlib.suppress(JobNotFoundError):
             self.store.note(job.id, job.phase, detail, message)
 
-    def cancel_quietly(self, backend: Backend, job: Job) -> None:
-        try:
-            backend.cancel(job)
-        except Exception:
-            log.warning("could not cancel job %s on %s", job.id, backend.name, exc_info=True)
+
+def cancel_quietly(backend: Backend, job: Job) -> None:
+    """Take a job off its backend; a failure is logged, not raised."""
+    try:
+        backend.cancel(job)
+    except Exception:
+        log.warning("could not cancel job %s on %s", job.id, backend.name, exc_info=True)
 
 
 def _claimed(job: Job) -> Job:

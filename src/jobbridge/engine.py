@@ -9,30 +9,28 @@ Running in the background, every backend has a thread of its own, so that a slow
 cluster delays no other; stage-out and hooks run off the polling path. A new engine on the
 same store carries on where another stopped. Of several engines running in the background on
 one store (replicas of a service), one at a time polls each backend and one destroys expired
-jobs, each under a lease in the store (see ``leases``); any of them may submit.
+jobs, each under a lease in the store (see ``leases``); any of them may submit. Phase changes
+and what follows them are applied in ``changes``; files and outputs are read in ``outputs``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from sqlalchemy import Connection
 
-from jobbridge import staging
-from jobbridge.backends.base import Backend, BackendContext, Stream
+from jobbridge.backends.base import Backend, BackendContext
 from jobbridge.backends.registry import create_backend
 from jobbridge.background import LOOP_TICK_FLOOR, Background
+from jobbridge.changes import PhaseChanges
 from jobbridge.config import Config, EngineSettings, SecretsSettings, load_config
-from jobbridge.dependencies import met
-from jobbridge.dispatch import Dispatcher
+from jobbridge.dispatch import Dispatcher, cancel_quietly
 from jobbridge.errors import (
     JobbridgeError,
     JobNotFoundError,
@@ -40,25 +38,30 @@ from jobbridge.errors import (
     SpecError,
     UnknownBackendError,
 )
-from jobbridge.hooks import Hook, Hooks
-from jobbridge.job import Job, JobStatus, new_job_id, utcnow
+from jobbridge.hooks import Hooks
+from jobbridge.job import Job, JobStatus, new_job_id, new_jobs, utcnow
+from jobbridge.outputs import JobOutputs
 from jobbridge.phase import ACTIVE_PHASES, Phase
 from jobbridge.polling import Poller
-from jobbridge.preparation import Preparer, admit, define_workflow
+from jobbridge.preparation import (
+    Preparer,
+    admit,
+    check_parents_exist,
+    check_stage_out,
+    define_workflow,
+)
 from jobbridge.push import PushAddress, PushEvent, PushReceiver
 from jobbridge.secrets import Secrets
 from jobbridge.spec import JobSpec
 from jobbridge.store import Store
-from jobbridge.store.batch import Change
 from jobbridge.store.workflows import Workflow, WorkflowStore
-from jobbridge.transport.base import Transport
 
 __all__ = ["Engine"]
 
 log = logging.getLogger(__name__)
 
 
-class Engine:
+class Engine(JobOutputs):
     def __init__(
         self,
         store: Store,
@@ -77,28 +80,34 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.default_backend = default_backend
         self.hooks = hooks or Hooks()
-        self.hooks.on_failure = self._hook_failed
         self.workflows = WorkflowStore(store)
         self.secrets = Secrets(store, secrets or SecretsSettings())
-        self._prepare = Preparer(store, self.workflows, self.secrets, self._move, results_dir)
+        self._background = Background(
+            store, self.settings, self.refresh_backend, self._destroy_expired
+        )
+        self._changes = PhaseChanges(
+            store,
+            self.hooks,
+            self._background,
+            self.backend,
+            lambda backend, job: self._prepare.ended(backend, job),
+            results_dir,
+        )
+        self.hooks.on_failure = self._changes.hook_failed
+        move = self._changes.move
+        self._prepare = Preparer(store, self.workflows, self.secrets, move, results_dir)
         self._dispatch = Dispatcher(
             store,
             self.hooks,
-            self._move,
+            move,
             self.settings,
             max_concurrent_submissions=max_concurrent_submissions,
             prepare=self._prepare,
         )
-        self._poller = Poller(store, self.settings, self._move, self._move_many, self.hooks)
-        self._pushes = PushReceiver(store, self.backends, self._move)
+        self._poller = Poller(store, self.settings, move, self._changes.move_many, self.hooks)
+        self._pushes = PushReceiver(store, self.backends, move)
         self._backend_locks = {name: threading.Lock() for name in self.backends}
         self._destroy_lock = threading.Lock()
-        self._changed = threading.Condition()
-        self._background = Background(
-            store, self.settings, self.refresh_backend, self._destroy_expired
-        )
-        self._staging: set[str] = set()
-        self._staging_lock = threading.Lock()
         for backend in list(self.backends.values()):
             backend.attach(self)
 
@@ -177,9 +186,9 @@ class Engine:
                 raise SpecError("submit_many takes single jobs; submit arrays with submit_array()")
             target.check_limits(spec)
             target.check(spec)
-            self._check_stage_out(spec)
-            parents.update(dependency.job_id for dependency in spec.depends_on)
-        self._check_parents_exist(parents)
+            check_stage_out(spec, self.results_dir)
+            parents.update(d.job_id for d in spec.depends_on)
+        check_parents_exist(self.store, parents)
         now = utcnow()
         jobs = [
             Job.model_construct(
@@ -238,7 +247,7 @@ class Engine:
         backend = self.backend(job.backend)
         backend.check_limits(spec)
         backend.check(spec)
-        self._check_dependencies_exist(spec)
+        check_parents_exist(self.store, (d.job_id for d in spec.depends_on))
         updated = self.store.replace_spec(job_id, spec, Phase.PENDING)
         if updated is None:
             raise JobStateError(f"job {job_id} is no longer PENDING; its spec cannot change")
@@ -256,7 +265,7 @@ class Engine:
         moved = self.store.move(job_id, Phase.PENDING, Phase.QUEUED, queued=utcnow())
         if moved is None:
             raise JobStateError(f"job {job_id} changed phase while being started")
-        self._announce(moved, Phase.PENDING)
+        self._changes.announce(moved, Phase.PENDING)
         return self._dispatch.hand_over(self.backend(moved.backend), [moved])[0]
 
     def _add(
@@ -275,53 +284,15 @@ class Engine:
         spec = admit(spec, owner, backend, self.workflows, self.secrets)
         backend.check_limits(spec)
         backend.check(spec)
-        self._check_dependencies_exist(spec)
-        self._check_stage_out(spec)
-        now = utcnow()
-        common: dict[str, Any] = dict(
-            spec=spec,
-            backend=backend.name,
-            owner=owner,
-            phase=phase,
-            created=now,
-            queued=now if phase is Phase.QUEUED else None,
-            destruction=destruction,
-        )
-        if spec.array is None:
-            jobs = [Job(id=job_id or new_job_id(), **common)]
-        else:
-            array_id = new_job_id()
-            jobs = [
-                Job(id=new_job_id(), array_id=array_id, array_index=index, **common)
-                for index in spec.array.indices
-            ]
+        check_parents_exist(self.store, (d.job_id for d in spec.depends_on))
+        check_stage_out(spec, self.results_dir)
+        jobs = new_jobs(spec, backend.name, owner, phase, destruction, job_id)
         if phase is not Phase.QUEUED:
             self.store.add(jobs, also=also)
             return jobs
         added = self._dispatch.add(backend, jobs, background=background)
         self._background.wake(backend.name)
         return added
-
-    def _check_stage_out(self, spec: JobSpec) -> None:
-        relative = [t.target for t in spec.stage_out if not os.path.isabs(t.target)]
-        if relative and self.results_dir is None:
-            raise SpecError(
-                f"stage_out target {relative[0]!r} is relative and no results_dir is set"
-            )
-
-    def _check_dependencies_exist(self, spec: JobSpec) -> None:
-        self._check_parents_exist(dependency.job_id for dependency in spec.depends_on)
-
-    def _check_parents_exist(self, parent_ids: Iterable[str]) -> None:
-        wanted = list(parent_ids)
-        if not wanted:
-            return
-        try:
-            self.store.get_many(wanted)
-        except JobNotFoundError as error:
-            raise SpecError(
-                f"depends_on names job {error.job_id!r}, which does not exist"
-            ) from None
 
     # -- refreshing -----------------------------------------------------------------------------
 
@@ -358,103 +329,6 @@ class Engine:
         its own records say, at once. The job after, or None if nothing changed."""
         return self._pushes.receive(job_id, event, index)
 
-    def _move(
-        self, job: Job, new: Phase, news: JobStatus, *, token: str | None = None, **extra: Any
-    ) -> Job | None:
-        """Apply what a backend (or jobbridge itself) said, if it moves the job forward."""
-        prepared = self._change_for(job, new, news, token, extra)
-        if prepared is None:
-            return None
-        change, news = prepared
-        if change.new is job.phase:
-            return self.store.update(job.id, **change.fields)
-        moved = self.store.move(
-            job.id, job.phase, change.new, time=change.time, token=token, **change.fields
-        )
-        if moved is not None:
-            self._moved(job, moved, news)
-        return moved
-
-    def _move_many(self, said: Sequence[tuple[Job, JobStatus]]) -> None:
-        """``_move`` for many jobs at once (what one refresh found): one transaction."""
-        prepared: dict[str, tuple[Job, Change, JobStatus]] = {}
-        for job, news in said:
-            found = self._change_for(job, news.phase, news, None, {})
-            if found is not None:
-                prepared[job.id] = (job, *found)
-        if not prepared:
-            return
-        changed = self.store.move_many([change for _, change, _ in prepared.values()])
-        ended = [moved.id for moved in changed.values() if moved.phase.is_final]
-        parents = self.store.having_dependents(ended) if ended else set()
-        for job_id, moved in changed.items():
-            job, change, news = prepared[job_id]
-            if change.new is not job.phase:
-                self._moved(job, moved, news, dependents=job_id in parents)
-
-    def _change_for(
-        self, job: Job, new: Phase, news: JobStatus, token: str | None, extra: dict[str, Any]
-    ) -> tuple[Change, JobStatus] | None:
-        """The change that what was said makes to the job, None for none."""
-        if new is Phase.HELD and job.phase in (Phase.EXECUTING, Phase.SUSPENDED):
-            new = Phase.SUSPENDED  # held again after it ran (a requeue held by the system)
-            news = news.model_copy(update={"phase": new})
-        if new is job.phase:
-            if new is Phase.EXECUTING and job.started is None and news.started is not None:
-                return Change(job.id, new, new, {"started": news.started}), news
-            if news.detail != job.detail and new is Phase.SUSPENDED:
-                detail = {"detail": news.detail, "message": news.message}
-                return Change(job.id, new, new, detail), news
-            return None
-        if not job.phase.can_move_to(new) or _backwards_from_unknown(job, new):
-            log.debug("job %s: ignoring %s -> %s", job.id, job.phase, new)
-            return None
-        if new.is_final and news.stop_native and job.is_submitted:
-            # jobbridge ends it, not the scheduler: its native job must not run on untracked
-            self._dispatch.cancel_quietly(self.backend(job.backend), job)
-        fields: dict[str, Any] = {
-            "detail": news.detail,
-            "message": news.message,
-            "exit_code": news.exit_code,
-            **extra,
-        }
-        now = utcnow()
-        if new in (Phase.EXECUTING, Phase.SUSPENDED) or new.is_final:
-            started = job.started or news.started
-            if started is None and new is Phase.EXECUTING:
-                started = now
-            fields["started"] = started
-        if new.is_final:
-            fields["ended"] = news.ended or now
-        return Change(job.id, job.phase, new, fields, token=token, time=now), news
-
-    def _moved(self, job: Job, moved: Job, news: JobStatus, *, dependents: bool = True) -> None:
-        """What follows a job's phase change: hooks, stage-out, its dependents."""
-        if news.detail == "DEPENDENCY_NEVER_SATISFIED" and moved.is_submitted:
-            # the scheduler would keep it pending for ever
-            self._dispatch.cancel_quietly(self.backend(moved.backend), moved)
-        if moved.phase.is_final and moved.spec.stage_out and moved.is_submitted:
-            self._offload_stage_out(moved, job.phase)
-        else:
-            self._announce(moved, job.phase)
-        if moved.phase.is_final:
-            self._prepare.ended(self.backend(moved.backend), moved)
-            if dependents:
-                self._settle_dependents(moved.id, moved.phase)
-
-    def _settle_dependents(self, parent_id: str, ending: Phase) -> None:
-        """End every job that ``parent_id`` ending in ``ending`` can never let run, and take it
-        off its backend (some schedulers would run it, others keep it waiting for ever)."""
-        for child, condition in self.store.dependents(parent_id):
-            if child.phase.is_final or met(condition, ending):
-                continue
-            never = JobStatus(
-                phase=Phase.ABORTED,
-                detail="DEPENDENCY_NEVER_SATISFIED",
-                message=f"job {parent_id} ended {ending}, which {condition} excludes",
-            )
-            self._move(child, Phase.ABORTED, never)  # which takes it off its backend
-
     def _destroy_expired(self) -> None:
         with self._destroy_lock:
             for job in self.store.expired(utcnow()):
@@ -470,51 +344,6 @@ class Engine:
         else:
             log.info("job %s destroyed: its destruction time had come", job.id)
 
-    def _offload_stage_out(self, job: Job, old: Phase) -> None:
-        """Bring outputs back, then announce the ending: in a worker of its own when the
-        engine runs in the background, so that polling never waits for a transfer."""
-        stager = self._background.stager
-        if stager is None:
-            self._announce(self._stage_out(job), old)
-            return
-        with self._staging_lock:
-            if job.id in self._staging:
-                return
-            self._staging.add(job.id)
-
-        def work() -> None:
-            try:
-                self._announce(self._stage_out(job), old)
-            finally:
-                with self._staging_lock:
-                    self._staging.discard(job.id)
-
-        stager.submit(work)
-
-    def _stage_out(self, job: Job) -> Job:
-        """Bring the job's declared outputs back; a failure is recorded, the phase stays."""
-        root = str((self.results_dir or Path.cwd()) / job.id)
-        try:
-            transport, sandbox = self.backend(job.backend).sandbox(job)
-            staging.stage_out(transport, sandbox, job.spec.stage_out, root)
-        except Exception as error:
-            log.warning("stage-out of job %s failed: %s", job.id, error)
-            note = f"stage-out failed: {error}"
-            return self.store.update(
-                job.id, message=f"{job.message}; {note}" if job.message else note
-            )
-        return job
-
-    def _announce(self, job: Job, old: Phase) -> None:
-        with self._changed:
-            self._changed.notify_all()
-        self._background.wake(job.backend)
-        hook_runner = self._background.hook_runner
-        if hook_runner is None:
-            self.hooks.run_phase_change(job, old)
-        else:  # in order, and never on a polling thread
-            hook_runner.submit(self.hooks.run_phase_change, job, old)
-
     # -- acting on jobs -------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
@@ -528,12 +357,12 @@ class Engine:
             job = self.store.get(job_id)
             if job.phase.is_final:
                 if job.is_submitted and job.detail in _ENDED_BY_JOBBRIDGE:
-                    self._dispatch.cancel_quietly(self.backend(job.backend), job)
+                    cancel_quietly(self.backend(job.backend), job)
                 raise JobStateError(f"job {job_id} has already ended ({job.phase})")
             if job.is_submitted:
                 self.backend(job.backend).cancel(job)
             aborted = JobStatus(phase=Phase.ABORTED, detail="CANCELLED", message="cancelled")
-            moved = self._move(job, Phase.ABORTED, aborted)
+            moved = self._changes.move(job, Phase.ABORTED, aborted)
             if moved is not None:
                 return moved
         raise JobStateError(f"job {job_id} kept changing phase; try again")
@@ -570,14 +399,14 @@ class Engine:
         job = self._queued_at_backend(job_id, "hold")
         self.backend(job.backend).hold(job)
         held = JobStatus(phase=Phase.HELD, detail="HELD_BY_USER")
-        return self._move(job, Phase.HELD, held) or self.store.get(job_id)
+        return self._changes.move(job, Phase.HELD, held) or self.store.get(job_id)
 
     def release(self, job_id: str) -> Job:
         job = self.store.get(job_id)
         if job.phase is not Phase.HELD or not job.is_submitted:
             raise JobStateError(f"job {job_id} is {job.phase}, not HELD")
         self.backend(job.backend).release(job)
-        return self._move(job, Phase.QUEUED, JobStatus(phase=Phase.QUEUED)) or job
+        return self._changes.move(job, Phase.QUEUED, JobStatus(phase=Phase.QUEUED)) or job
 
     def _queued_at_backend(self, job_id: str, action: str) -> Job:
         job = self.store.get(job_id)
@@ -601,72 +430,6 @@ class Engine:
         self.store.delete(job_id)
         self.hooks.run_deleted(job)
 
-    def get_results(
-        self,
-        job_id: str,
-        download_dir: str | os.PathLike[str],
-        *,
-        overwrite: bool = False,
-        changed_only: bool = True,
-    ) -> list[str]:
-        """Copy the files of the job's directory into ``download_dir`` (gc3libs' semantics,
-        see ``staging.get_results``); returns the relative paths copied."""
-        transport, sandbox = self._sandbox(job_id)
-        return staging.get_results(
-            transport, sandbox, os.fspath(download_dir), overwrite=overwrite,
-            changed_only=changed_only,
-        )  # fmt: skip
-
-    def peek(
-        self,
-        job_id: str,
-        remote_file: str,
-        local_file: str | BinaryIO,
-        offset: int = 0,
-        size: int | None = None,
-    ) -> int:
-        """Copy part of a file of the job's directory (a negative offset counts from its end)."""
-        transport, sandbox = self._sandbox(job_id)
-        return staging.peek(transport, sandbox, remote_file, local_file, offset, size)
-
-    def free(self, job_id: str) -> None:
-        """Remove the job's directory from the resource; refused while the job is active."""
-        job = self.store.get(job_id)
-        if job.phase.is_active:
-            raise JobStateError(f"job {job_id} is {job.phase}; its directory is still in use")
-        self.backend(job.backend).free(job)
-
-    def _sandbox(self, job_id: str) -> tuple[Transport, str]:
-        job = self._ran_as(self.store.get(job_id))
-        if not job.is_submitted:
-            raise JobStateError(f"job {job_id} has not been handed to its backend yet")
-        return self.backend(job.backend).sandbox(job)
-
-    def read_output(
-        self, job_id: str, stream: Stream = "stdout", offset: int = 0, size: int | None = None
-    ) -> bytes:
-        job = self._ran_as(self.store.get(job_id))
-        if not job.is_submitted:
-            return b""
-        return self.backend(job.backend).read_output(job, stream, offset, size)
-
-    def _ran_as(self, job: Job) -> Job:
-        """The job that ran for this one: the one whose outputs it reused, if it was served
-        from the cache (whose directory and output are shown as its own)."""
-        if job.cached_from is None:
-            return job
-        try:
-            return self.store.get(job.cached_from)
-        except JobNotFoundError:
-            return job
-
-    def _hook_failed(self, job: Job, hook: Hook, error: BaseException) -> None:
-        if hook is Hook.DELETE:
-            return  # the job and its events are gone; the log has it
-        message = f"a {hook} hook raised {type(error).__name__}: {error}"
-        with contextlib.suppress(JobNotFoundError):
-            self.store.note(job.id, job.phase, "HOOK_FAILED", message)
-
     def wait(
         self,
         job_ids: Iterable[str],
@@ -689,8 +452,7 @@ class Engine:
             left = pause if deadline is None else min(pause, deadline - time.monotonic())
             if left <= 0:
                 return jobs
-            with self._changed:
-                self._changed.wait(left)
+            self._changes.wait_for_change(left)
 
     def _pause_for(self, jobs: Sequence[Job]) -> float:
         intervals = [
@@ -736,15 +498,3 @@ class Engine:
 
 _ENDED_BY_JOBBRIDGE = frozenset({"LOST", "DEPENDENCY_NEVER_SATISFIED", "STATUS_UNAVAILABLE"})
 """Details of endings that jobbridge decided rather than the scheduler reported."""
-
-
-def _backwards_from_unknown(job: Job, new: Phase) -> bool:
-    return (
-        job.phase is Phase.UNKNOWN
-        and job.started is not None
-        and new
-        in (
-            Phase.QUEUED,
-            Phase.HELD,
-        )
-    )

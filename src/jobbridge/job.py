@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from jobbridge.phase import Phase
 from jobbridge.spec import JobSpec
 
-__all__ = ["Event", "Handover", "Job", "JobStatus", "new_job_id", "utcnow"]
+__all__ = ["Event", "Handover", "Job", "JobStatus", "new_job_id", "new_jobs", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -120,3 +120,32 @@ def new_job_id() -> str:
 
 
 _ID_SPACE = len(_ID_ALPHABET) ** 12
+
+
+def new_jobs(
+    spec: JobSpec,
+    backend: str,
+    owner: str | None,
+    phase: Phase,
+    destruction: datetime | None = None,
+    job_id: str | None = None,
+) -> list[Job]:
+    """The jobs a spec makes, created now: one (``job_id``, if given), or one per array
+    index, each with its ``array_index`` and one ``array_id`` for all."""
+    now = utcnow()
+    common: dict[str, Any] = dict(
+        spec=spec,
+        backend=backend,
+        owner=owner,
+        phase=phase,
+        created=now,
+        queued=now if phase is Phase.QUEUED else None,
+        destruction=destruction,
+    )
+    if spec.array is None:
+        return [Job(id=job_id or new_job_id(), **common)]
+    array_id = new_job_id()
+    return [
+        Job(id=new_job_id(), array_id=array_id, array_index=index, **common)
+        for index in spec.array.indices
+    ]

@@ -1,13 +1,16 @@
 """What happens to a job on its way in (``admit``: its workflow and secrets checked before
-it is recorded) and just before its backend sees it (``Preparer``: the workflow's workspace
-made, the job cache consulted, secrets handed over)."""
+it is recorded; ``check_stage_out``, ``check_parents_exist``) and just before its backend
+sees it (``Preparer``: the workflow's workspace made, the job cache consulted, secrets handed
+over)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import posixpath
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +43,15 @@ from jobbridge.transport.base import Transport
 if TYPE_CHECKING:
     from jobbridge.dispatch import Mover
 
-__all__ = ["Prepared", "Preparer", "admit", "define_workflow", "preparation_failure"]
+__all__ = [
+    "Prepared",
+    "Preparer",
+    "admit",
+    "check_parents_exist",
+    "check_stage_out",
+    "define_workflow",
+    "preparation_failure",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +82,24 @@ def admit(
     if known.cache and spec.array is None:
         changes["cache"] = True
     return spec.model_copy(update=changes)
+
+
+def check_stage_out(spec: JobSpec, results_dir: Path | None) -> None:
+    """Refuse relative stage-out targets when there is no results directory to hold them."""
+    relative = [t.target for t in spec.stage_out if not os.path.isabs(t.target)]
+    if relative and results_dir is None:
+        raise SpecError(f"stage_out target {relative[0]!r} is relative and no results_dir is set")
+
+
+def check_parents_exist(store: Store, parent_ids: Iterable[str]) -> None:
+    """Refuse dependencies on jobs that do not exist."""
+    wanted = list(parent_ids)
+    if not wanted:
+        return
+    try:
+        store.get_many(wanted)
+    except JobNotFoundError as error:
+        raise SpecError(f"depends_on names job {error.job_id!r}, which does not exist") from None
 
 
 def define_workflow(

@@ -20,13 +20,12 @@ import sqlalchemy as sa
 
 from jobbridge.job import Handover, Job, utcnow
 from jobbridge.phase import Phase
+from jobbridge.store.core import JOB_CHANNEL, StoreCore
+from jobbridge.store.rows import check_fields, chunks
 from jobbridge.store.schema import events, jobs
-from jobbridge.store.store import JOB_CHANNEL, Store, _check_fields
 
 __all__ = ["Change", "apply_changes", "finish_claims"]
 
-_CHUNK = 500
-"""Ids in one ``IN`` list, well below every database's limit on bound parameters."""
 _ATTEMPTS = 3
 _DEADLOCK = "40P01"
 _NOTIFY = sa.text(
@@ -58,14 +57,14 @@ class _Guarded:
     event: dict[str, Any] | None = None
 
 
-def apply_changes(store: Store, changes: Sequence[Change]) -> dict[str, Job]:
+def apply_changes(store: StoreCore, changes: Sequence[Change]) -> dict[str, Job]:
     """Apply the changes whose guard holds, in one transaction; the changed jobs as they
     are now, by id (a job left out had moved on meanwhile)."""
     now = utcnow()
     guarded = []
     for change in changes:
         fields = dict(change.fields)
-        _check_fields(fields)
+        check_fields(fields)
         if "phase" in fields or "handover" in fields:
             raise ValueError("a change names its phase in new, and cannot change the handover")
         guard: dict[str, Any] = {"phase": change.expected.value}
@@ -87,7 +86,7 @@ def apply_changes(store: Store, changes: Sequence[Change]) -> dict[str, Job]:
     return _apply(store, guarded)
 
 
-def finish_claims(store: Store, answers: Mapping[str, tuple[str, str]]) -> dict[str, Job]:
+def finish_claims(store: StoreCore, answers: Mapping[str, tuple[str, str]]) -> dict[str, Job]:
     """Record the native ids that claimed submissions got (job id -> its claim's token, the
     native id), for the jobs still claimed under those tokens (see ``Store.finish_claim``);
     those jobs as they are now, by id."""
@@ -110,7 +109,7 @@ def finish_claims(store: Store, answers: Mapping[str, tuple[str, str]]) -> dict[
     )
 
 
-def _apply(store: Store, changes: Sequence[_Guarded]) -> dict[str, Job]:
+def _apply(store: StoreCore, changes: Sequence[_Guarded]) -> dict[str, Job]:
     if not changes:
         return {}
     by_id = {change.job_id: change for change in changes}
@@ -127,7 +126,7 @@ def _apply(store: Store, changes: Sequence[_Guarded]) -> dict[str, Job]:
     raise AssertionError("unreachable")
 
 
-def _apply_once(store: Store, by_id: dict[str, _Guarded]) -> dict[str, Job]:
+def _apply_once(store: StoreCore, by_id: dict[str, _Guarded]) -> dict[str, Job]:
     guards = sorted({column for change in by_id.values() for column in change.guard})
     with store.writing() as conn:
         holding = [
@@ -138,7 +137,7 @@ def _apply_once(store: Store, by_id: dict[str, _Guarded]) -> dict[str, Job]:
         for same_kind in _kinds(holding):
             _update(conn, same_kind)
         changed: dict[str, Job] = {}
-        for chunk in _chunks([change.job_id for change in holding]):
+        for chunk in chunks([change.job_id for change in holding]):
             for row in conn.execute(sa.select(jobs).where(jobs.c.id.in_(chunk))):
                 changed[row.id] = store._job(row)
         moved = [change.event for change in holding if change.event is not None]
@@ -156,7 +155,7 @@ def _locked(conn: sa.Connection, job_ids: list[str], guards: list[str]) -> Itera
     """The guarded columns of these jobs, their rows locked until the transaction ends
     (on SQLite the transaction holds the database's write lock from its start)."""
     columns = [jobs.c.id, *(jobs.c[column] for column in guards)]
-    for chunk in _chunks(sorted(job_ids)):
+    for chunk in chunks(sorted(job_ids)):
         query = sa.select(*columns).where(jobs.c.id.in_(chunk)).order_by(jobs.c.id)
         yield from conn.execute(query.with_for_update())
 
@@ -199,14 +198,9 @@ def _update(conn: sa.Connection, changes: list[_Guarded]) -> None:
     )
 
 
-def _announce(store: Store, conn: sa.Connection, moved: list[tuple[str, str]]) -> None:
+def _announce(store: StoreCore, conn: sa.Connection, moved: list[tuple[str, str]]) -> None:
     """Every changed job on ``JOB_CHANNEL``, heard once the transaction commits."""
     if store.dialect != "postgresql":
         return
     payloads = [f"{job_id} {phase}" for job_id, phase in moved]
     conn.execute(_NOTIFY, {"channel": JOB_CHANNEL, "payloads": payloads})
-
-
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
