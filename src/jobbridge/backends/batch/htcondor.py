@@ -27,14 +27,9 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from jobbridge.backends.base import Stream
+from jobbridge.backends.base import NativeDependency, Stream
 from jobbridge.backends.batch import htcondor_dag as dag
-from jobbridge.backends.batch.base import (
-    BatchBackend,
-    BatchOptions,
-    NativeDependency,
-    NativeState,
-)
+from jobbridge.backends.batch.base import BatchBackend
 from jobbridge.backends.batch.htcondor_ads import (
     HTCondorState,
     ad_and_state,
@@ -43,6 +38,8 @@ from jobbridge.backends.batch.htcondor_ads import (
     unmaterialized,
 )
 from jobbridge.backends.batch.marks import Mark, add_located
+from jobbridge.backends.batch.native import NativeState
+from jobbridge.backends.batch.options import BatchOptions
 from jobbridge.backends.batch.script import render, scheduler_name
 from jobbridge.errors import BackendError
 from jobbridge.job import Job, JobStatus

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from jobbridge.backends.batch.base import NativeState, epoch_or_none
+from jobbridge.backends.batch.native import NativeState, epoch_or_none
 from jobbridge.backends.batch.records import UnreadableRecord, json_objects
 
 __all__ = ["HTCondorState", "ad_and_state", "is_int", "json_ads", "unmaterialized"]

@@ -61,16 +61,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from jobbridge.backends.base import Located, Stream
-from jobbridge.backends.batch.base import (
-    _LOCATE_SLACK,
-    UNTOLD,
-    BatchBackend,
-    NativeDependency,
-    NativeState,
-    walltime_parts,
-)
+from jobbridge.backends.base import Located, NativeDependency, Stream
+from jobbridge.backends.batch.base import BatchBackend
+from jobbridge.backends.batch.locating import LOCATE_SLACK
 from jobbridge.backends.batch.marks import Mark, add_located, marked_name
+from jobbridge.backends.batch.native import UNTOLD, NativeState
 from jobbridge.backends.batch.pbs_records import (
     Record,
     exit_status,
@@ -81,6 +76,7 @@ from jobbridge.backends.batch.pbs_records import (
     shell_exit_code,
 )
 from jobbridge.backends.batch.records import UnreadableRecord
+from jobbridge.backends.batch.script import walltime_parts
 from jobbridge.errors import JobbridgeError, SubmissionError, SubmitOutcome
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
@@ -369,7 +365,7 @@ class PbsFamily(BatchBackend):
         back to the jobs' submission, or the search cannot be complete. (``since`` is that
         time less what the clocks of two hosts may differ by, which the server's own clock
         does not need.)"""
-        submitted = since + _LOCATE_SLACK
+        submitted = since + LOCATE_SLACK
         self._history_needed = max(0.0, time.time() - submitted.timestamp())
         return self.server_command()
 

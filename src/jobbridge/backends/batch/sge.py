@@ -38,16 +38,13 @@ from xml.etree import ElementTree
 
 from pydantic import Field
 
-from jobbridge.backends.base import Missing, Stream
-from jobbridge.backends.batch.base import (
-    BatchBackend,
-    BatchOptions,
-    NativeDependency,
-    NativeState,
-    walltime_parts,
-)
+from jobbridge.backends.base import Missing, NativeDependency, Stream
+from jobbridge.backends.batch.base import BatchBackend
 from jobbridge.backends.batch.marks import Mark, add_located, marked_name
+from jobbridge.backends.batch.native import NativeState
+from jobbridge.backends.batch.options import BatchOptions
 from jobbridge.backends.batch.records import UnreadableRecord
+from jobbridge.backends.batch.script import walltime_parts
 from jobbridge.backends.batch.sge_records import (
     accounting_records,
     accounting_word,

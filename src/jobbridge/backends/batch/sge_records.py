@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from xml.etree import ElementTree
 
-from jobbridge.backends.batch.base import NativeState
+from jobbridge.backends.batch.native import NativeState
 from jobbridge.backends.batch.records import UnreadableRecord
 from jobbridge.transport.base import CommandResult
 

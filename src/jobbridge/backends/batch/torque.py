@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from jobbridge.backends.base import Stream
-from jobbridge.backends.batch.base import BatchOptions, epoch_or_none
+from jobbridge.backends.batch.native import epoch_or_none
+from jobbridge.backends.batch.options import BatchOptions
 from jobbridge.backends.batch.pbs import (
     COMMON_EXIT_WORDS,
     COMMON_STATES,
