@@ -22,7 +22,7 @@ __all__ = ["JobFiles", "exit_file_status"]
 log = logging.getLogger(__name__)
 
 _WORDS_LIMIT = 4096
-"""The end of what the scheduler captured that an ERROR's message quotes."""
+"""Bytes read of what the scheduler captured, for the message of a job in ERROR."""
 
 
 class JobFiles(BatchCore):

@@ -48,8 +48,9 @@ class BatchOptions(ContainerOptions):
     ssh_options: list[str] = Field(default_factory=list, description="more ssh -o options")
 
 
-def connect(options: BatchOptions) -> Transport:
-    """How the backend reaches its scheduler: here, or over SSH at ``host``."""
+def connect(options: BatchOptions, *, control_dir: str | None = None) -> Transport:
+    """How the backend reaches its scheduler: here, or over SSH at ``host`` (with its master
+    connection in ``control_dir`` if given)."""
     if options.host is None:
         return LocalTransport()
     return SshTransport(
@@ -60,4 +61,5 @@ def connect(options: BatchOptions) -> Transport:
         config_file=options.ssh_config,
         options=options.ssh_options,
         connect_timeout=min(30.0, options.command_timeout),
+        control_dir=control_dir,
     )
