@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from jobbridge import Engine, Job, JobSpec, Phase, ResourcesNotSupportedError
-from jobbridge.backends.batch.base import BatchBackend, NativeState
+from jobbridge.backends.batch.base import BatchBackend
 from jobbridge.backends.batch.htcondor import HTCondorBackend, HTCondorState
+from jobbridge.backends.batch.native import NativeState
 from jobbridge.errors import BackendError
 from tests.batch_support import (
     CASES,

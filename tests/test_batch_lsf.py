@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 
 from jobbridge import Engine, JobSpec, Phase, ResourcesNotSupportedError
 from jobbridge.backends.base import BackendContext, NativeDependency
-from jobbridge.backends.batch.base import BatchBackend, NativeState
+from jobbridge.backends.batch.base import BatchBackend
 from jobbridge.backends.batch.lsf import LsfBackend, lsf_index_list, run_limit
+from jobbridge.backends.batch.native import NativeState
 from jobbridge.job import Job
 from jobbridge.spec import ArraySpec
 from tests.batch_support import (

@@ -19,7 +19,7 @@ import pytest
 
 from jobbridge import Engine, JobSpec, Phase, ResourcesNotSupportedError
 from jobbridge.backends.base import NativeDependency
-from jobbridge.backends.batch.base import NativeState
+from jobbridge.backends.batch.native import NativeState
 from jobbridge.backends.batch.pbs import PbsProBackend
 from jobbridge.backends.batch.torque import TorqueBackend
 from tests.batch_support import (

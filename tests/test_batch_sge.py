@@ -13,7 +13,8 @@ import pytest
 
 from jobbridge import Engine, Job, JobSpec, JobStatus, Phase, ResourcesNotSupportedError
 from jobbridge.backends.base import NativeDependency
-from jobbridge.backends.batch.base import BatchBackend, NativeState
+from jobbridge.backends.batch.base import BatchBackend
+from jobbridge.backends.batch.native import NativeState
 from jobbridge.backends.batch.sge import SgeBackend
 from tests.batch_support import (
     CASES,

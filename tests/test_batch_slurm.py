@@ -10,7 +10,7 @@ import pytest
 
 from jobbridge import Engine, JobSpec, JobStatus, Phase
 from jobbridge.backends.base import BackendContext, Missing
-from jobbridge.backends.batch.base import NativeState
+from jobbridge.backends.batch.native import NativeState
 from jobbridge.backends.batch.slurm import SlurmBackend
 from jobbridge.job import Job, utcnow
 from tests.batch_support import (

@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 from jobbridge import Engine, EngineSettings, Job, JobSpec, Phase, Store
 from jobbridge.backends.base import Backend, BackendContext
 from jobbridge.backends.batch.base import BatchBackend
+from jobbridge.backends.batch.options import connect
 from jobbridge.backends.batch.sge import SgeBackend
 from jobbridge.backends.batch.slurm import SlurmBackend
-from jobbridge.transport.ssh import SshTransport
 from tests.faults.counting import SGE_ENV, run_real
 
 __all__ = [
@@ -94,16 +94,7 @@ class Setup:
         options = cls.Options.model_validate(self.options)
         backend = cls(self.backend_name, options, BackendContext(self.backend_jobs_dir))
         if options.host is not None and self.control_dir is not None:
-            backend.transport = SshTransport(
-                options.host,
-                port=options.port,
-                identity_file=options.identity_file,
-                known_hosts=options.known_hosts,
-                config_file=options.ssh_config,
-                options=options.ssh_options,
-                connect_timeout=min(30.0, options.command_timeout),
-                control_dir=str(self.control_dir),
-            )
+            backend.transport = connect(options, control_dir=str(self.control_dir))
         return backend
 
     def engine(self, backend: Backend | None = None) -> Engine:

@@ -27,15 +27,12 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from jobbridge.backends.base import Stream
+from jobbridge.backends.base import NativeDependency, Stream
 from jobbridge.backends.batch import htcondor_dag as dag
-from jobbridge.backends.batch.base import (
-    BatchBackend,
-    BatchOptions,
-    NativeDependency,
-    NativeState,
-)
+from jobbridge.backends.batch.base import BatchBackend
 from jobbridge.backends.batch.htcondor_ads import (
+    HOLD_CODES,
+    SYSTEM_HOLDS,
     HTCondorState,
     ad_and_state,
     is_int,
@@ -43,6 +40,8 @@ from jobbridge.backends.batch.htcondor_ads import (
     unmaterialized,
 )
 from jobbridge.backends.batch.marks import Mark, add_located
+from jobbridge.backends.batch.native import NativeState
+from jobbridge.backends.batch.options import BatchOptions
 from jobbridge.backends.batch.script import render, scheduler_name
 from jobbridge.errors import BackendError
 from jobbridge.job import Job, JobStatus
@@ -51,23 +50,6 @@ from jobbridge.spec import JobSpec, Resources
 
 __all__ = ["HTCondorBackend"]
 
-_HOLD_CODES = {
-    1: "UserRequest",
-    3: "JobPolicy",
-    5: "JobPolicyUndefined",
-    6: "FailedToCreateProcess",
-    7: "UnableToOpenOutput",
-    8: "UnableToOpenInput",
-    12: "TransferOutputError",
-    13: "TransferInputError",
-    14: "IwdError",
-    15: "SubmittedOnHold",
-    21: "StartdHeldJob",
-    26: "SystemPolicy",
-    34: "JobOutOfResources",
-    46: "JobDurationExceeded",
-    47: "JobExecuteExceeded",
-}
 _ATTRIBUTES = (
     "ClusterId",
     "ProcId",
@@ -119,21 +101,6 @@ _POLICY_REMOVAL = "SYSTEM_PERIODIC_REMOVE"
 _MARKS = ("JobbridgeId", "JobbridgeArray", "JobbridgeMember")
 """Job attributes that carry jobbridge's mark (see ``submit_commands``)."""
 _LOCATE_ATTRIBUTES = ("ClusterId", "ProcId", "JobUniverse", "DAGManJobId", *_MARKS)
-
-
-_SYSTEM_HOLDS: Mapping[int, str] = {
-    6: "FAILED_TO_START",
-    7: "OUTPUT_UNWRITABLE",
-    8: "INPUT_UNREADABLE",
-    12: "TRANSFER_FAILED",
-    13: "TRANSFER_FAILED",
-    14: "IWD_ERROR",
-    34: "OUT_OF_MEMORY",
-    46: "TIMEOUT",
-    47: "TIMEOUT",
-}
-"""Holds that HTCondor itself puts on a job that failed (HoldReasonCode): the job would sit
-held until someone looked; jobbridge ends it ERROR with the reason and removes it."""
 
 
 class HTCondorOptions(BatchOptions):
@@ -443,12 +410,12 @@ class HTCondorBackend(BatchBackend):
         if state.word == "Removed" and _POLICY_REMOVAL in reason:
             return status.model_copy(update={"phase": Phase.ERROR, "detail": _POLICY_REMOVAL})
         if state.word == "Held" and isinstance(state, HTCondorState) and state.hold_code:
-            failure = _SYSTEM_HOLDS.get(state.hold_code)
+            failure = SYSTEM_HOLDS.get(state.hold_code)
             if failure is not None:
                 return status.model_copy(
                     update={"phase": Phase.ERROR, "detail": failure, "stop_native": True}
                 )
-            label = _HOLD_CODES.get(state.hold_code, f"HoldReasonCode {state.hold_code}")
+            label = HOLD_CODES.get(state.hold_code, f"HoldReasonCode {state.hold_code}")
             return status.model_copy(update={"detail": label})
         return status
 

@@ -1,6 +1,6 @@
 """Reading HTCondor's job ClassAds as ``condor_q -json`` and ``condor_history -json`` print
-them: one job's state, exit code and times, and a late-materializing cluster's jobs that the
-schedd has not created yet."""
+them: one job's state, exit code and times, what its hold codes mean, and a late-materializing
+cluster's jobs that the schedd has not created yet."""
 
 from __future__ import annotations
 
@@ -11,10 +11,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from jobbridge.backends.batch.base import NativeState, epoch_or_none
+from jobbridge.backends.batch.native import NativeState, epoch_or_none
 from jobbridge.backends.batch.records import UnreadableRecord, json_objects
 
-__all__ = ["HTCondorState", "ad_and_state", "is_int", "json_ads", "unmaterialized"]
+__all__ = [
+    "HOLD_CODES",
+    "SYSTEM_HOLDS",
+    "HTCondorState",
+    "ad_and_state",
+    "is_int",
+    "json_ads",
+    "unmaterialized",
+]
 
 _JOB_STATUS = {
     1: "Idle",
@@ -25,6 +33,39 @@ _JOB_STATUS = {
     6: "TransferringOutput",
     7: "Suspended",
 }
+
+HOLD_CODES = {
+    1: "UserRequest",
+    3: "JobPolicy",
+    5: "JobPolicyUndefined",
+    6: "FailedToCreateProcess",
+    7: "UnableToOpenOutput",
+    8: "UnableToOpenInput",
+    12: "TransferOutputError",
+    13: "TransferInputError",
+    14: "IwdError",
+    15: "SubmittedOnHold",
+    21: "StartdHeldJob",
+    26: "SystemPolicy",
+    34: "JobOutOfResources",
+    46: "JobDurationExceeded",
+    47: "JobExecuteExceeded",
+}
+"""The names of the HoldReasonCode values jobbridge shows as a held job's detail."""
+
+SYSTEM_HOLDS: Mapping[int, str] = {
+    6: "FAILED_TO_START",
+    7: "OUTPUT_UNWRITABLE",
+    8: "INPUT_UNREADABLE",
+    12: "TRANSFER_FAILED",
+    13: "TRANSFER_FAILED",
+    14: "IWD_ERROR",
+    34: "OUT_OF_MEMORY",
+    46: "TIMEOUT",
+    47: "TIMEOUT",
+}
+"""Holds that HTCondor itself puts on a job that failed (HoldReasonCode): the job would sit
+held until someone looked; jobbridge ends it ERROR with the reason and removes it."""
 
 _AD_START = re.compile(r"^\{", re.MULTILINE)
 _CLUSTER_FIELD = re.compile(r'"ClusterId"\s*:\s*(\d+)')

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jobbridge.backends.base import NativeDependency
-from jobbridge.backends.batch.base import NativeState
+from jobbridge.backends.batch.native import NativeState
 
 __all__ = [
     "DAG_FILE",

@@ -30,9 +30,11 @@ from typing import Any, ClassVar, Final
 
 from pydantic import Field
 
-from jobbridge.backends.base import Stream
-from jobbridge.backends.batch.base import BatchBackend, BatchOptions, NativeDependency, NativeState
+from jobbridge.backends.base import NativeDependency, Stream
+from jobbridge.backends.batch.base import BatchBackend
 from jobbridge.backends.batch.marks import Mark, add_located, marked_name
+from jobbridge.backends.batch.native import NativeState
+from jobbridge.backends.batch.options import BatchOptions
 from jobbridge.backends.batch.records import UnreadableRecord, json_objects
 from jobbridge.errors import BackendError
 from jobbridge.job import Job, JobStatus

@@ -4,6 +4,7 @@ through ``directive_value``, which refuses what the directive cannot carry."""
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from collections.abc import Iterable
@@ -13,7 +14,7 @@ import jinja2
 
 from jobbridge.errors import ResourcesNotSupportedError
 
-__all__ = ["directive_value", "render", "scheduler_name", "shell", "shell_join"]
+__all__ = ["directive_value", "render", "scheduler_name", "shell", "shell_join", "walltime_parts"]
 
 _SAFE_DIRECTIVE = re.compile(r"^[A-Za-z0-9_.,:@%+=/-]+$")
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -59,3 +60,12 @@ def _environment() -> jinja2.Environment:
 
 def render(template: str, **values: object) -> str:
     return _environment().get_template(template).render(**values)
+
+
+def walltime_parts(seconds: float) -> tuple[int, int, int, int]:
+    """Days, hours, minutes, seconds, rounded up to the whole second."""
+    total = math.ceil(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return days, hours, minutes, secs

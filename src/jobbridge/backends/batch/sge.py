@@ -1,16 +1,7 @@
 """Grid Engine (SGE, OGE, Son of Grid Engine 8.1): qsub of a script, one ``qstat -xml`` for
 every job in the queue, ``qacct`` for jobs that left it without an exit-code file, qdel.
 
-Grid Engine holds a job for others (``-hold_jid``) until they leave the queue, however they
-ended. ``afterok`` rests on what qsub(1) documents for ``-hold_jid``: a job whose script exits
-100 stays in the error state and its dependents stay held. Every jobbridge script for Grid
-Engine exits 100 when its program failed (the real exit code is in its exit-code file), and
-never 99, which would make Grid Engine run it again. jobbridge then reads that code, deletes
-the ``afterok`` dependents that can never run, and deletes the failed job, which releases the
-``afterany`` ones. ``afternotok`` cannot be held this way (a job that succeeds leaves the
-queue at once) and is refused. What this cannot cover: a job that Grid Engine kills (h_rt,
-qdel, a lost node) leaves the queue at once and releases its ``afterok`` dependents; those
-not yet started when jobbridge learns it are deleted, a started one is only logged.
+Dependencies, the error state and what ``afterok`` rests on: see ``sge_status``.
 
 Slots are ``-pe`` (processes x cores), memory is per slot (``memory_resource``), and an
 attribute ``sge.NAME`` is a resource request ``-l NAME=VALUE``, except the switches
@@ -25,62 +16,39 @@ ended since the search's start. What the job script prints outside the program g
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import posixpath
 import re
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar
-from xml.etree import ElementTree
+from typing import Any
 
 from pydantic import Field
 
-from jobbridge.backends.base import Missing, Stream
-from jobbridge.backends.batch.base import (
-    BatchBackend,
-    BatchOptions,
-    NativeDependency,
-    NativeState,
-    walltime_parts,
-)
+from jobbridge.backends.base import NativeDependency, Stream
 from jobbridge.backends.batch.marks import Mark, add_located, marked_name
-from jobbridge.backends.batch.records import UnreadableRecord
+from jobbridge.backends.batch.native import NativeState
+from jobbridge.backends.batch.options import BatchOptions
+from jobbridge.backends.batch.script import walltime_parts
 from jobbridge.backends.batch.sge_records import (
+    accounted_state,
     accounting_records,
-    accounting_word,
-    int_or_none,
-    job_ids,
     job_list,
-    qacct_time,
+    queued_state,
     said,
-    state_word,
-    xml_time,
 )
+from jobbridge.backends.batch.sge_status import SgeStatus
 from jobbridge.backends.batch.sge_tasks import TaskNumbers
-from jobbridge.errors import BackendError, JobbridgeError
-from jobbridge.job import Job, JobStatus
-from jobbridge.phase import Phase
+from jobbridge.errors import BackendError
+from jobbridge.job import Job
 from jobbridge.spec import ArraySpec, JobSpec
 
 __all__ = ["SgeBackend", "SgeOptions"]
 
-log = logging.getLogger(__name__)
-
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _RESOURCE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_WAITING = "waiting for job"
 _GONE = "does not exist"
-_CLOCK_SKEW = 120.0
-"""Seconds by which the clocks of this host and the execution hosts may differ."""
-
-_PENDING = {"qw", "Rq", "hqw", "hRwq"}
-_HELD = {"hqw", "hRwq"}
-_ERROR_STATE = {"Eqw", "Ehqw", "EhRqw"}
-_SUSPENDED = ["s", "ts", "S", "tS", "T", "tT", "Rs", "Rts", "RS", "RtS", "RT", "RtT"]
-_DELETING = ["dr", "dt", "dRr", "dRt", "ds", "dS", "dT", "dRs", "dRS", "dRT"]
 
 _FLAGS = {"hold": "-h", "notify": "-notify"}
 """``sge.*`` attributes that are qsub switches (true or false); all others are ``-l``."""
@@ -117,39 +85,12 @@ class SgeOptions(BatchOptions):
     )
 
 
-class SgeBackend(BatchBackend):
+class SgeBackend(SgeStatus):
     kind = "sge"
     scheduler = "sge"
     native_dependencies = True
     Options = SgeOptions
     options: SgeOptions
-    STATES: ClassVar[Mapping[str, tuple[Phase, str | None]]] = {
-        # qstat's state letters, as sge_status(5) lists them
-        "qw": (Phase.QUEUED, None),
-        "Rq": (Phase.QUEUED, None),
-        "hqw": (Phase.HELD, None),
-        "hRwq": (Phase.HELD, None),
-        "r": (Phase.EXECUTING, None),
-        "hr": (Phase.EXECUTING, None),
-        "t": (Phase.EXECUTING, None),
-        "Rr": (Phase.EXECUTING, None),
-        "Rt": (Phase.EXECUTING, None),
-        **dict.fromkeys(_SUSPENDED, (Phase.SUSPENDED, None)),
-        **dict.fromkeys(_ERROR_STATE, (Phase.ERROR, "ERROR_STATE")),
-        **dict.fromkeys(_DELETING, (Phase.ABORTED, "CANCELLED")),
-        # qacct has no state word, only a `failed` code: _accounting_word names it
-        "COMPLETED": (Phase.COMPLETED, None),
-        "FAILED": (Phase.ERROR, None),
-        "TIMEOUT": (Phase.ERROR, "TIMEOUT"),
-        "OUT_OF_MEMORY": (Phase.ERROR, "OUT_OF_MEMORY"),
-        "CANCELLED": (Phase.ABORTED, "CANCELLED"),
-        "KILLED": (Phase.ERROR, "KILLED"),
-        "NODE_FAIL": (Phase.ERROR, "NODE_FAIL"),
-        "START_FAILED": (Phase.ERROR, "START_FAILED"),
-        "EPILOG_FAILED": (Phase.ERROR, "EPILOG_FAILED"),
-        "RESCHEDULED": (Phase.ERROR, "RESCHEDULED"),
-    }
-
     # -- the script ---------------------------------------------------------------------------
 
     def check(self, spec: JobSpec) -> None:
@@ -307,7 +248,7 @@ class SgeBackend(BatchBackend):
 
     def parse_status(self, output: str) -> dict[str, NativeState]:
         states: dict[str, NativeState] = {}
-        for ids, state in self.read_each(job_list(output), _queued_state):
+        for ids, state in self.read_each(job_list(output), queued_state):
             states.update(dict.fromkeys(ids, state))
         return states
 
@@ -319,7 +260,7 @@ class SgeBackend(BatchBackend):
 
     def parse_accounting(self, output: str) -> dict[str, NativeState]:
         # a rerun job has several records: the last counts
-        return dict(self.read_each(accounting_records(output), _accounted_state))
+        return dict(self.read_each(accounting_records(output), accounted_state))
 
     # -- finding submissions by their mark ------------------------------------------------------
 
@@ -386,179 +327,6 @@ class SgeBackend(BatchBackend):
         }
         return {name: value for name, value in found.items() if value}
 
-    def to_status(self, state: NativeState) -> JobStatus:
-        if state.word in _HELD and state.reason and state.reason.startswith(_WAITING):
-            return JobStatus(phase=Phase.QUEUED, message=state.reason)
-        return super().to_status(state)
-
-    # -- status -------------------------------------------------------------------------------
-
-    def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus | Missing]:
-        """One ``qstat`` for all jobs. For jobs it no longer lists, and jobs in the error
-        state, the exit-code files their scripts wrote; for jobs gone without one (killed,
-        out of time), one ``qacct``. Then one ``qdel`` if some jobs must leave the queue:
-        failed jobs in the error state, after the ``afterok`` dependents they rule out.
-        A record that cannot be read leaves only its own job without news."""
-        by_native = {job.native_id: job for job in jobs if job.native_id}
-        if not by_native:
-            return {}
-        env = self.status_environment()
-        command = self.status_command(list(by_native))
-        answer = self._run(command, env=env, check=False, idempotent=True)
-        if answer.returncode != 0:
-            raise BackendError(
-                f"qstat failed ({answer.returncode}): {said(answer)}", retryable=True
-            )
-        queue = self._answer(answer, self.parse_status)
-        now = time.monotonic()
-        for native_id in by_native:
-            if native_id in queue:
-                self._last_seen[native_id] = now
-        gone = [native for native in by_native if native not in queue]
-        stuck = [native for native in by_native if state_word(queue, native) in _ERROR_STATE]
-        exit_files = self._exit_files([by_native[native] for native in gone + stuck])
-        # files that could not be read at all: only what the queue shows is news
-        skip = set(gone + stuck) if exit_files is None else set()
-        exit_files = exit_files or {}
-        unresolved = [by_native[n] for n in gone if n not in exit_files and n not in skip]
-        accounted, searched = self._accounting(unresolved, env)
-        answers: dict[str, JobStatus | Missing] = {}
-        for native_id, job in by_native.items():
-            if native_id in skip:
-                continue
-            status = self._sge_decision(
-                job,
-                queue.get(native_id),
-                exit_files.get(native_id),
-                accounted.get(native_id),
-                searched=searched,
-            )
-            if status is not None:
-                answers[job.id] = status
-        answers.update(self._never_satisfied(jobs, answers, queue))
-        self._delete_from_queue(jobs, answers, queue)
-        for job in jobs:
-            told = answers.get(job.id)
-            if isinstance(told, JobStatus) and told.phase.is_final:
-                self._forget(job.native_id or "")
-        return self._with_scheduler_words(by_native, answers)
-
-    def _accounting(
-        self, jobs: Sequence[Job], env: Mapping[str, str]
-    ) -> tuple[dict[str, NativeState], bool]:
-        """What qacct says of these jobs, and whether it answered at all."""
-        if not jobs or not self.options.accounting:
-            return {}, True
-        command = self.accounting_query(self._earliest_end(jobs))
-        try:
-            result = self._run(command, env=env, check=False, idempotent=True)
-            if result.returncode != 0:  # no accounting file, say: exit-code files still count
-                raise BackendError(f"qacct failed ({result.returncode}): {said(result)}")
-            return self._answer(result, self.parse_accounting), True
-        except JobbridgeError as error:
-            log.warning("%s: accounting unavailable, %d jobs wait: %s", self.name, len(jobs), error)
-            return {}, False
-
-    def _earliest_end(self, jobs: Sequence[Job]) -> datetime:
-        """A time before which none of these jobs can have ended: when qstat last listed
-        them, or else when they started or were queued."""
-        wall, monotonic = time.time(), time.monotonic()
-        times = []
-        for job in jobs:
-            seen = self._last_seen.get(job.native_id or "")
-            if seen is not None:
-                times.append(wall - (monotonic - seen))
-            else:
-                times.append((job.started or job.queued or job.created).timestamp())
-        return datetime.fromtimestamp(min(times) - _CLOCK_SKEW, UTC)
-
-    def _sge_decision(
-        self,
-        job: Job,
-        queued: NativeState | None,
-        exit_file: JobStatus | None,
-        accounted: NativeState | None,
-        *,
-        searched: bool,
-    ) -> JobStatus | Missing | None:
-        if queued is not None and queued.word in _ERROR_STATE:
-            if exit_file is not None:  # its script failed and exited 100: see the module doc
-                return exit_file
-            return self._after_delay(job, self.to_status(queued))
-        if queued is not None:
-            if job.phase is Phase.HELD and queued.word in _HELD:
-                return None  # qstat shows one `h` for holds of every kind; jobbridge's stays
-            return self.to_status(queued)
-        if exit_file is not None:
-            return exit_file
-        if accounted is not None:
-            return self.to_status(accounted)
-        return self._decide(job, None, None, None, searched=searched)
-
-    def _after_delay(self, job: Job, status: JobStatus) -> JobStatus | None:
-        """``status`` once the job has shown it for ``accounting_delay`` seconds: time for
-        an exit-code file written on another host to show on this one."""
-        first = self._ended_seen.setdefault(job.native_id or "", time.monotonic())
-        return status if time.monotonic() - first > self.options.accounting_delay else None
-
-    def _never_satisfied(
-        self,
-        jobs: Sequence[Job],
-        answers: Mapping[str, JobStatus | Missing],
-        queue: Mapping[str, NativeState],
-    ) -> dict[str, JobStatus]:
-        """Pending jobs that wait for the success of a job that has just failed."""
-        failed = {
-            job_id
-            for job_id, status in answers.items()
-            if isinstance(status, JobStatus)
-            and status.phase.is_final
-            and status.phase is not Phase.COMPLETED
-        }
-        verdicts = {}
-        for job in jobs:
-            told = answers.get(job.id)
-            if (isinstance(told, JobStatus) and told.phase.is_final) or not any(
-                dependency.condition == "afterok" and dependency.job_id in failed
-                for dependency in job.spec.depends_on
-            ):
-                continue
-            if state_word(queue, job.native_id or "") not in _PENDING:
-                # a parent killed by Grid Engine leaves the queue at once, releasing it
-                log.warning("job %s started although a job it needs failed", job.id)
-                continue
-            verdicts[job.id] = JobStatus(
-                phase=Phase.ABORTED,
-                detail="DEPENDENCY_NEVER_SATISFIED",
-                message="a job it depends on ended in a way the dependency excludes",
-            )
-        return verdicts
-
-    def _delete_from_queue(
-        self,
-        jobs: Sequence[Job],
-        answers: Mapping[str, JobStatus | Missing],
-        queue: Mapping[str, NativeState],
-    ) -> None:
-        """One qdel: first the dependents that can never run, then the ended jobs still held
-        in the error state (which releases their other dependents)."""
-        ruled_out, ended = [], []
-        for job in jobs:
-            status = answers.get(job.id)
-            if not isinstance(status, JobStatus) or not status.phase.is_final:
-                continue
-            if job.native_id is None:
-                continue
-            if status.detail == "DEPENDENCY_NEVER_SATISFIED":
-                ruled_out.append(job.native_id)
-            elif state_word(queue, job.native_id) in _ERROR_STATE:
-                ended.append(job.native_id)
-        if not ruled_out and not ended:
-            return
-        result = self._run(self.cancel_command(ruled_out + ended), check=False, idempotent=True)
-        if result.returncode != 0:
-            log.warning("%s: qdel of ended jobs failed: %s", self.name, said(result))
-
 
 _NO_AFTERNOTOK = (
     "Grid Engine releases a job's dependents as soon as it succeeds, so it cannot hold one"
@@ -570,48 +338,3 @@ _FIELDS = {"-q": "queue", "-A": "account", "-P": "project", "-ar": "reservation"
 def _no_leading_digit(readable: str) -> str:
     """Grid Engine refuses job names that start with a digit."""
     return f"job_{readable}" if readable[0].isdigit() else readable
-
-
-def _queued_state(entry: ElementTree.Element) -> tuple[list[str], NativeState]:
-    number = (entry.findtext("JB_job_number") or "").strip()
-    word = (entry.findtext("state") or "").strip()
-    if not number.isdigit() or not word:
-        raise UnreadableRecord(number or "?", "no job number or no state")
-    try:
-        ids = job_ids(number, entry.findtext("tasks"))
-    except ValueError as error:
-        raise UnreadableRecord(number, f"tasks: {error}") from error
-    predecessors = [
-        job.strip()
-        for element in entry.findall("predecessor_jobs")
-        for job in (element.text or "").split(",")
-        if job.strip()
-    ]
-    state = NativeState(
-        word=word,
-        reason=f"{_WAITING} {', '.join(predecessors)}" if predecessors else None,
-        started=xml_time(entry.findtext("JAT_start_time")),
-    )
-    return ids, state
-
-
-def _accounted_state(fields: Mapping[str, str]) -> tuple[str, NativeState]:
-    number, task = fields["jobnumber"], fields.get("taskid", "undefined")
-    key = number if task == "undefined" else f"{number}.{task}"
-    try:
-        if not number.isdigit() or not (task == "undefined" or task.isdigit()):
-            raise ValueError("no job or task number")
-        failed = int_or_none(fields.get("failed", "").split()[0:1])
-        exit_status = int_or_none(fields.get("exit_status", "").split()[0:1])
-    except ValueError as error:
-        raise UnreadableRecord(key, str(error)) from error
-    if failed is None:
-        raise UnreadableRecord(key, "no failed field")
-    word = accounting_word(failed, exit_status, fields)
-    return key, NativeState(
-        word=word,
-        reason=None if failed == 0 else f"failed {fields['failed']}",
-        exit_code=None if word == "FAILED" and failed == 30 else exit_status,
-        started=qacct_time(fields.get("start_time", "")),
-        ended=qacct_time(fields.get("end_time", "")),
-    )

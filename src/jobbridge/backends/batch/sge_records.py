@@ -9,11 +9,13 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from xml.etree import ElementTree
 
-from jobbridge.backends.batch.base import NativeState
+from jobbridge.backends.batch.native import NativeState
 from jobbridge.backends.batch.records import UnreadableRecord
 from jobbridge.transport.base import CommandResult
 
 __all__ = [
+    "WAITING",
+    "accounted_state",
     "accounting_records",
     "accounting_word",
     "int_or_none",
@@ -21,12 +23,16 @@ __all__ = [
     "job_list",
     "limit_word",
     "qacct_time",
+    "queued_state",
     "record_fields",
     "said",
     "seconds",
     "state_word",
     "xml_time",
 ]
+
+WAITING = "waiting for job"
+"""How a job's state reason begins when it waits for others (``-hold_jid``)."""
 
 _JOB_LIST = re.compile(r"<job_list\b[^>]*>.*?</job_list>", re.DOTALL)
 _JOB_NUMBER = re.compile(r"<JB_job_number>\s*(\d+)\s*</JB_job_number>")
@@ -164,3 +170,50 @@ def state_word(queue: Mapping[str, NativeState], native_id: str) -> str | None:
 
 def said(result: CommandResult) -> str:
     return (result.stderr.strip() or result.stdout.strip())[:500]
+
+
+def queued_state(entry: ElementTree.Element) -> tuple[list[str], NativeState]:
+    """One ``<job_list>`` of ``qstat -xml -r``: the ids it stands for and their state."""
+    number = (entry.findtext("JB_job_number") or "").strip()
+    word = (entry.findtext("state") or "").strip()
+    if not number.isdigit() or not word:
+        raise UnreadableRecord(number or "?", "no job number or no state")
+    try:
+        ids = job_ids(number, entry.findtext("tasks"))
+    except ValueError as error:
+        raise UnreadableRecord(number, f"tasks: {error}") from error
+    predecessors = [
+        job.strip()
+        for element in entry.findall("predecessor_jobs")
+        for job in (element.text or "").split(",")
+        if job.strip()
+    ]
+    state = NativeState(
+        word=word,
+        reason=f"{WAITING} {', '.join(predecessors)}" if predecessors else None,
+        started=xml_time(entry.findtext("JAT_start_time")),
+    )
+    return ids, state
+
+
+def accounted_state(fields: Mapping[str, str]) -> tuple[str, NativeState]:
+    """One ``qacct -j`` record: its job (or task) id and how it ended."""
+    number, task = fields["jobnumber"], fields.get("taskid", "undefined")
+    key = number if task == "undefined" else f"{number}.{task}"
+    try:
+        if not number.isdigit() or not (task == "undefined" or task.isdigit()):
+            raise ValueError("no job or task number")
+        failed = int_or_none(fields.get("failed", "").split()[0:1])
+        exit_status = int_or_none(fields.get("exit_status", "").split()[0:1])
+    except ValueError as error:
+        raise UnreadableRecord(key, str(error)) from error
+    if failed is None:
+        raise UnreadableRecord(key, "no failed field")
+    word = accounting_word(failed, exit_status, fields)
+    return key, NativeState(
+        word=word,
+        reason=None if failed == 0 else f"failed {fields['failed']}",
+        exit_code=None if word == "FAILED" and failed == 30 else exit_status,
+        started=qacct_time(fields.get("start_time", "")),
+        ended=qacct_time(fields.get("end_time", "")),
+    )

@@ -16,15 +16,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from jobbridge.backends.base import BackendContext, BackendOptions, Stream
-from jobbridge.backends.batch.base import (
-    BatchBackend,
-    NativeDependency,
-    NativeState,
-    epoch_or_none,
-    walltime_parts,
-)
+from jobbridge.backends.base import BackendContext, BackendOptions, NativeDependency, Stream
+from jobbridge.backends.batch.base import BatchBackend
 from jobbridge.backends.batch.marks import Mark, add_located, marked_name, split_located
+from jobbridge.backends.batch.native import NativeState, epoch_or_none
+from jobbridge.backends.batch.script import walltime_parts
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
 from jobbridge.spec import ArraySpec

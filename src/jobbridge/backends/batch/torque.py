@@ -13,15 +13,11 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from jobbridge.backends.base import Stream
-from jobbridge.backends.batch.base import BatchOptions, epoch_or_none
-from jobbridge.backends.batch.pbs import (
-    COMMON_EXIT_WORDS,
-    COMMON_STATES,
-    ArrayLayout,
-    PbsFamily,
-    member_indices,
-)
+from jobbridge.backends.batch.native import epoch_or_none
+from jobbridge.backends.batch.options import BatchOptions
+from jobbridge.backends.batch.pbs_family import ArrayLayout, PbsFamily, member_indices
 from jobbridge.backends.batch.pbs_records import Record, torque_jobs
+from jobbridge.backends.batch.pbs_states import COMMON_EXIT_WORDS, COMMON_STATES
 from jobbridge.job import Job
 from jobbridge.phase import Phase
 from jobbridge.spec import ArraySpec, JobSpec
