@@ -110,7 +110,6 @@ class PushReceiver:
     def _job(self, job_id: str, index: int | None) -> Job:
         if index is None:
             return self._store.get(job_id)
-        for member in self._store.find(array_id=job_id):
-            if member.array_index == index:
-                return member
+        for member in self._store.find(array_id=job_id, array_index=index, limit=1):
+            return member
         raise JobNotFoundError(f"{job_id}[{index}]")

@@ -179,12 +179,15 @@ class Store(Handovers, Polling):
         name: str | None = None,
         since: datetime | None = None,
         array_id: str | None = None,
+        array_index: int | None = None,
         submitted: bool | None = None,
         limit: int | None = None,
         newest_first: bool = True,
         workflow: str | None = None,
     ) -> list[Job]:
         query = sa.select(jobs)
+        if array_index is not None:
+            query = query.where(jobs.c.array_index == array_index)
         if workflow is not None:
             query = query.where(jobs.c.workflow == workflow)
         if owner is not None:
