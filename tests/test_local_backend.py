@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,9 +22,16 @@ from jobbridge import (
     ResourcesNotSupportedError,
 )
 from jobbridge.backends import local_supervisor as sup
+from jobbridge.backends.local import RunnerRecords
 from jobbridge.job import Handover
 
 HOSTILE = ["$(touch pwned)", "`touch pwned`", "a; touch pwned", 'it\'s "quoted"', "new\nline", "*"]
+
+
+def recorded_end(job_dir: str, job_id: str) -> dict[str, Any]:
+    """How the job's runner recorded that it ended ({} while it has not)."""
+    record = RunnerRecords().read(job_dir)
+    return {} if record is None else record.ended.get(job_id, {})
 
 
 def run(engine: Engine, spec: JobSpec, timeout: float = 30) -> Job:
@@ -151,11 +159,10 @@ def test_a_job_that_ignores_term_is_killed_after_the_grace_period(
     engine.cancel(job.id)
     native = engine.get(job.id).native_id
     assert native
-    result = Path(native) / sup.RESULT_FILE
     deadline = time.monotonic() + 10
-    while not result.exists() and time.monotonic() < deadline:
+    while not recorded_end(native, job.id) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert "detail=CANCELLED\n" in result.read_text()
+    assert recorded_end(native, job.id)["detail"] == "CANCELLED"
 
 
 def test_a_job_cancelled_before_its_runner_claims_it_never_starts(
@@ -167,11 +174,10 @@ def test_a_job_cancelled_before_its_runner_claims_it_never_starts(
     job_dir.mkdir(parents=True)
     (job_dir / sup.CANCEL_MARK).write_text("")
     engine.start(job.id)
-    result = job_dir / sup.RESULT_FILE
     deadline = time.monotonic() + 10
-    while not result.exists() and time.monotonic() < deadline:
+    while not recorded_end(str(job_dir), job.id) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert "detail=CANCELLED\n" in result.read_text()
+    assert recorded_end(str(job_dir), job.id)["detail"] == "CANCELLED"
     assert not marker.exists()
 
 

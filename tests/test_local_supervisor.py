@@ -3,6 +3,7 @@ it loses nothing; a job handed over is started exactly once."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -11,9 +12,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from jobbridge import Engine, JobSpec, Phase
 from jobbridge.backends import local_supervisor as sup
-from jobbridge.backends.local import LocalBackend
+from jobbridge.backends.local import LocalBackend, RunnerRecord
+from tests.test_local_backend import recorded_end
 
 
 def until(condition: Callable[[], bool], timeout: float = 15) -> None:
@@ -73,9 +77,9 @@ def test_killing_the_supervisor_loses_no_job(
     }
     assert (done[queued.id].phase, done[queued.id].exit_code) == (Phase.ERROR, 3)
     assert supervisor_pid(jobs_dir) != first  # the spooled job needed a new supervisor
-    result = Path(running["cancelled"].native_id or "", sup.RESULT_FILE)
-    until(result.exists)
-    assert "detail=CANCELLED\n" in result.read_text()
+    cancelled = running["cancelled"]
+    until(lambda: bool(recorded_end(cancelled.native_id or "", cancelled.id)))
+    assert recorded_end(cancelled.native_id or "", cancelled.id)["detail"] == "CANCELLED"
 
 
 def test_jobs_are_not_children_of_the_supervisor(engine: Engine, isolated_data_dir: Path) -> None:
@@ -115,8 +119,9 @@ def test_a_job_spooled_twice_runs_once(
     counter = tmp_path / "runs"
     spec = JobSpec(executable="sh", arguments=["-c", f"echo run >> {counter}; sleep 0.5"])
     job = engine.submit(spec)
-    for _ in range(5):  # what a resolved submission or a second supervisor would do
-        local_backend.supervisor.enqueue(job.id, job.native_id or "")
+    plans = os.path.join(job.native_id or "", sup.PLANS_FILE)
+    for again in range(5):  # what a resolved submission or a second supervisor would do
+        local_backend.supervisor.enqueue(plans, f"again{again}")
     [done] = engine.wait([job.id], timeout=30)
     assert done.phase is Phase.COMPLETED
     assert counter.read_text() == "run\n"
@@ -151,3 +156,61 @@ def test_closing_lets_the_supervisor_leave_and_a_later_submission_starts_one(
     [again] = engine.wait([engine.submit(JobSpec(executable="true")).id], timeout=30)
     assert (done.phase, again.phase) == (Phase.COMPLETED, Phase.COMPLETED)
     assert supervisor_pid(jobs_dir) != first
+
+
+def test_jobs_handed_over_together_share_all_but_their_own_files(engine: Engine) -> None:
+    """A job costs its directory and its two output files; its plan and its runner's
+    record are one file each for the whole batch, linked into every job's directory."""
+    jobs = engine.submit_many([JobSpec(executable="true")] * 12)
+    done = engine.wait([job.id for job in jobs], timeout=30)
+    assert {job.phase for job in done} == {Phase.COMPLETED}
+    job_dirs = [Path(job.native_id or "") for job in done]
+    assert {tuple(sorted(p.name for p in d.iterdir())) for d in job_dirs} == {
+        (sup.PLANS_FILE, sup.RUNNER_FILE, "stderr", "stdout")
+    }
+    for shared in (sup.PLANS_FILE, sup.RUNNER_FILE):
+        assert len({(d / shared).stat().st_ino for d in job_dirs}) == 1
+    # once its runner has left, the record is known by the jobs' links alone
+    records = job_dirs[0].parent / sup.STATE_DIR / sup.RECORDS_DIR
+    until(lambda: not any(records.iterdir()))
+
+
+def test_a_job_whose_plans_were_never_linked_is_not_started(
+    engine: Engine, local_backend: LocalBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its plan is in the batch's file, but the link that hands it over failed: the
+    submission says so, and no runner starts it."""
+    marks = [tmp_path / f"ran{n}" for n in range(3)]
+    jobs = [engine.create(JobSpec(executable="touch", arguments=[str(m)])) for m in marks]
+    refused = local_backend._job_dir(jobs[1])
+    real_link = os.link
+
+    def link(source: str, target: str) -> None:
+        if target.startswith(refused):
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), target)
+        real_link(source, target)
+
+    monkeypatch.setattr("jobbridge.backends.local.os.link", link)
+    answers = local_backend.submit_many(jobs)
+    assert isinstance(answers[1], OSError)
+    assert answers[0] == local_backend._job_dir(jobs[0])
+    until(lambda: marks[0].exists() and marks[2].exists())
+    until(lambda: all(recorded_end(local_backend._job_dir(j), j.id) for j in (jobs[0], jobs[2])))
+    assert recorded_end(refused, jobs[1].id) == {}
+    assert not marks[1].exists()
+    assert not Path(refused, sup.RUNNER_FILE).exists()
+
+
+def test_a_runner_record_with_bad_lines_still_answers_for_the_others() -> None:
+    text = (
+        b"999999 12\n"
+        b"a started 1.5\n"
+        b"garbage\n"
+        b"b ended {not json\n"
+        b'c ended {"exit_code": 0, "detail": "", "started": 1.5, "ended": 2.5}\n'
+        b'd ended {"exit_code": 1'  # still being written
+    )
+    record = RunnerRecord.parse(text)
+    assert (record.pid, record.ticks, record.alive) == (999999, 12, False)
+    assert record.started == {"a": 1.5}
+    assert set(record.ended) == {"c"}

@@ -43,6 +43,7 @@ from jobbridge.uws.push import push_endpoint
 from tests.batch_support import case_jobs, make_backend, render_case
 from tests.conftest import cluster_env
 from tests.test_batch_slurm import slurm_backend
+from tests.test_local_backend import recorded_end
 from tests.test_metrics import scrape, until, value
 from tests.uws_support import RunningServer, add_user, bearer, service_config, wait_for_phase
 
@@ -403,7 +404,7 @@ def test_a_push_for_an_array_member_settles_that_member_alone(isolated_data_dir:
         array_id = members[0].array_id
         assert array_id is not None
         jobs_dir = isolated_data_dir / "jobs"
-        until(lambda: all((jobs_dir / m.id / "result").exists() for m in members))
+        until(lambda: all(recorded_end(str(jobs_dir / m.id), m.id) for m in members))
         settled = engine.pushed(array_id, PushEvent.ENDED, index=1)
         assert settled is not None and settled.id == members[1].id
         assert settled.phase is Phase.COMPLETED
@@ -436,7 +437,7 @@ def test_a_push_that_overtakes_its_job_s_submission_waits_for_it(isolated_data_d
         engine.store.add([job])
         assert engine.store.claim(job.id, "submitter")
         native_id = engine.backend("local").submit(job)
-        until(lambda: (Path(native_id) / "result").exists())
+        until(lambda: bool(recorded_end(native_id, job.id)))
         recording = threading.Timer(
             0.3, lambda: engine.store.finish_claim(job.id, "submitter", native_id)
         )

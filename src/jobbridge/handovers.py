@@ -1,7 +1,8 @@
 """Handing claimed jobs over off the caller's thread.
 
 Each backend has a queue of claimed jobs and at most ``workers`` threads that hand them
-over; a thread leaves once the queue is empty. A backend that takes many jobs in one step
+over; a thread leaves once the queue has stayed empty for ``LINGER`` seconds (so that jobs
+submitted one by one do not each start a thread). A backend that takes many jobs in one step
 (``batch_submission``) gets whatever queued meanwhile in one go, so that jobs submitted one
 by one in quick succession still share a handover and its one write; from a long queue for
 any other backend, a thread takes its share of jobs, submits them one by one, and records
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
 """Jobs handed to a batch-taking backend in one step at most."""
+LINGER = 0.05
+"""Seconds an idle worker waits for more jobs before it leaves."""
 MAX_SHARE = 16
 """Jobs one worker takes from a long queue for a backend that takes them one by one; it
 records their native ids in one transaction."""
@@ -57,6 +60,7 @@ class Handovers:
         self._running: dict[str, int] = {}
         self._threads: set[threading.Thread] = set()
         self._underway = 0
+        self._closing = False
         self._lock = threading.Condition()
 
     def put(self, backend: Backend, queued: Sequence[Queued]) -> None:
@@ -66,6 +70,7 @@ class Handovers:
         with self._lock:
             self._queues.setdefault(backend.name, deque()).extend(queued)
             self._underway += len(queued)
+            self._lock.notify_all()  # a lingering worker takes them
             running = self._running.get(backend.name, 0)
             wanted = min(self._workers, len(self._queues[backend.name])) - running
             for _ in range(max(0, wanted)):
@@ -88,14 +93,19 @@ class Handovers:
         """Finish the handovers queued (an interrupted one would only be looked for)."""
         self.settle()
         with self._lock:
+            self._closing = True
+            self._lock.notify_all()
             threads = list(self._threads)
         for thread in threads:
             thread.join()
 
     def _work(self, backend: Backend) -> None:
+        name = backend.name
         while True:
             with self._lock:
                 queue = self._queues[backend.name]
+                if not queue and not self._closing:
+                    self._lock.wait_for(lambda: self._closing or bool(self._queues[name]), LINGER)
                 if not queue:
                     self._running[backend.name] -= 1
                     self._threads.discard(threading.current_thread())

@@ -103,38 +103,59 @@ class LocalBackend(Backend):
 
     def submit(self, job: Job, dependencies: Sequence[NativeDependency] = ()) -> str:
         job_dir = self._prepare(job)
-        self.supervisor.enqueue(job.id, job_dir)
+        plans = os.path.join(job_dir, sup.PLANS_FILE)
+        self.transport.write_bytes(plans, self._plan_line(job, job_dir), mode=0o644)
+        self.supervisor.enqueue(plans, job.id)
         return job_dir
 
     def submit_many(self, jobs: Sequence[Job]) -> list[str | Exception]:
-        """Every job's plan and spool entry, with one wake-up of the supervisor per runner's
-        worth of jobs (so that the first start while the rest are written)."""
+        """The jobs in batches of one runner's worth, each batch's plans in one file linked
+        into every job's directory, and one wake-up of the supervisor per batch (so that
+        the first batch starts while the next is written)."""
         answers: list[str | Exception] = []
-        unannounced = 0
+        for first in range(0, len(jobs), sup.MAX_BATCH):
+            answers.extend(self._submit_batch(jobs[first : first + sup.MAX_BATCH]))
+        return answers
+
+    def _submit_batch(self, jobs: Sequence[Job]) -> list[str | Exception]:
+        answers: list[str | Exception] = []
+        prepared: list[tuple[Job, str]] = []
         for job in jobs:
             try:
                 job_dir = self._prepare(job)
-                self.supervisor.enqueue(job.id, job_dir, wake=False)
             except Exception as error:
                 answers.append(error)
                 continue
             answers.append(job_dir)
-            unannounced += 1
-            if unannounced == sup.MAX_BATCH:
-                self.supervisor.wake()
-                unannounced = 0
-        if unannounced:
-            self.supervisor.wake()
-        return answers
+            prepared.append((job, job_dir))
+        if not prepared:
+            return answers
+        (first, first_dir), others = prepared[0], prepared[1:]
+        plans = os.path.join(first_dir, sup.PLANS_FILE)
+        lines = b"".join(self._plan_line(job, job_dir) for job, job_dir in prepared)
+        try:
+            self.transport.write_bytes(plans, lines, mode=0o644)
+        except Exception as error:
+            return [error if isinstance(answer, str) else answer for answer in answers]
+        failed: dict[str, Exception] = {}
+        for _, job_dir in others:
+            try:  # from here on the job is handed over: its runner takes it from this file
+                os.link(plans, os.path.join(job_dir, sup.PLANS_FILE))
+            except OSError as error:
+                failed[job_dir] = error
+        self.supervisor.enqueue(plans, sup.spool_name(first.id, len(prepared)))
+        return [failed.get(answer, answer) if isinstance(answer, str) else answer
+                for answer in answers]  # fmt: skip
 
     def _prepare(self, job: Job) -> str:
-        """The job's directory with its inputs and its plan in it."""
+        """The job's directory with its inputs in it."""
         job_dir = self._job_dir(job)
         self.transport.make_dirs(job_dir)
         staging.stage_in(self.transport, job_dir, job.spec.stage_in)
-        plan = self._plan(job, job_dir)
-        self.transport.write_bytes(os.path.join(job_dir, sup.PLAN_FILE), json.dumps(plan).encode())
         return job_dir
+
+    def _plan_line(self, job: Job, job_dir: str) -> bytes:
+        return json.dumps(self._plan(job, job_dir)).encode() + b"\n"
 
     def locate(self, jobs: Sequence[Job]) -> Located:
         """A submission left the job's plan in its directory before it queued the job; one
@@ -142,20 +163,22 @@ class LocalBackend(Backend):
         found = {}
         for job in jobs:
             job_dir = self._job_dir(job)
-            if self.transport.exists(os.path.join(job_dir, sup.PLAN_FILE)):
+            plans = os.path.join(job_dir, sup.PLANS_FILE)
+            if os.path.exists(plans):
                 found[job.id] = [job_dir]
-                if not self.transport.exists(os.path.join(job_dir, sup.RUNNER_FILE)):
-                    self.supervisor.enqueue(job.id, job_dir, wake=False)
+                if not os.path.exists(os.path.join(job_dir, sup.RUNNER_FILE)):
+                    self.supervisor.enqueue(plans, job.id, wake=False)
         if found:
             self.supervisor.wake()
         return Located(found, complete=True)
 
     def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus | Missing]:
         answers: dict[str, JobStatus | Missing] = {}
+        records = RunnerRecords()  # jobs started together share one
         stalled = False
         for job in jobs:
             if job.native_id:
-                answer = answers[job.id] = self._status(job)
+                answer = answers[job.id] = self._status(job, records)
                 stalled = stalled or answer.message == WAITING
         if stalled:  # a job long in the spool: its supervisor may have died
             self.supervisor.wake()
@@ -165,15 +188,15 @@ class LocalBackend(Backend):
         """The runner's own records of the job: its result, or that it runs."""
         if not job.native_id:
             return None
-        return self._status(job)
+        return self._status(job, RunnerRecords())
 
     def cancel(self, job: Job) -> None:
         assert job.native_id
         self.transport.write_bytes(os.path.join(job.native_id, sup.CANCEL_MARK), b"")
-        runner = self._runner(job.native_id)
-        if runner is not None and self._alive(runner):
-            self.transport.run(["kill", "-s", "TERM", "--", str(runner.pid)], check=False)
-        elif runner is None:  # still in the spool: its runner will find the mark
+        record = RunnerRecords().read(job.native_id)
+        if record is not None and record.alive:
+            self.transport.run(["kill", "-s", "TERM", "--", str(record.pid)], check=False)
+        elif record is None:  # still in the spool: its runner will find the mark
             self.supervisor.wake()
 
     def read_output(
@@ -221,6 +244,7 @@ class LocalBackend(Backend):
             argv = ["mpirun", "-np", str(spec.resources.processes), *argv]
         walltime = spec.resources.walltime
         return {
+            "id": job.id,
             "job_dir": job_dir,
             "directory": directory,
             "stdin": spec.stdin and os.path.join(directory, spec.stdin),
@@ -233,7 +257,6 @@ class LocalBackend(Backend):
             "grace": self.options.grace_period,
             "argv": argv,
             "env": env,
-            "submitted": time.time(),
             "push": self._push_plan(job),
         }
 
@@ -283,86 +306,127 @@ class LocalBackend(Backend):
             env["JOBBRIDGE_ARRAY_INDEX"] = str(job.array_index)
         return env
 
-    def _status(self, job: Job) -> JobStatus:
+    def _status(self, job: Job, records: RunnerRecords) -> JobStatus:
         job_dir = job.native_id or ""
-        result = self._result(job_dir)
-        if result is not None:
-            return result
-        runner = self._runner(job_dir)
-        if runner is None:
-            queued = job.queued or job.created
-            if time.time() - queued.timestamp() < STALL:  # handed over later still
-                return JobStatus(phase=Phase.QUEUED)
-            waited = time.time() - self._submitted_at(job_dir)
-            if waited < STALL:
-                return JobStatus(phase=Phase.QUEUED)
-            if waited < self.options.start_timeout:
-                return JobStatus(phase=Phase.QUEUED, message=WAITING)
-            said = (self._read_text(os.path.join(job_dir, "runner.log")) or "").strip()
-            return JobStatus(
-                phase=Phase.ERROR, detail="LOST", message=f"the runner never started {said}".strip()
-            )
-        if self._alive(runner):
-            return JobStatus(phase=Phase.EXECUTING, started=runner.started)
-        # it may have finished between the two reads
+        record = records.read(job_dir)
+        if record is None:
+            return self._not_started(job, job_dir)
+        if job.id not in record.ended and not record.alive:
+            record = records.read(job_dir, again=True)  # it may have ended since
+            assert record is not None
+        outcome = record.ended.get(job.id)
+        if outcome is not None:
+            return _ended(outcome)
+        started = _time(record.started[job.id]) if job.id in record.started else None
+        if record.alive:
+            return JobStatus(phase=Phase.EXECUTING, started=started)
         said = (self._read_text(os.path.join(job_dir, "runner.log")) or "").strip()
-        return self._result(job_dir) or JobStatus(
+        return JobStatus(
             phase=Phase.ERROR,
             detail="LOST",
             message=(
                 "the job's runner is gone without a result (killed, or the machine restarted) "
                 + said
             ).strip(),
-            started=runner.started,
+            started=started,
         )
 
-    def _result(self, job_dir: str) -> JobStatus | None:
-        text = self._read_text(os.path.join(job_dir, sup.RESULT_FILE))
-        if text is None:
-            return None
-        head, _, message = text.partition("message=")
-        fields = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
-        detail = fields.get("detail") or None
-        code = int(fields["exit_code"]) if fields.get("exit_code") else None
-        if detail == "CANCELLED":
-            phase = Phase.ABORTED
-        elif code == 0 and detail is None:
-            phase = Phase.COMPLETED
-        else:
-            phase = Phase.ERROR
+    def _not_started(self, job: Job, job_dir: str) -> JobStatus:
+        queued = job.queued or job.created
+        if time.time() - queued.timestamp() < STALL:  # handed over later still
+            return JobStatus(phase=Phase.QUEUED)
+        waited = time.time() - self._submitted_at(job_dir)
+        if waited < STALL:
+            return JobStatus(phase=Phase.QUEUED)
+        if waited < self.options.start_timeout:
+            return JobStatus(phase=Phase.QUEUED, message=WAITING)
+        said = (self._read_text(os.path.join(job_dir, "runner.log")) or "").strip()
         return JobStatus(
-            phase=phase,
-            detail=detail,
-            message=message or None,
-            exit_code=code,
-            started=_time(float(fields["started"])),
-            ended=_time(float(fields["ended"])),
+            phase=Phase.ERROR, detail="LOST", message=f"the runner never started {said}".strip()
         )
-
-    def _runner(self, job_dir: str) -> _RunnerRecord | None:
-        text = self._read_text(os.path.join(job_dir, sup.RUNNER_FILE))
-        if not text:
-            return None
-        pid, ticks, started = text.split()
-        return _RunnerRecord(int(pid), int(ticks), _time(float(started)))
-
-    def _alive(self, runner: _RunnerRecord) -> bool:
-        try:
-            stat = self.transport.read_bytes(f"/proc/{runner.pid}/stat").decode()
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-        fields = stat.rsplit(")", 1)[1].split()
-        return fields[0] != "Z" and int(fields[19]) == runner.ticks
 
     def _submitted_at(self, job_dir: str) -> float:
-        text = self._read_text(os.path.join(job_dir, sup.PLAN_FILE))
-        return float(json.loads(text)["submitted"]) if text else 0.0
+        """When the job was handed over: its plans file was written then, and never since."""
+        try:
+            return os.stat(os.path.join(job_dir, sup.PLANS_FILE)).st_mtime
+        except FileNotFoundError:
+            return 0.0
 
     def _read_text(self, path: str) -> str | None:
         try:
             return self.transport.read_bytes(path).decode()
         except FileNotFoundError:
             return None
+
+
+@dataclass
+class RunnerRecord:
+    """What a runner wrote of the jobs it claimed (see ``local_supervisor``)."""
+
+    pid: int
+    ticks: int
+    started: dict[str, float]
+    ended: dict[str, dict[str, Any]]
+    alive: bool
+
+    @classmethod
+    def parse(cls, text: bytes) -> RunnerRecord:
+        head, *lines = text.split(b"\n")[:-1]  # a line not yet whole does not count
+        pid, ticks = (int(word) for word in head.split())
+        started: dict[str, float] = {}
+        ended: dict[str, dict[str, Any]] = {}
+        for line in lines:
+            with contextlib.suppress(ValueError):  # e.g. one cut short by a full disk
+                job_id, event, value = line.decode(errors="replace").split(" ", 2)
+                if event == sup.STARTED:
+                    started[job_id] = float(value)
+                elif event == sup.ENDED:
+                    ended[job_id] = json.loads(value)
+        return cls(pid, ticks, started, ended, sup.same_process(pid, ticks))
+
+
+class RunnerRecords:
+    """Runner records read once for the jobs they share, and again only once they grew."""
+
+    def __init__(self) -> None:
+        self._read: dict[tuple[int, int], tuple[int, RunnerRecord]] = {}
+
+    def read(self, job_dir: str, *, again: bool = False) -> RunnerRecord | None:
+        path = os.path.join(job_dir, sup.RUNNER_FILE)
+        try:
+            with open(path, "rb") as handle:
+                stat = os.fstat(handle.fileno())
+                key = (stat.st_dev, stat.st_ino)
+                known = self._read.get(key)
+                if known is not None and known[0] == stat.st_size and not again:
+                    return known[1]
+                text = handle.read()
+        except FileNotFoundError:
+            return None
+        if b"\n" not in text:  # just created: its first line is on its way
+            return None
+        record = RunnerRecord.parse(text)
+        self._read[key] = (len(text), record)
+        return record
+
+
+def _ended(outcome: dict[str, Any]) -> JobStatus:
+    detail = outcome.get("detail") or None
+    code = outcome.get("exit_code")
+    if detail == "CANCELLED":
+        phase = Phase.ABORTED
+    elif code == 0 and detail is None:
+        phase = Phase.COMPLETED
+    else:
+        phase = Phase.ERROR
+    return JobStatus(
+        phase=phase,
+        detail=detail,
+        message=outcome.get("message") or None,
+        exit_code=code,
+        started=_time(float(outcome["started"])),
+        ended=_time(float(outcome["ended"])),
+    )
 
 
 class SupervisorClient:
@@ -376,15 +440,16 @@ class SupervisorClient:
         self._lock = threading.Lock()
         self._started_at = float("-inf")
 
-    def enqueue(self, job_id: str, job_dir: str, *, wake: bool = True) -> None:
-        entry = os.path.join(self.spool, job_id)
+    def enqueue(self, plans: str, name: str, *, wake: bool = True) -> None:
+        """Hand the jobs of a plans file over: link it into the spool as ``name``."""
+        entry = os.path.join(self.spool, name)
         try:
-            os.symlink(job_dir, entry)
+            os.link(plans, entry)
         except FileExistsError:
             pass
         except FileNotFoundError:
             os.makedirs(self.spool, exist_ok=True)
-            os.symlink(job_dir, entry)
+            os.link(plans, entry)
         if wake:
             self.wake()
 
@@ -431,13 +496,6 @@ class SupervisorClient:
         """Let the supervisor leave once the spool is empty (another process that submits
         later starts a new one)."""
         self.wake(sup.QUIT)
-
-
-@dataclass(frozen=True)
-class _RunnerRecord:
-    pid: int
-    ticks: int
-    started: datetime
 
 
 def _with_prologue(argv: list[str], prologue: str | None, epilogue: str | None) -> list[str]:

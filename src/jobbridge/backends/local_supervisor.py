@@ -2,26 +2,35 @@
 
     python -I -S local_supervisor.py JOBS_DIR IDLE_SECONDS
 
-How a job travels (every path below is under JOBS_DIR):
+How a job travels (every path below is under JOBS_DIR). Creating a file is the dear part of
+a job's bookkeeping (an inode on a local disk, a metadata server's round trip on a shared
+one), so a job costs its directory and its two output files; everything else is shared by
+the jobs handed over or started together, through hard links:
 
-- A submission writes the plan ``<job dir>/job.json``, links ``.spool/<job id>`` to the job
-  directory, and writes a byte into the FIFO ``.supervisor/wake``. A FIFO nobody reads
-  means no supervisor: the submitter starts one. The spool is on disk, so a job handed
-  over is never forgotten, whoever dies.
+- A submission writes the plans of one job or of a batch of jobs as JSON lines into one
+  file, links it into each job's directory as ``plans`` (the job counts as handed over
+  from then on), then into the spool as ``.spool/<first job id>+<number of jobs>``, and
+  writes a byte into the FIFO ``.supervisor/wake``. A FIFO nobody reads means no
+  supervisor: the submitter starts one. The spool is on disk, so a job handed over is
+  never forgotten, whoever dies.
 - The supervisor holds ``.supervisor/lock`` (flock) for as long as it lives, so there is
   never a second one. It forks a runner for the jobs waiting in the spool, at most one
   every ``BATCH_WINDOW`` seconds, so that jobs arriving together share one fork. It is the
   parent of runners only, never of a job: killing it loses nothing. It leaves when it has
   been idle for IDLE_SECONDS, or when asked (a ``q`` in the FIFO) and the spool is empty.
-- A runner is a session of its own. It claims each job by publishing ``<job dir>/runner``
-  (its pid, its kernel start time, the job's start time) with ``link()``, which fails if
-  the file exists, so a job never starts twice; then removes the spool entry, starts the
-  program with ``posix_spawn`` in a process group of its own (a fork for a job with a
-  memory limit: ``RLIMIT_AS`` must be set in the child), enforces the walltime, turns a
-  cancellation (a ``cancel`` file, then SIGTERM to the runner) into TERM to the job's
-  group and KILL after the grace period, and writes ``<job dir>/result`` atomically when
-  the program is over: lines ``exit_code``, ``detail``, ``started``, ``ended`` as
-  ``key=value``, then ``message=`` and the rest of the file.
+- A runner is a session of its own with a record, ``.supervisor/runners/<pid>.<ticks>``,
+  whose first line names it (its pid and kernel start time). It starts a job only if the
+  job's ``plans`` is the file it read the plan from, and claims it by appending
+  ``<job id> started <time>`` to its record and linking the record as
+  ``<job dir>/runner``: the link fails if the job has a runner already, so a job never
+  starts twice. It starts the program with ``posix_spawn`` in a process group of its own
+  (a fork for a job with a memory limit: ``RLIMIT_AS`` must be set in the child),
+  enforces the walltime, turns a cancellation (a ``cancel`` file, then SIGTERM to the
+  runner) into TERM to the job's group and KILL after the grace period, and appends
+  ``<job id> ended <JSON>`` (``exit_code``, ``detail``, ``started``, ``ended``,
+  ``message``) when the program is over. Only whole lines count. It removes its spool
+  entries once it has taken their jobs, and the record's name under ``.supervisor``
+  when it leaves (the supervisor does if it was killed); the jobs' links keep it.
 - When the plan has a ``push`` address (a service runs), the runner tells it that the job
   started and, once the result is written, that it ended: a POST in a thread of its own with
   a short timeout, whose failure changes nothing (polling finds the job as before).
@@ -46,20 +55,26 @@ if TYPE_CHECKING:
 
 CANCEL_MARK = "cancel"
 RUNNER_FILE = "runner"
-RESULT_FILE = "result"
-PLAN_FILE = "job.json"
+PLANS_FILE = "plans"
 SPOOL_DIR = ".spool"
 STATE_DIR = ".supervisor"
+RECORDS_DIR = "runners"
 WAKE_FIFO = "wake"
 LOCK_FILE = "lock"
 PID_FILE = "pid"
 LOG_FILE = "log"
 QUIT = b"q"
+STARTED = "started"
+ENDED = "ended"
 BATCH_WINDOW = 0.004
 """Seconds between two runner forks; jobs arriving meanwhile share the next runner."""
 MAX_BATCH = 64
+"""Jobs one runner starts at most, and jobs one plans file holds."""
 LOCK_PATIENCE = 5.0
 """Seconds a new supervisor waits for one that is leaving to let go of the lock."""
+RECORD_RETRY = 1.0
+"""Seconds between a runner's attempts to record outcomes on a full disk; also how long
+the supervisor lets a spool entry rest that a runner left behind."""
 PUSH_TIMEOUT = 2.0
 """Seconds a push to the service may take; a runner waits for its pushes no longer."""
 
@@ -72,13 +87,23 @@ _CANCEL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _DEFAULT_IN_JOBS = (*_CANCEL_SIGNALS, signal.SIGALRM, signal.SIGCHLD, signal.SIGPIPE)
 
 
+def spool_name(first_job_id: str, count: int) -> str:
+    return f"{first_job_id}+{count}"
+
+
+def jobs_in(spool_entry: str) -> int:
+    """How many jobs a spool entry hands over, by its name."""
+    count = spool_entry.rpartition("+")[2]
+    return int(count) if count.isdigit() else 1
+
+
 # -- the supervisor ------------------------------------------------------------------------
 
 
 def main(argv: list[str]) -> None:
     jobs_dir, idle = argv[0], float(argv[1])
     state = os.path.join(jobs_dir, STATE_DIR)
-    os.makedirs(state, exist_ok=True)
+    os.makedirs(os.path.join(state, RECORDS_DIR), exist_ok=True)
     os.makedirs(os.path.join(jobs_dir, SPOOL_DIR), exist_ok=True)
     log = os.open(os.path.join(state, LOG_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log, 2)
@@ -117,6 +142,7 @@ class Supervisor:
         self.jobs_dir = jobs_dir
         self.spool = os.path.join(jobs_dir, SPOOL_DIR)
         self.state = os.path.join(jobs_dir, STATE_DIR)
+        self.records = os.path.join(self.state, RECORDS_DIR)
         self.idle = idle
         self.lock = lock
         fifo = os.path.join(self.state, WAKE_FIFO)
@@ -126,7 +152,11 @@ class Supervisor:
         self.wake = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
         self.runners: dict[int, list[str]] = {}
         self.handed: set[str] = set()
+        self.resting: dict[str, float] = {}
+        """Spool entries a runner left behind (it could not start every job), and until
+        when they rest: a full disk must not make a runner a millisecond."""
         self.quitting = False
+        self.forget_dead_runners()
         write_atomically(
             os.path.join(self.state, PID_FILE), f"{os.getpid()} {start_ticks(os.getpid())}\n"
         )
@@ -136,13 +166,13 @@ class Supervisor:
         last_busy = time.monotonic()
         while True:
             self.reap()
-            waiting = [name for name in self.waiting() if name not in self.handed]
             now = time.monotonic()
+            waiting = [name for name in self.waiting() if self.ready(name, now)]
             if waiting:
                 last_busy = now
                 pause = last_fork + BATCH_WINDOW - now
                 if pause <= 0:
-                    self.fork_runner(waiting[:MAX_BATCH])
+                    self.fork_runner(next_batch(waiting))
                     last_fork = now
                     continue
             elif self.quitting or now - last_busy >= self.idle:
@@ -161,9 +191,14 @@ class Supervisor:
             except BlockingIOError:
                 pass
 
+    def ready(self, name: str, now: float) -> bool:
+        if name in self.handed:
+            return False
+        return self.resting.get(name, 0.0) <= now
+
     def waiting(self) -> list[str]:
         try:
-            return sorted(os.listdir(self.spool))
+            return sorted(name for name in os.listdir(self.spool) if not name.startswith("."))
         except FileNotFoundError:
             return []
 
@@ -175,15 +210,27 @@ class Supervisor:
                 pid = 0
             if not pid:
                 return
-            self.handed.difference_update(self.runners.pop(pid, ()))
+            names = self.runners.pop(pid, [])
+            self.handed.difference_update(names)
+            now = time.monotonic()
+            self.resting = {name: until for name, until in self.resting.items() if until > now}
+            for name in set(names) & set(self.waiting()):
+                self.resting[name] = now + RECORD_RETRY
+            self.forget_dead_runners()
+
+    def forget_dead_runners(self) -> None:
+        """Unname the records of runners that were killed (the jobs' links keep them)."""
+        try:
+            names = os.listdir(self.records)
+        except FileNotFoundError:
+            return
+        for name in names:
+            pid, _, ticks = name.partition(".")
+            if ticks.isdigit() and not same_process(int(pid), int(ticks)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.records, name))
 
     def fork_runner(self, names: list[str]) -> None:
-        job_dirs = []
-        for name in names:
-            try:
-                job_dirs.append((name, os.readlink(os.path.join(self.spool, name))))
-            except OSError:
-                continue
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -191,7 +238,7 @@ class Supervisor:
                 os.close(self.wake)  # a runner must not look like a supervisor,
                 os.close(self.lock)  # nor hold its lock
                 os.setsid()
-                code = Batch(self.spool, job_dirs).run()
+                code = Batch(self.spool, self.records, names).run()
             finally:
                 os._exit(code)
         self.runners[pid] = names
@@ -202,8 +249,10 @@ class Supervisor:
         and whatever reached the spool before is handed to a runner now."""
         os.close(self.wake)
         waiting = self.waiting()
-        for start in range(0, len(waiting), MAX_BATCH):
-            self.fork_runner(waiting[start : start + MAX_BATCH])
+        while waiting:
+            batch = next_batch(waiting)
+            self.fork_runner(batch)
+            waiting = waiting[len(batch) :]
         pid_file = os.path.join(self.state, PID_FILE)
         try:
             with open(pid_file) as handle:
@@ -213,12 +262,23 @@ class Supervisor:
             pass
 
 
+def next_batch(waiting: list[str]) -> list[str]:
+    """The first spool entries, as many as one runner starts (at least one)."""
+    jobs = 0
+    for taken, name in enumerate(waiting):
+        jobs += jobs_in(name)
+        if jobs >= MAX_BATCH:
+            return waiting[: taken + 1]
+    return waiting
+
+
 # -- a runner: the parent of a batch of jobs ----------------------------------------------
 
 
 class Job:
-    def __init__(self, job_dir: str, plan: dict[str, Any]) -> None:
-        self.job_dir = job_dir
+    def __init__(self, plan: dict[str, Any]) -> None:
+        self.id: str = plan["id"]
+        self.job_dir: str = plan["job_dir"]
         self.plan = plan
         self.pid = 0
         self.started = 0.0
@@ -233,11 +293,20 @@ class Job:
 class Batch:
     """Starts jobs, waits for them all, and records how each ended."""
 
-    def __init__(self, spool: str, job_dirs: list[tuple[str, str]]) -> None:
+    def __init__(self, spool: str, records: str, names: list[str]) -> None:
         self.spool = spool
-        self.job_dirs = job_dirs
+        self.names = names
         self.live: dict[int, Job] = {}
-        self.identity = f"{os.getpid()} {start_ticks(os.getpid())}"
+        pid = os.getpid()
+        ticks = start_ticks(pid)
+        self.record_path = os.path.join(records, f"{pid}.{ticks}")
+        self.record = os.open(
+            self.record_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644
+        )
+        os.write(self.record, f"{pid} {ticks}\n".encode())
+        self.unwritten = b""
+        """What the record could not take yet (a full disk): written, in order, later."""
+        self.nothing = os.open(os.devnull, os.O_RDONLY)
         self.look_for_cancels = False
         self.pushes: list[threading.Thread] = []
         self.deferred: list[tuple[Job, str]] | None = []
@@ -248,14 +317,11 @@ class Batch:
             signal.signal(signum, self.on_cancel)
         signal.signal(signal.SIGALRM, self.on_alarm)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for name, job_dir in self.job_dirs:
-            try:
-                self.take(name, job_dir)
-            except Exception as error:  # one bad job never stops the others
-                note(job_dir, f"the runner could not start the job: {error!r}")
+        for name in self.names:
+            self.take_entry(name)
         held, self.deferred = self.deferred or [], None
         for started in self.live.values():
-            self.push(started, "started")
+            self.push(started, STARTED)
         for ended, event in held:
             self.push(ended, event)
         while self.live:
@@ -267,10 +333,41 @@ class Batch:
             if job is not None:
                 kill_group(pid, signal.SIGKILL)  # leftovers of the job go with it
                 self.finish(job, exit_code=exit_code_of(status), detail=self.detail_of(job, status))
+            self.write_record()
+        while not self.write_record():  # the outcomes must reach the disk before we leave
+            time.sleep(RECORD_RETRY)
+        os.unlink(self.record_path)
         deadline = time.monotonic() + PUSH_TIMEOUT
         for pushing in self.pushes:
             pushing.join(max(0.0, deadline - time.monotonic()))
         return 0
+
+    def take_entry(self, name: str) -> None:
+        """Start the jobs of one spool entry, then remove it (a runner that dies first
+        leaves it to the next one, which starts the jobs nobody claimed)."""
+        entry = os.path.join(self.spool, name)
+        try:
+            with open(entry, "rb") as handle:
+                plans = os.fstat(handle.fileno())
+                lines = handle.read().splitlines()
+        except FileNotFoundError:
+            return
+        left = False
+        for line in lines:
+            try:
+                job = Job(json.loads(line))
+            except (ValueError, KeyError, TypeError) as error:
+                print(f"{entry}: a plan that cannot be read: {error!r}", file=sys.stderr)
+                continue
+            try:
+                if handed_over(job, plans):
+                    self.take(job)
+            except Exception as error:  # one bad job never stops the others
+                note(job.job_dir, f"the runner could not start the job: {error!r}")
+                left = True  # the entry stays for a later runner
+        if not left:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry)
 
     def push(self, job: Job, event: str) -> None:
         """Tell the service, if there is one, without waiting for it."""
@@ -286,14 +383,10 @@ class Batch:
         pushing.start()
         self.pushes.append(pushing)
 
-    def take(self, name: str, job_dir: str) -> None:
-        with open(os.path.join(job_dir, PLAN_FILE)) as handle:
-            job = Job(job_dir, json.load(handle))
+    def take(self, job: Job) -> None:
         job.started = time.time()
         if not self.claim(job):
             return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.spool, name))
         if os.path.exists(job.path(CANCEL_MARK)):
             self.finish(job, exit_code=None, detail="CANCELLED")
             return
@@ -307,16 +400,16 @@ class Batch:
             self.arm()
 
     def claim(self, job: Job) -> bool:
-        """Publish this runner as the job's, unless another runner has it already."""
-        temporary = job.path(f"{RUNNER_FILE}.{os.getpid()}.tmp")
-        with open(temporary, "w") as handle:
-            handle.write(f"{self.identity} {job.started!r}\n")
+        """Name this runner the job's, unless another runner has it already."""
+        if os.path.exists(job.path(RUNNER_FILE)):
+            return False
+        self.unwritten += f"{job.id} {STARTED} {job.started!r}\n".encode()
+        if not self.write_record():
+            raise OSError(errno.ENOSPC, "the runner's record is full")
         try:
-            os.link(temporary, job.path(RUNNER_FILE))
+            os.link(self.record_path, job.path(RUNNER_FILE))
         except FileExistsError:
             return False
-        finally:
-            os.unlink(temporary)
         return True
 
     def start(self, job: Job) -> str:
@@ -326,7 +419,7 @@ class Batch:
         env: dict[str, str] = plan["env"]
         opened: list[int] = []
         try:
-            streams = open_streams(plan, opened)
+            streams = open_streams(plan, opened, self.nothing)
             os.chdir(plan["directory"])
             if plan.get("memory"):
                 job.pid = fork_limited(program, env, streams, int(plan["memory"]))
@@ -399,13 +492,48 @@ class Batch:
         signal.setitimer(signal.ITIMER_REAL, max(min(moments) - time.monotonic(), 0.001))
 
     def finish(self, job: Job, *, exit_code: int | None, detail: str, message: str = "") -> None:
-        code = "" if exit_code is None else str(exit_code)
-        write_atomically(
-            job.path(RESULT_FILE),
-            f"exit_code={code}\ndetail={detail}\nstarted={job.started!r}\n"
-            f"ended={time.time()!r}\nmessage={message}",
-        )
-        self.push(job, "ended")
+        outcome = {
+            "exit_code": exit_code,
+            "detail": detail,
+            "started": job.started,
+            "ended": time.time(),
+            "message": message,
+        }
+        self.unwritten += f"{job.id} {ENDED} {json.dumps(outcome)}\n".encode()
+        if self.write_record():
+            self.push(job, ENDED)
+
+    def write_record(self) -> bool:
+        """Append what the record has not taken yet; False while the disk is full."""
+        while self.unwritten:
+            try:
+                written = os.write(self.record, self.unwritten)
+            except OSError as error:
+                if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                return False
+            self.unwritten = self.unwritten[written:]
+        return True
+
+
+def handed_over(job: Job, plans: os.stat_result) -> bool:
+    """True if the job's directory links the plans file the runner read (a job whose link
+    was never made, or that was handed over again in another file, is not this file's)."""
+    try:
+        linked = os.stat(job.path(PLANS_FILE))
+    except FileNotFoundError:
+        return False
+    return (linked.st_dev, linked.st_ino) == (plans.st_dev, plans.st_ino)
+
+
+def same_process(pid: int, ticks: int) -> bool:
+    """True if ``pid`` is still the process that started at ``ticks``, and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return fields[0] != "Z" and int(fields[19]) == ticks
 
 
 def push(address: dict[str, str], event: str) -> None:
@@ -423,10 +551,13 @@ def push(address: dict[str, str], event: str) -> None:
         pass
 
 
-def open_streams(plan: dict[str, Any], opened: list[int]) -> list[tuple[int, int]]:
-    """(target fd, open fd) for stdin, stdout and stderr; one file opened once."""
-    stdin = os.open(plan.get("stdin") or os.devnull, os.O_RDONLY)
-    opened.append(stdin)
+def open_streams(plan: dict[str, Any], opened: list[int], nothing: int) -> list[tuple[int, int]]:
+    """(target fd, open fd) for stdin, stdout and stderr; one file opened once; ``nothing``
+    is the runner's own /dev/null."""
+    stdin = nothing
+    if plan.get("stdin"):
+        stdin = os.open(plan["stdin"], os.O_RDONLY)
+        opened.append(stdin)
     streams = [(0, stdin)]
     by_path: dict[str, int] = {}
     for target, path in ((1, plan["stdout"]), (2, plan["stderr"])):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -59,8 +60,24 @@ def job_row(job: Job) -> dict[str, Any]:
 
 def spec_document(spec: JobSpec) -> dict[str, Any]:
     """What the store keeps of a spec: the fields that differ from their defaults (a quarter
-    of the whole, to read and to hold in memory; the same spec when validated again)."""
-    return spec.model_dump(mode="json", exclude_defaults=True)
+    of the whole, to read and to hold in memory; the same spec when validated again). Specs
+    are immutable, and jobs submitted together often share one: its document is made once
+    (the cache holds the spec itself, so that its id names it while it is there). The
+    document is shared: never change it."""
+    known = _documents.get(id(spec))
+    if known is not None and known[0] is spec:
+        return known[1]
+    document = spec.model_dump(mode="json", exclude_defaults=True)
+    with _documents_lock:
+        if len(_documents) >= _DOCUMENTS:
+            _documents.pop(next(iter(_documents)), None)
+        _documents[id(spec)] = (spec, document)
+    return document
+
+
+_DOCUMENTS = 64
+_documents: dict[int, tuple[JobSpec, dict[str, Any]]] = {}
+_documents_lock = threading.Lock()
 
 
 def changing() -> sa.Update:
