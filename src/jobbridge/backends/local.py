@@ -104,7 +104,7 @@ class LocalBackend(Backend):
     def submit(self, job: Job, dependencies: Sequence[NativeDependency] = ()) -> str:
         job_dir = self._prepare(job)
         plans = os.path.join(job_dir, sup.PLANS_FILE)
-        self.transport.write_bytes(plans, self._plan_line(job, job_dir), mode=0o644)
+        self.transport.write_bytes(plans, self._plan_line(job, job_dir))
         self.supervisor.enqueue(plans, job.id)
         return job_dir
 
@@ -134,7 +134,7 @@ class LocalBackend(Backend):
         plans = os.path.join(first_dir, sup.PLANS_FILE)
         lines = b"".join(self._plan_line(job, job_dir) for job, job_dir in prepared)
         try:
-            self.transport.write_bytes(plans, lines, mode=0o644)
+            self.transport.write_bytes(plans, lines)
         except Exception as error:
             return [error if isinstance(answer, str) else answer for answer in answers]
         failed: dict[str, Exception] = {}

@@ -301,7 +301,7 @@ class Batch:
         ticks = start_ticks(pid)
         self.record_path = os.path.join(records, f"{pid}.{ticks}")
         self.record = os.open(
-            self.record_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644
+            self.record_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600
         )
         os.write(self.record, f"{pid} {ticks}\n".encode())
         self.unwritten = b""
