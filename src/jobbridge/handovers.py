@@ -32,6 +32,9 @@ MAX_BATCH = 256
 """Jobs handed to a batch-taking backend in one step at most."""
 LINGER = 0.05
 """Seconds an idle worker waits for more jobs before it leaves."""
+GATHER = 0.005
+"""Seconds a worker for a backend that takes many jobs in one step waits for more to join
+the step (jobs submitted one by one in a loop then share a handover)."""
 MAX_SHARE = 16
 """Jobs one worker takes from a long queue for a backend that takes them one by one; it
 records their native ids in one transaction."""
@@ -112,6 +115,12 @@ class Handovers:
                     return
                 if backend.batch_submission:
                     size = MAX_BATCH
+                    if len(queue) < size and not self._closing:  # more are likely on the way
+                        self._lock.wait_for(
+                            lambda: self._closing or len(self._queues[name]) >= MAX_BATCH, GATHER
+                        )
+                        if not queue:  # another worker took them meanwhile
+                            continue
                 else:  # one at a time to the backend, the answers recorded together
                     size = max(1, min(MAX_SHARE, len(queue) // self._workers))
                 taken = [queue.popleft() for _ in range(min(size, len(queue)))]

@@ -66,7 +66,7 @@ LOG_FILE = "log"
 QUIT = b"q"
 STARTED = "started"
 ENDED = "ended"
-BATCH_WINDOW = 0.004
+BATCH_WINDOW = 0.02
 """Seconds between two runner forks; jobs arriving meanwhile share the next runner."""
 MAX_BATCH = 64
 """Jobs one runner starts at most, and jobs one plans file holds."""
