@@ -112,15 +112,27 @@ class Engine(JobOutputs):
             backend.attach(self)
 
     @classmethod
-    def from_config(cls, config: Config | None = None, **kwargs: Any) -> Engine:
+    def from_config(
+        cls, config: Config | None = None, *, recorded_only: bool = False, **kwargs: Any
+    ) -> Engine:
+        """An engine on the configured store and backends. With ``recorded_only``, only the
+        configured backends that recorded jobs name are made (enough to look at and wait on
+        jobs, and a backend's code is loaded only where its jobs are)."""
         config = config or load_config()
+        store = Store(config.database_url)
+        wanted = set(store.backend_names()) if recorded_only else set(config.backends)
         context = BackendContext(jobs_dir=config.jobs_dir)
-        backends = {
-            name: create_backend(name, backend, context)
-            for name, backend in config.backends.items()
-        }
+        try:
+            backends = {
+                name: create_backend(name, backend, context)
+                for name, backend in config.backends.items()
+                if name in wanted
+            }
+        except BaseException:
+            store.close()
+            raise
         return cls(
-            Store(config.database_url),
+            store,
             backends,
             settings=config.engine,
             default_backend=config.default_backend,

@@ -23,9 +23,13 @@ from jobbridge.job import Job, JobStatus, utcnow
 from jobbridge.phase import Phase
 from jobbridge.store import Store
 
-__all__ = ["Poller"]
+__all__ = ["MOVES_PER_TRANSACTION", "Poller"]
 
 log = logging.getLogger(__name__)
+
+MOVES_PER_TRANSACTION = 200
+"""Jobs whose news one transaction applies: a large cluster's answer is applied in parts, so
+that a refresh holds only so many changes in memory and the write lock only so long."""
 
 
 @dataclass
@@ -88,7 +92,8 @@ class Poller:
             if job.misses:
                 found_again.append(job.id)
             said_to.append((job, said))
-        self._move_many(said_to)
+        for start in range(0, len(said_to), MOVES_PER_TRANSACTION):
+            self._move_many(said_to[start : start + MOVES_PER_TRANSACTION])
         if found_again:
             self.store.clear_misses(found_again)
         if missing:

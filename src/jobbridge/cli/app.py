@@ -68,8 +68,18 @@ class Session:
     def engine(self) -> Engine:
         """The engine on the configured store and backends, and on the backends named after
         a kind that jobs of earlier invocations were sent to."""
+        engine = self.engine_for_jobs
+        for name, config in self.config.backends.items():
+            if name not in engine.backends:
+                self._add_backend(engine, name, config)
+        return engine
+
+    @property
+    def engine_for_jobs(self) -> Engine:
+        """The engine on the configured store and only the backends that recorded jobs were
+        sent to: enough for verbs that look at jobs, and lighter (see ``Engine.from_config``)."""
         if self._engine is None:
-            engine = Engine.from_config(self.config)
+            engine = Engine.from_config(self.config, recorded_only=True)
             try:
                 self._add_recorded_kinds(engine)
             except BaseException:

@@ -68,7 +68,7 @@ def _phases(ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
 @click.pass_obj
 def status(session: Session, job_ids: tuple[str, ...], as_json: bool, events: bool) -> None:
     """Show jobs as they are now (asks their backends first)."""
-    engine = session.engine
+    engine = session.engine_for_jobs
     engine.refresh(hand_over=False)
     jobs = engine.store.get_many(job_ids)
     trails = {job.id: engine.store.events(job.id) for job in jobs} if events else {}
@@ -128,7 +128,7 @@ def list_jobs(
     no_refresh: bool,
 ) -> None:
     """List jobs, newest first."""
-    engine = session.engine
+    engine = session.engine_for_jobs
     if not no_refresh:
         engine.refresh(hand_over=False)
     jobs = engine.store.find(
@@ -161,7 +161,9 @@ def list_jobs(
 @click.pass_obj
 def wait(session: Session, job_ids: tuple[str, ...], timeout: float | None, quiet: bool) -> None:
     """Wait until jobs end; exit 0 only if all completed."""
-    jobs = wait_with_progress(session.engine, job_ids, timeout, session.out, show=not quiet)
+    jobs = wait_with_progress(
+        session.engine_for_jobs, job_ids, timeout, session.out, show=not quiet
+    )
     if not quiet:
         session.out.print(jobs_table(jobs, width=session.out.width))
     click.get_current_context().exit(report_outcome(jobs, timeout))
