@@ -117,6 +117,21 @@ def test_a_verb_on_local_jobs_loads_no_module_it_does_not_need(argv: tuple[str, 
     assert not heavy, heavy
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("list", "--json"),
+        ("status", "--json", "nosuchjob000"),
+        ("wait", "nosuchjob000", "--timeout", "0", "-q"),
+        ("submit", "-q", "--", "true"),
+    ],
+)
+def test_a_verb_that_draws_nothing_loads_no_rich(argv: tuple[str, ...]) -> None:
+    loaded = modules_of(*argv)
+    assert "jobbridge.engine" in loaded, "the verb did not run"
+    assert "click" in loaded and "rich" not in loaded
+
+
 @pytest.mark.slurm
 def test_looking_at_slurm_jobs_loads_neither_jinja2_nor_an_unused_backend() -> None:
     cluster_env("slurm")

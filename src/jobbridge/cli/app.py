@@ -12,11 +12,11 @@ import importlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO, Any
+from functools import cached_property
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 from pydantic import ValidationError
-from rich.console import Console
 
 from jobbridge import __version__
 from jobbridge.backends.base import Backend, BackendContext
@@ -26,6 +26,9 @@ from jobbridge.engine import Engine
 from jobbridge.errors import JobbridgeError
 from jobbridge.job import Job
 from jobbridge.spec import format_validation_error
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["EXIT_FAILED", "EXIT_TIMEOUT", "EXIT_USAGE", "CliError", "Session", "cli"]
 
@@ -55,8 +58,14 @@ class Session:
         self.config_path = config_path
         self._config: Config | None = None
         self._engine: Engine | None = None
-        self.out = _console(stderr=False)
-        self.err = _console(stderr=True)
+
+    @cached_property
+    def out(self) -> Console:
+        return _console(stderr=False)
+
+    @cached_property
+    def err(self) -> Console:
+        return _console(stderr=True)
 
     @property
     def config(self) -> Config:
@@ -138,6 +147,9 @@ def _unknown_backend(name: str, configured: Iterable[str]) -> str:
 
 
 def _console(*, stderr: bool) -> Console:
+    # made when something is drawn: verbs that print only JSON or ids need no rich
+    from rich.console import Console
+
     console = Console(stderr=stderr, highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(stderr=stderr, highlight=False, width=_PIPE_WIDTH)

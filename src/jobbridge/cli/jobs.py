@@ -6,7 +6,6 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import click
-from rich.table import Table
 
 from jobbridge.backends.registry import backend_kinds
 from jobbridge.cli.app import Session, act_on_each
@@ -162,7 +161,7 @@ def list_jobs(
 def wait(session: Session, job_ids: tuple[str, ...], timeout: float | None, quiet: bool) -> None:
     """Wait until jobs end; exit 0 only if all completed."""
     jobs = wait_with_progress(
-        session.engine_for_jobs, job_ids, timeout, session.out, show=not quiet
+        session.engine_for_jobs, job_ids, timeout, None if quiet else session.out
     )
     if not quiet:
         session.out.print(jobs_table(jobs, width=session.out.width))
@@ -239,6 +238,8 @@ def backends(session: Session, as_json: bool) -> None:
             }
         )
         return
+    from rich.table import Table  # only this table needs it here
+
     table = Table(box=None, header_style="bold", pad_edge=False, title_justify="left")
     table.add_column("NAME")
     table.add_column("KIND")

@@ -7,17 +7,20 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console, OverflowMethod
-from rich.table import Table
-from rich.text import Text
 
 from jobbridge.cli.app import EXIT_FAILED, EXIT_TIMEOUT
-from jobbridge.engine import Engine
 from jobbridge.job import Event, Job
 from jobbridge.phase import Phase
+
+if TYPE_CHECKING:
+    from rich.console import Console, OverflowMethod
+    from rich.table import Table
+    from rich.text import Text
+
+    from jobbridge.engine import Engine
 
 __all__ = [
     "describe",
@@ -47,6 +50,9 @@ PHASE_STYLES: dict[Phase, str] = {
 
 
 def phase_text(phase: Phase) -> Text:
+    # rich is loaded where output is drawn, not by verbs that print only JSON or ids
+    from rich.text import Text
+
     return Text(phase.value, style=PHASE_STYLES[phase])
 
 
@@ -105,7 +111,7 @@ def jobs_table(jobs: Sequence[Job], *, width: int, native_id: bool = False) -> T
             break
         shown.remove(column)
     widths = _fit(shown, full, least, width - _GAP * (len(shown) - 1))
-    table = Table(box=None, header_style="bold", pad_edge=False)
+    table = _table()
     for column in shown:
         cut: OverflowMethod = "fold" if column is _NATIVE_ID else "ellipsis"
         table.add_column(
@@ -139,8 +145,14 @@ def _fit(
     return widths
 
 
+def _table() -> Table:
+    from rich.table import Table
+
+    return Table(box=None, header_style="bold", pad_edge=False)
+
+
 def events_table(events: Sequence[Event]) -> Table:
-    table = Table(box=None, header_style="bold", pad_edge=False)
+    table = _table()
     table.add_column("TIME", no_wrap=True)
     table.add_column("FROM", no_wrap=True)
     table.add_column("TO", no_wrap=True)
@@ -192,10 +204,10 @@ def phase_counts(jobs: Sequence[Job]) -> str:
 
 
 def wait_with_progress(
-    engine: Engine, job_ids: Sequence[str], timeout: float | None, console: Console, *, show: bool
+    engine: Engine, job_ids: Sequence[str], timeout: float | None, console: Console | None
 ) -> list[Job]:
-    """``engine.wait``, with a live bar when ``show`` and the console is a terminal."""
-    if not show or not console.is_terminal:
+    """``engine.wait``, with a live bar on ``console`` if it is a terminal (None: no bar)."""
+    if console is None or not console.is_terminal:
         return engine.wait(job_ids, timeout)
     # only a live bar needs it (and it is large)
     from rich.progress import (

@@ -325,9 +325,8 @@ def _wait(
     elif not as_json:
         for job in jobs:
             session.out.print(f"job {job.id} ({display_name(job)}) submitted to {job.backend}")
-    done = wait_with_progress(
-        session.engine, ids, timeout, session.out, show=not (quiet or as_json)
-    )
+    bar = None if quiet or as_json else session.out
+    done = wait_with_progress(session.engine, ids, timeout, bar)
     if as_json:
         print_json([job_json(job) for job in done])
     elif not quiet:
