@@ -364,6 +364,12 @@ def test_list_filters(tmp_path: Path, data_dir: Path) -> None:
     assert "--all" in table.stderr
 
 
+def test_a_name_that_looks_like_an_emoji_code_is_shown_as_named() -> None:
+    job_id = submit_id("--name", "fit:fire:", "--wait", "--", "true")
+    row = next(line for line in invoke("list").stdout.splitlines() if line.startswith(job_id))
+    assert row.split()[1] == "fit:fire:"
+
+
 def test_looking_at_jobs_destroys_nothing(data_dir: Path) -> None:
     job_id = submit_id("--wait", "--", "echo", "kept")
     store = Store(f"sqlite:///{data_dir / 'jobbridge.db'}")

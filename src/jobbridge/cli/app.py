@@ -150,9 +150,10 @@ def _console(*, stderr: bool) -> Console:
     # made when something is drawn: verbs that print only JSON or ids need no rich
     from rich.console import Console
 
-    console = Console(stderr=stderr, highlight=False)
+    # no emoji codes: a job named ":fire:" is shown as named (and rich's table of codes is large)
+    console = Console(stderr=stderr, highlight=False, emoji=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(stderr=stderr, highlight=False, width=_PIPE_WIDTH)
+        console = Console(stderr=stderr, highlight=False, emoji=False, width=_PIPE_WIDTH)
     return console
 
 
