@@ -370,6 +370,16 @@ def test_a_name_that_looks_like_an_emoji_code_is_shown_as_named() -> None:
     assert row.split()[1] == "fit:fire:"
 
 
+def test_json_listings_are_written_a_job_at_a_time_as_one_indented_document() -> None:
+    assert invoke("list", "--json").stdout == "[]\n"
+    ids = [submit_id("--name", name, "--env", "NOTE=a\nb", "--", "true") for name in "ab"]
+    for argv in (("list", "--json"), ("status", "--json", *ids)):
+        text = invoke(*argv).stdout
+        listed = json.loads(text)
+        assert {job["id"] for job in listed} == set(ids)
+        assert text == json.dumps(listed, indent=2) + "\n"
+
+
 def test_looking_at_jobs_destroys_nothing(data_dir: Path) -> None:
     job_id = submit_id("--wait", "--", "echo", "kept")
     store = Store(f"sqlite:///{data_dir / 'jobbridge.db'}")

@@ -15,6 +15,7 @@ from jobbridge.cli.output import (
     job_json,
     jobs_table,
     print_json,
+    print_json_array,
     report_outcome,
     wait_with_progress,
 )
@@ -72,7 +73,7 @@ def status(session: Session, job_ids: tuple[str, ...], as_json: bool, events: bo
     jobs = engine.store.get_many(job_ids)
     trails = {job.id: engine.store.events(job.id) for job in jobs} if events else {}
     if as_json:
-        print_json([job_json(job, trails.get(job.id)) for job in jobs])
+        print_json_array(job_json(job, trails.get(job.id)) for job in jobs)
         return
     session.out.print(jobs_table(jobs, width=session.out.width, native_id=True))
     for job in jobs:
@@ -141,7 +142,7 @@ def list_jobs(
     more = not show_all and len(jobs) > limit
     jobs = jobs if show_all else jobs[:limit]
     if as_json:
-        print_json([job_json(job) for job in jobs])
+        print_json_array(job_json(job) for job in jobs)
         return
     if not jobs:
         session.err.print("no jobs")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ __all__ = [
     "jobs_table",
     "phase_text",
     "print_json",
+    "print_json_array",
     "report_outcome",
     "short_time",
     "wait_with_progress",
@@ -179,6 +180,17 @@ def job_json(job: Job, events: Sequence[Event] | None = None) -> dict[str, Any]:
 
 def print_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2))
+
+
+def print_json_array(items: Iterable[object]) -> None:
+    """What ``print_json`` prints for a list, written an element at a time, so that a long
+    listing is never held in memory as one document."""
+    written = False
+    for item in items:
+        text = json.dumps(item, indent=2).replace("\n", "\n  ")
+        click.echo((",\n  " if written else "[\n  ") + text, nl=False)
+        written = True
+    click.echo("\n]" if written else "[]")
 
 
 def describe(job: Job) -> str:

@@ -19,7 +19,7 @@ from jobbridge.cli.output import (
     job_json,
     jobs_table,
     phase_text,
-    print_json,
+    print_json_array,
     report_outcome,
     wait_with_progress,
 )
@@ -298,7 +298,7 @@ def submit(
 
 def _report_submitted(session: Session, jobs: list[Job], *, as_json: bool, quiet: bool) -> int:
     if as_json:
-        print_json([job_json(job) for job in jobs])
+        print_json_array(job_json(job) for job in jobs)
     elif quiet:
         for job in jobs:
             click.echo(job.id)
@@ -328,7 +328,7 @@ def _wait(
     bar = None if quiet or as_json else session.out
     done = wait_with_progress(session.engine, ids, timeout, bar)
     if as_json:
-        print_json([job_json(job) for job in done])
+        print_json_array(job_json(job) for job in done)
     elif not quiet:
         session.out.print(jobs_table(done, width=session.out.width))
     return report_outcome(done, timeout)
