@@ -13,7 +13,7 @@ from jobbridge.cli.output import (
     display_name,
     events_table,
     job_json,
-    jobs_table,
+    print_jobs,
     print_json,
     print_json_array,
     report_outcome,
@@ -75,7 +75,7 @@ def status(session: Session, job_ids: tuple[str, ...], as_json: bool, events: bo
     if as_json:
         print_json_array(job_json(job, trails.get(job.id)) for job in jobs)
         return
-    session.out.print(jobs_table(jobs, width=session.out.width, native_id=True))
+    print_jobs(session.out, jobs, native_id=True)
     for job in jobs:
         if events:
             session.out.print(f"\n[bold]events of {job.id} ({display_name(job)})[/]")
@@ -147,7 +147,7 @@ def list_jobs(
     if not jobs:
         session.err.print("no jobs")
         return
-    session.out.print(jobs_table(jobs, width=session.out.width))
+    print_jobs(session.out, jobs)
     if more:
         session.err.print(f"(the newest {limit}; --all shows every job)", style="dim")
 
@@ -165,7 +165,7 @@ def wait(session: Session, job_ids: tuple[str, ...], timeout: float | None, quie
         session.engine_for_jobs, job_ids, timeout, None if quiet else session.out
     )
     if not quiet:
-        session.out.print(jobs_table(jobs, width=session.out.width))
+        print_jobs(session.out, jobs)
     click.get_current_context().exit(report_outcome(jobs, timeout))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -27,8 +27,9 @@ __all__ = [
     "display_name",
     "events_table",
     "job_json",
-    "jobs_table",
+    "jobs_tables",
     "phase_text",
+    "print_jobs",
     "print_json",
     "print_json_array",
     "report_outcome",
@@ -95,11 +96,19 @@ _JOB_COLUMNS = [
 ]
 _NATIVE_ID = _Column("NATIVE ID", lambda job: job.native_id or "", gives_way=4, shrinks_to=16)
 _GAP = 2  # between columns
+_ROWS_PER_TABLE = 100
 
 
-def jobs_table(jobs: Sequence[Job], *, width: int, native_id: bool = False) -> Table:
+def print_jobs(console: Console, jobs: Sequence[Job], *, native_id: bool = False) -> None:
+    for table in jobs_tables(jobs, width=console.width, native_id=native_id):
+        console.print(table)
+
+
+def jobs_tables(jobs: Sequence[Job], *, width: int, native_id: bool = False) -> Iterator[Table]:
     """One row per job; on a narrow terminal the least telling columns are left out, then
-    names, details and native ids are cut short."""
+    names, details and native ids are cut short. A long listing comes as tables of
+    ``_ROWS_PER_TABLE`` rows, drawn one after another with the same columns: rich holds all
+    the lines of a table until it is drawn."""
     columns = [*_JOB_COLUMNS, _NATIVE_ID] if native_id else list(_JOB_COLUMNS)
     rows = {column.header: [column.cell(job) for job in jobs] for column in columns}
     full = {
@@ -112,19 +121,20 @@ def jobs_table(jobs: Sequence[Job], *, width: int, native_id: bool = False) -> T
             break
         shown.remove(column)
     widths = _fit(shown, full, least, width - _GAP * (len(shown) - 1))
-    table = _table()
-    for column in shown:
-        cut: OverflowMethod = "fold" if column is _NATIVE_ID else "ellipsis"
-        table.add_column(
-            column.header,
-            no_wrap=column is not _NATIVE_ID,
-            overflow=cut,
-            justify="right" if column.header == "EXIT" else "left",
-            max_width=widths[column.header],
-        )
-    for index in range(len(jobs)):
-        table.add_row(*(rows[column.header][index] for column in shown))
-    return table
+    for start in range(0, max(len(jobs), 1), _ROWS_PER_TABLE):
+        table = _table(show_header=start == 0)
+        for column in shown:
+            cut: OverflowMethod = "fold" if column is _NATIVE_ID else "ellipsis"
+            table.add_column(
+                column.header,
+                no_wrap=column is not _NATIVE_ID,
+                overflow=cut,
+                justify="right" if column.header == "EXIT" else "left",
+                width=widths[column.header],
+            )
+        for index in range(start, min(start + _ROWS_PER_TABLE, len(jobs))):
+            table.add_row(*(rows[column.header][index] for column in shown))
+        yield table
 
 
 def _fit(
@@ -146,10 +156,10 @@ def _fit(
     return widths
 
 
-def _table() -> Table:
+def _table(*, show_header: bool = True) -> Table:
     from rich.table import Table
 
-    return Table(box=None, header_style="bold", pad_edge=False)
+    return Table(box=None, header_style="bold", pad_edge=False, show_header=show_header)
 
 
 def events_table(events: Sequence[Event]) -> Table:

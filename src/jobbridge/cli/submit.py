@@ -17,8 +17,8 @@ from jobbridge.cli.output import (
     describe,
     display_name,
     job_json,
-    jobs_table,
     phase_text,
+    print_jobs,
     print_json_array,
     report_outcome,
     wait_with_progress,
@@ -330,5 +330,5 @@ def _wait(
     if as_json:
         print_json_array(job_json(job) for job in done)
     elif not quiet:
-        session.out.print(jobs_table(done, width=session.out.width))
+        print_jobs(session.out, done)
     return report_outcome(done, timeout)
