@@ -330,6 +330,15 @@ class Engine(JobOutputs):
                     self._dispatch.hand_over(backend, waiting)
             self._poller.poll(backend, force=force)
 
+    def refresh_jobs(self, job_ids: Iterable[str]) -> None:
+        """Ask the backends about these jobs alone, now: one query per backend that holds
+        some of them, and nothing handed over (what a look at a few jobs needs, however many
+        others are active)."""
+        wanted = list(dict.fromkeys(job_ids))
+        for backend in self.backends.values():
+            with self._backend_locks.setdefault(backend.name, threading.Lock()):
+                self._poller.poll(backend, force=True, only=wanted)
+
     def push_to(self, address: PushAddress | None) -> None:
         """Have jobs submitted from now on push to ``address`` (None: stop), on every backend
         whose ``push`` option allows it."""

@@ -69,7 +69,7 @@ def _phases(ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
 def status(session: Session, job_ids: tuple[str, ...], as_json: bool, events: bool) -> None:
     """Show jobs as they are now (asks their backends first)."""
     engine = session.engine_for_jobs
-    engine.refresh(hand_over=False)
+    engine.refresh_jobs(job_ids)
     jobs = engine.store.get_many(job_ids)
     trails = {job.id: engine.store.events(job.id) for job in jobs} if events else {}
     if as_json:
