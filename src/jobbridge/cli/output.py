@@ -100,6 +100,7 @@ _ROWS_PER_TABLE = 100
 
 
 def print_jobs(console: Console, jobs: Sequence[Job], *, native_id: bool = False) -> None:
+    """The jobs as a table (see ``jobs_tables``) on ``console``."""
     for table in jobs_tables(jobs, width=console.width, native_id=native_id):
         console.print(table)
 
