@@ -1,7 +1,8 @@
 """Peak memory of command-line processes that refresh N active jobs (``list``, ``status``,
 ``wait``), next to reference processes measured in the same run: a bare interpreter, one that
-only imports SQLAlchemy, one that imports SQLAlchemy and pydantic (what the store and the job
-model cannot do without), and, on SLURM where psij is installed, a psij poll of the same jobs.
+only imports SQLAlchemy, one that imports SQLAlchemy and pydantic, one that also defines one
+pydantic model (the floor of any process with a store and a job model), and, on SLURM where
+psij is installed, a psij poll of the same jobs.
 
     python benchmarks/cli_memory.py [--jobs 1000] [--backend local|slurm]
 
@@ -41,6 +42,11 @@ REFERENCES = {
     "python_pass": "pass",
     "import_sqlalchemy": "import sqlalchemy",
     "import_sqlalchemy_pydantic": "import sqlalchemy, pydantic",
+    # ``import pydantic`` loads its parts on demand; the first model loads BaseModel's
+    # machinery and builds a schema, which every process with a model pays
+    "import_sqlalchemy_pydantic_model": (
+        "import sqlalchemy\nfrom pydantic import BaseModel\nclass Model(BaseModel):\n    x: int"
+    ),
 }
 
 PSIJ_POLL = (

@@ -22,11 +22,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from jobbridge import Store
+from jobbridge import JobSpec, Store
 from jobbridge.cli import cli
 from jobbridge.cli.jobs import parse_since
 from jobbridge.cli.logs import last_lines
 from jobbridge.cli.submit import build_spec
+from jobbridge.job import new_jobs
+from jobbridge.phase import Phase
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBBRIDGE = shutil.which("jobbridge", path=os.path.dirname(sys.executable)) or "jobbridge"
@@ -362,6 +364,37 @@ def test_list_filters(tmp_path: Path, data_dir: Path) -> None:
     table = invoke(*base, "list", "--limit", "2")
     assert [line.split()[0] for line in table.stdout.splitlines()] == ["ID", gamma_id, alpha]
     assert "--all" in table.stderr
+
+
+def test_a_name_that_looks_like_an_emoji_code_is_shown_as_named() -> None:
+    job_id = submit_id("--name", "fit:fire:", "--wait", "--", "true")
+    row = next(line for line in invoke("list").stdout.splitlines() if line.startswith(job_id))
+    assert row.split()[1] == "fit:fire:"
+
+
+def test_json_listings_are_written_a_job_at_a_time_as_one_indented_document() -> None:
+    assert invoke("list", "--json").stdout == "[]\n"
+    ids = [submit_id("--name", name, "--env", "NOTE=a\nb", "--", "true") for name in "ab"]
+    for argv in (("list", "--json"), ("status", "--json", *ids)):
+        text = invoke(*argv).stdout
+        listed = json.loads(text)
+        assert {job["id"] for job in listed} == set(ids)
+        assert text == json.dumps(listed, indent=2) + "\n"
+
+
+def test_a_long_listing_is_one_table_whose_columns_line_up(data_dir: Path) -> None:
+    store = Store(f"sqlite:///{data_dir / 'jobbridge.db'}")
+    # n[0] ... n[249]: names of three widths, so that a part of the table alone might be narrower
+    store.add(
+        new_jobs(JobSpec(executable="true", name="n", array="0-249"), "local", None, Phase.QUEUED)
+    )
+    store.close()
+    lines = invoke("list", "--all", "--no-refresh").stdout.splitlines()
+    assert len(lines) == 251 and lines[0].split() == [
+        "ID", "NAME", "BACKEND", "PHASE", "DETAIL", "EXIT", "CREATED", "STARTED", "ENDED"
+    ]  # fmt: skip
+    phase_at = lines[0].index("PHASE")
+    assert all(line[phase_at:].startswith("QUEUED") for line in lines[1:])
 
 
 def test_looking_at_jobs_destroys_nothing(data_dir: Path) -> None:

@@ -108,6 +108,18 @@ def test_one_status_query_per_backend_per_refresh(engine: Engine, cluster: FakeC
     assert cluster.status_calls == 1
 
 
+def test_a_look_at_some_jobs_asks_about_them_alone(db_url: str, cluster: FakeCluster) -> None:
+    engine = make_engine(db_url, cluster, min_refresh_interval=60)
+    first, second = engine.submit(SPEC), engine.submit(SPEC)
+    cluster.set(first, Phase.EXECUTING)
+    cluster.set(second, Phase.EXECUTING)
+    engine.refresh_jobs([first.id, "nosuchjob000"])
+    assert phases(engine, [first, second]) == [Phase.EXECUTING, Phase.QUEUED]
+    engine.refresh()  # the look did not put the backend's own cycle off
+    assert phases(engine, [first, second]) == [Phase.EXECUTING, Phase.EXECUTING]
+    engine.close()
+
+
 def test_min_refresh_interval_spares_the_scheduler(db_url: str, cluster: FakeCluster) -> None:
     with make_engine(db_url, cluster, min_refresh_interval=60) as engine:
         engine.submit(SPEC)

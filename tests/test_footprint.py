@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ import sqlalchemy as sa
 from jobbridge import Job, JobSpec, Phase, Store, load_config
 from jobbridge.job import new_job_id, utcnow
 from jobbridge.store.schema import jobs
+from tests.conftest import cluster_env
 
 SPEC = JobSpec(
     executable="python3",
@@ -79,6 +81,7 @@ HEAVY = (
     "jobbridge.pilot",
 )
 
+JOBBRIDGE = shutil.which("jobbridge", path=os.path.dirname(sys.executable)) or "jobbridge"
 REPORT_MODULES = """
 import atexit, json, sys
 atexit.register(lambda: sys.stderr.write("MODULES " + json.dumps(sorted(sys.modules)) + "\\n"))
@@ -112,3 +115,43 @@ def test_a_verb_on_local_jobs_loads_no_module_it_does_not_need(argv: tuple[str, 
     assert "jobbridge.engine" in loaded, "the verb did not run"
     heavy = sorted(m for m in loaded if any(m == h or m.startswith(f"{h}.") for h in HEAVY))
     assert not heavy, heavy
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("list", "--json"),
+        ("status", "--json", "nosuchjob000"),
+        ("wait", "nosuchjob000", "--timeout", "0", "-q"),
+        ("submit", "-q", "--", "true"),
+    ],
+)
+def test_a_verb_that_draws_nothing_loads_no_rich(argv: tuple[str, ...]) -> None:
+    loaded = modules_of(*argv)
+    assert "jobbridge.engine" in loaded, "the verb did not run"
+    assert "click" in loaded and "rich" not in loaded
+
+
+@pytest.mark.slurm
+def test_looking_at_slurm_jobs_loads_neither_jinja2_nor_an_unused_backend() -> None:
+    cluster_env("slurm")
+    submitted = subprocess.run(
+        [JOBBRIDGE, "submit", "--backend", "slurm", "-q",
+         "--attribute", "slurm.hold=true", "--", "true"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    try:
+        for argv in (("list",), ("status", job_id), ("wait", job_id, "--timeout", "0", "-q")):
+            loaded = modules_of(*argv)
+            assert "jobbridge.backends.batch.slurm" in loaded, "the job's backend was not asked"
+            unneeded = sorted(
+                m
+                for m in loaded
+                if m == "jobbridge.backends.local"
+                or any(m == h or m.startswith(f"{h}.") for h in HEAVY)
+            )
+            assert not unneeded, (argv, unneeded)
+    finally:
+        subprocess.run([JOBBRIDGE, "cancel", job_id], capture_output=True, check=False)

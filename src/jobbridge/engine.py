@@ -112,15 +112,27 @@ class Engine(JobOutputs):
             backend.attach(self)
 
     @classmethod
-    def from_config(cls, config: Config | None = None, **kwargs: Any) -> Engine:
+    def from_config(
+        cls, config: Config | None = None, *, recorded_only: bool = False, **kwargs: Any
+    ) -> Engine:
+        """An engine on the configured store and backends. With ``recorded_only``, only the
+        configured backends that recorded jobs name are made (enough to look at and wait on
+        jobs, and a backend's code is loaded only where its jobs are)."""
         config = config or load_config()
+        store = Store(config.database_url)
+        wanted = set(store.backend_names()) if recorded_only else set(config.backends)
         context = BackendContext(jobs_dir=config.jobs_dir)
-        backends = {
-            name: create_backend(name, backend, context)
-            for name, backend in config.backends.items()
-        }
+        try:
+            backends = {
+                name: create_backend(name, backend, context)
+                for name, backend in config.backends.items()
+                if name in wanted
+            }
+        except BaseException:
+            store.close()
+            raise
         return cls(
-            Store(config.database_url),
+            store,
             backends,
             settings=config.engine,
             default_backend=config.default_backend,
@@ -317,6 +329,15 @@ class Engine(JobOutputs):
                 if waiting:
                     self._dispatch.hand_over(backend, waiting)
             self._poller.poll(backend, force=force)
+
+    def refresh_jobs(self, job_ids: Iterable[str]) -> None:
+        """Ask the backends about these jobs alone, now: one query per backend that holds
+        some of them, and nothing handed over (what a look at a few jobs needs, however many
+        others are active)."""
+        wanted = list(dict.fromkeys(job_ids))
+        for backend in self.backends.values():
+            with self._backend_locks.setdefault(backend.name, threading.Lock()):
+                self._poller.poll(backend, force=True, only=wanted)
 
     def push_to(self, address: PushAddress | None) -> None:
         """Have jobs submitted from now on push to ``address`` (None: stop), on every backend

@@ -23,9 +23,13 @@ from jobbridge.job import Job, JobStatus, utcnow
 from jobbridge.phase import Phase
 from jobbridge.store import Store
 
-__all__ = ["Poller"]
+__all__ = ["MOVES_PER_TRANSACTION", "Poller"]
 
 log = logging.getLogger(__name__)
+
+MOVES_PER_TRANSACTION = 200
+"""Jobs whose news one transaction applies: a large cluster's answer is applied in parts, so
+that a refresh holds only so many changes in memory and the write lock only so long."""
 
 
 @dataclass
@@ -54,15 +58,18 @@ class Poller:
         """Failed queries in a row."""
         return self._states.get(backend, _PollState()).failures
 
-    def poll(self, backend: Backend, *, force: bool = False) -> None:
+    def poll(
+        self, backend: Backend, *, force: bool = False, only: Sequence[str] | None = None
+    ) -> None:
         """Ask the backend about its active jobs, unless it was asked too recently or is
-        being left alone after failures (``force`` asks anyway)."""
+        being left alone after failures (``force`` asks anyway). With ``only``, ask about
+        those of them alone, which leaves the backend's next cycle where it was."""
         name = backend.name
         state = self._states.setdefault(name, _PollState())
         now = time.monotonic()
         if now < state.next_due and not force:
             return
-        jobs = self.store.handed_over(name)
+        jobs = self.store.handed_over(name, only)
         if not jobs:
             return
         asked = time.perf_counter()
@@ -74,7 +81,8 @@ class Poller:
             return
         self._hooks.run_status_query(name, time.perf_counter() - asked, False)
         state.failures = 0
-        state.next_due = now + backend.options.min_refresh_interval
+        if only is None:
+            state.next_due = now + backend.options.min_refresh_interval
         missing: list[tuple[Job, Missing]] = []
         found_again = []
         said_to: list[tuple[Job, JobStatus]] = []
@@ -88,7 +96,8 @@ class Poller:
             if job.misses:
                 found_again.append(job.id)
             said_to.append((job, said))
-        self._move_many(said_to)
+        for start in range(0, len(said_to), MOVES_PER_TRANSACTION):
+            self._move_many(said_to[start : start + MOVES_PER_TRANSACTION])
         if found_again:
             self.store.clear_misses(found_again)
         if missing:

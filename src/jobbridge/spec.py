@@ -259,6 +259,8 @@ class Resources(BaseModel):
         return self.processes * self.cores_per_process
 
 
+_NO_RESOURCES = Resources()
+"""What a spec that asks for nothing gets: one instance (it is frozen) rather than one each."""
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ATTRIBUTE_KEY = re.compile(r"^[a-z][a-z0-9_]*\.[A-Za-z0-9_.-]+$")
 
@@ -289,7 +291,7 @@ class JobSpec(BaseModel):
     stdin: str | None = None
     stdout: str | None = None
     stderr: str | None = None
-    resources: Resources = Field(default_factory=Resources)
+    resources: Resources = _NO_RESOURCES
     queue: str | None = None
     account: str | None = None
     project: str | None = None

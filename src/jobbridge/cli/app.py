@@ -12,11 +12,11 @@ import importlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO, Any
+from functools import cached_property
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 from pydantic import ValidationError
-from rich.console import Console
 
 from jobbridge import __version__
 from jobbridge.backends.base import Backend, BackendContext
@@ -26,6 +26,9 @@ from jobbridge.engine import Engine
 from jobbridge.errors import JobbridgeError
 from jobbridge.job import Job
 from jobbridge.spec import format_validation_error
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["EXIT_FAILED", "EXIT_TIMEOUT", "EXIT_USAGE", "CliError", "Session", "cli"]
 
@@ -55,8 +58,14 @@ class Session:
         self.config_path = config_path
         self._config: Config | None = None
         self._engine: Engine | None = None
-        self.out = _console(stderr=False)
-        self.err = _console(stderr=True)
+
+    @cached_property
+    def out(self) -> Console:
+        return _console(stderr=False)
+
+    @cached_property
+    def err(self) -> Console:
+        return _console(stderr=True)
 
     @property
     def config(self) -> Config:
@@ -68,8 +77,18 @@ class Session:
     def engine(self) -> Engine:
         """The engine on the configured store and backends, and on the backends named after
         a kind that jobs of earlier invocations were sent to."""
+        engine = self.engine_for_jobs
+        for name, config in self.config.backends.items():
+            if name not in engine.backends:
+                self._add_backend(engine, name, config)
+        return engine
+
+    @property
+    def engine_for_jobs(self) -> Engine:
+        """The engine on the configured store and only the backends that recorded jobs were
+        sent to: enough for verbs that look at jobs, and lighter (see ``Engine.from_config``)."""
         if self._engine is None:
-            engine = Engine.from_config(self.config)
+            engine = Engine.from_config(self.config, recorded_only=True)
             try:
                 self._add_recorded_kinds(engine)
             except BaseException:
@@ -128,9 +147,13 @@ def _unknown_backend(name: str, configured: Iterable[str]) -> str:
 
 
 def _console(*, stderr: bool) -> Console:
-    console = Console(stderr=stderr, highlight=False)
+    # made when something is drawn: verbs that print only JSON or ids need no rich
+    from rich.console import Console
+
+    # no emoji codes: a job named ":fire:" is shown as named (and rich's table of codes is large)
+    console = Console(stderr=stderr, highlight=False, emoji=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(stderr=stderr, highlight=False, width=_PIPE_WIDTH)
+        console = Console(stderr=stderr, highlight=False, emoji=False, width=_PIPE_WIDTH)
     return console
 
 

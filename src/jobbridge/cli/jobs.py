@@ -6,7 +6,6 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import click
-from rich.table import Table
 
 from jobbridge.backends.registry import backend_kinds
 from jobbridge.cli.app import Session, act_on_each
@@ -14,8 +13,9 @@ from jobbridge.cli.output import (
     display_name,
     events_table,
     job_json,
-    jobs_table,
+    print_jobs,
     print_json,
+    print_json_array,
     report_outcome,
     wait_with_progress,
 )
@@ -68,14 +68,14 @@ def _phases(ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
 @click.pass_obj
 def status(session: Session, job_ids: tuple[str, ...], as_json: bool, events: bool) -> None:
     """Show jobs as they are now (asks their backends first)."""
-    engine = session.engine
-    engine.refresh(hand_over=False)
+    engine = session.engine_for_jobs
+    engine.refresh_jobs(job_ids)
     jobs = engine.store.get_many(job_ids)
     trails = {job.id: engine.store.events(job.id) for job in jobs} if events else {}
     if as_json:
-        print_json([job_json(job, trails.get(job.id)) for job in jobs])
+        print_json_array(job_json(job, trails.get(job.id)) for job in jobs)
         return
-    session.out.print(jobs_table(jobs, width=session.out.width, native_id=True))
+    print_jobs(session.out, jobs, native_id=True)
     for job in jobs:
         if events:
             session.out.print(f"\n[bold]events of {job.id} ({display_name(job)})[/]")
@@ -128,7 +128,7 @@ def list_jobs(
     no_refresh: bool,
 ) -> None:
     """List jobs, newest first."""
-    engine = session.engine
+    engine = session.engine_for_jobs
     if not no_refresh:
         engine.refresh(hand_over=False)
     jobs = engine.store.find(
@@ -142,12 +142,12 @@ def list_jobs(
     more = not show_all and len(jobs) > limit
     jobs = jobs if show_all else jobs[:limit]
     if as_json:
-        print_json([job_json(job) for job in jobs])
+        print_json_array(job_json(job) for job in jobs)
         return
     if not jobs:
         session.err.print("no jobs")
         return
-    session.out.print(jobs_table(jobs, width=session.out.width))
+    print_jobs(session.out, jobs)
     if more:
         session.err.print(f"(the newest {limit}; --all shows every job)", style="dim")
 
@@ -161,9 +161,11 @@ def list_jobs(
 @click.pass_obj
 def wait(session: Session, job_ids: tuple[str, ...], timeout: float | None, quiet: bool) -> None:
     """Wait until jobs end; exit 0 only if all completed."""
-    jobs = wait_with_progress(session.engine, job_ids, timeout, session.out, show=not quiet)
+    jobs = wait_with_progress(
+        session.engine_for_jobs, job_ids, timeout, None if quiet else session.out
+    )
     if not quiet:
-        session.out.print(jobs_table(jobs, width=session.out.width))
+        print_jobs(session.out, jobs)
     click.get_current_context().exit(report_outcome(jobs, timeout))
 
 
@@ -237,6 +239,8 @@ def backends(session: Session, as_json: bool) -> None:
             }
         )
         return
+    from rich.table import Table  # only this table needs it here
+
     table = Table(box=None, header_style="bold", pad_edge=False, title_justify="left")
     table.add_column("NAME")
     table.add_column("KIND")

@@ -4,29 +4,34 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console, OverflowMethod
-from rich.table import Table
-from rich.text import Text
 
 from jobbridge.cli.app import EXIT_FAILED, EXIT_TIMEOUT
-from jobbridge.engine import Engine
 from jobbridge.job import Event, Job
 from jobbridge.phase import Phase
+
+if TYPE_CHECKING:
+    from rich.console import Console, OverflowMethod
+    from rich.table import Table
+    from rich.text import Text
+
+    from jobbridge.engine import Engine
 
 __all__ = [
     "describe",
     "display_name",
     "events_table",
     "job_json",
-    "jobs_table",
+    "jobs_tables",
     "phase_text",
+    "print_jobs",
     "print_json",
+    "print_json_array",
     "report_outcome",
     "short_time",
     "wait_with_progress",
@@ -47,6 +52,9 @@ PHASE_STYLES: dict[Phase, str] = {
 
 
 def phase_text(phase: Phase) -> Text:
+    # rich is loaded where output is drawn, not by verbs that print only JSON or ids
+    from rich.text import Text
+
     return Text(phase.value, style=PHASE_STYLES[phase])
 
 
@@ -88,11 +96,20 @@ _JOB_COLUMNS = [
 ]
 _NATIVE_ID = _Column("NATIVE ID", lambda job: job.native_id or "", gives_way=4, shrinks_to=16)
 _GAP = 2  # between columns
+_ROWS_PER_TABLE = 100
 
 
-def jobs_table(jobs: Sequence[Job], *, width: int, native_id: bool = False) -> Table:
+def print_jobs(console: Console, jobs: Sequence[Job], *, native_id: bool = False) -> None:
+    """The jobs as a table (see ``jobs_tables``) on ``console``."""
+    for table in jobs_tables(jobs, width=console.width, native_id=native_id):
+        console.print(table)
+
+
+def jobs_tables(jobs: Sequence[Job], *, width: int, native_id: bool = False) -> Iterator[Table]:
     """One row per job; on a narrow terminal the least telling columns are left out, then
-    names, details and native ids are cut short."""
+    names, details and native ids are cut short. A long listing comes as tables of
+    ``_ROWS_PER_TABLE`` rows, drawn one after another with the same columns: rich holds all
+    the lines of a table until it is drawn."""
     columns = [*_JOB_COLUMNS, _NATIVE_ID] if native_id else list(_JOB_COLUMNS)
     rows = {column.header: [column.cell(job) for job in jobs] for column in columns}
     full = {
@@ -105,19 +122,20 @@ def jobs_table(jobs: Sequence[Job], *, width: int, native_id: bool = False) -> T
             break
         shown.remove(column)
     widths = _fit(shown, full, least, width - _GAP * (len(shown) - 1))
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in shown:
-        cut: OverflowMethod = "fold" if column is _NATIVE_ID else "ellipsis"
-        table.add_column(
-            column.header,
-            no_wrap=column is not _NATIVE_ID,
-            overflow=cut,
-            justify="right" if column.header == "EXIT" else "left",
-            max_width=widths[column.header],
-        )
-    for index in range(len(jobs)):
-        table.add_row(*(rows[column.header][index] for column in shown))
-    return table
+    for start in range(0, max(len(jobs), 1), _ROWS_PER_TABLE):
+        table = _table(show_header=start == 0)
+        for column in shown:
+            cut: OverflowMethod = "fold" if column is _NATIVE_ID else "ellipsis"
+            table.add_column(
+                column.header,
+                no_wrap=column is not _NATIVE_ID,
+                overflow=cut,
+                justify="right" if column.header == "EXIT" else "left",
+                width=widths[column.header],
+            )
+        for index in range(start, min(start + _ROWS_PER_TABLE, len(jobs))):
+            table.add_row(*(rows[column.header][index] for column in shown))
+        yield table
 
 
 def _fit(
@@ -139,8 +157,14 @@ def _fit(
     return widths
 
 
+def _table(*, show_header: bool = True) -> Table:
+    from rich.table import Table
+
+    return Table(box=None, header_style="bold", pad_edge=False, show_header=show_header)
+
+
 def events_table(events: Sequence[Event]) -> Table:
-    table = Table(box=None, header_style="bold", pad_edge=False)
+    table = _table()
     table.add_column("TIME", no_wrap=True)
     table.add_column("FROM", no_wrap=True)
     table.add_column("TO", no_wrap=True)
@@ -169,6 +193,17 @@ def print_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
+def print_json_array(items: Iterable[object]) -> None:
+    """What ``print_json`` prints for a list, written an element at a time, so that a long
+    listing is never held in memory as one document."""
+    written = False
+    for item in items:
+        text = json.dumps(item, indent=2).replace("\n", "\n  ")
+        click.echo((",\n  " if written else "[\n  ") + text, nl=False)
+        written = True
+    click.echo("\n]" if written else "[]")
+
+
 def describe(job: Job) -> str:
     """``job abc123 (sh) ended ERROR with exit code 3 (TIMEOUT): message``"""
     verb = "ended" if job.phase.is_final else "is"
@@ -192,10 +227,10 @@ def phase_counts(jobs: Sequence[Job]) -> str:
 
 
 def wait_with_progress(
-    engine: Engine, job_ids: Sequence[str], timeout: float | None, console: Console, *, show: bool
+    engine: Engine, job_ids: Sequence[str], timeout: float | None, console: Console | None
 ) -> list[Job]:
-    """``engine.wait``, with a live bar when ``show`` and the console is a terminal."""
-    if not show or not console.is_terminal:
+    """``engine.wait``, with a live bar on ``console`` if it is a terminal (None: no bar)."""
+    if console is None or not console.is_terminal:
         return engine.wait(job_ids, timeout)
     # only a live bar needs it (and it is large)
     from rich.progress import (

@@ -17,9 +17,9 @@ from jobbridge.cli.output import (
     describe,
     display_name,
     job_json,
-    jobs_table,
     phase_text,
-    print_json,
+    print_jobs,
+    print_json_array,
     report_outcome,
     wait_with_progress,
 )
@@ -298,7 +298,7 @@ def submit(
 
 def _report_submitted(session: Session, jobs: list[Job], *, as_json: bool, quiet: bool) -> int:
     if as_json:
-        print_json([job_json(job) for job in jobs])
+        print_json_array(job_json(job) for job in jobs)
     elif quiet:
         for job in jobs:
             click.echo(job.id)
@@ -325,11 +325,10 @@ def _wait(
     elif not as_json:
         for job in jobs:
             session.out.print(f"job {job.id} ({display_name(job)}) submitted to {job.backend}")
-    done = wait_with_progress(
-        session.engine, ids, timeout, session.out, show=not (quiet or as_json)
-    )
+    bar = None if quiet or as_json else session.out
+    done = wait_with_progress(session.engine, ids, timeout, bar)
     if as_json:
-        print_json([job_json(job) for job in done])
+        print_json_array(job_json(job) for job in done)
     elif not quiet:
-        session.out.print(jobs_table(done, width=session.out.width))
+        print_jobs(session.out, done)
     return report_outcome(done, timeout)

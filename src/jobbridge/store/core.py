@@ -3,6 +3,7 @@ version. What the store does with jobs is in ``store`` and its companions."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -53,7 +54,7 @@ class StoreCore:
         self._writer = self._engine.execution_options(**{WRITE_OPTION: True})
         self._write_turns = write_turns(self._engine)
         self._parsed: dict[str, tuple[int, Job]] = {}
-        self._specs: dict[str, tuple[Any, JobSpec]] = {}
+        self._specs: dict[str, JobSpec] = {}
         self._watch = ChangeWatch(self._engine)
         self._listings: dict[str, tuple[int, list[tuple[str, int]]]] = {}
         if migrate:
@@ -103,20 +104,15 @@ class StoreCore:
     def _job(self, row: sa.Row[Any]) -> Job:
         """The job a row holds. A row whose version this store has parsed before is not
         parsed again; the data comes from the store's own writes of validated jobs, so it is
-        taken as it is, except the spec, which is validated once per job and content."""
+        taken as it is, except the spec, which is validated once per content: jobs with the
+        same spec (an array's members, a batch of one spec) share one."""
         seen = self._parsed.get(row.id)
         if seen is not None and seen[0] == row.version:
             return seen[1]
         data = row._asdict()
         for internal in _INTERNAL:
             data.pop(internal, None)
-        raw = data["spec"]
-        known = self._specs.get(row.id)
-        if known is not None and known[0] == raw:
-            data["spec"] = known[1]
-        else:
-            data["spec"] = JobSpec.model_validate(raw)
-            self._specs[row.id] = (raw, data["spec"])
+        data["spec"] = self._spec(data["spec"])
         data["phase"] = Phase(data["phase"])
         data["handover"] = Handover(data["handover"])
         job = Job.model_construct(_SET_FIELDS, **data)
@@ -125,6 +121,14 @@ class StoreCore:
             self._specs.clear()
         self._parsed[row.id] = (row.version, job)
         return job
+
+    def _spec(self, document: dict[str, Any]) -> JobSpec:
+        # keyed by its text, smaller to keep than the document itself
+        key = json.dumps(document, sort_keys=True, separators=(",", ":"))
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = self._specs[key] = JobSpec.model_validate(document)
+        return spec
 
     def _changed(self, conn: sa.Connection, job_id: str, update: sa.Update) -> Job | None:
         """Run an update of the job's row; the job as it is now, or None if no row matched."""

@@ -22,12 +22,12 @@ __all__ = ["Polling"]
 class Polling(StoreCore):
     """Listings of handed-over jobs, misses and leases."""
 
-    def handed_over(self, backend: str) -> list[Job]:
-        """The active jobs that this backend holds (with a native id), oldest first. Only
-        ids and versions are read for all; whole rows only where the version changed since
-        this store last parsed them, so an unchanged job costs neither parsing nor validation.
-        On SQLite, when nothing at all was committed since the last listing, not even the
-        ids are read again."""
+    def handed_over(self, backend: str, only: Sequence[str] | None = None) -> list[Job]:
+        """The active jobs that this backend holds (with a native id), oldest first; with
+        ``only``, those of them. Only ids and versions are read for all; whole rows only
+        where the version changed since this store last parsed them, so an unchanged job
+        costs neither parsing nor validation. On SQLite, when nothing at all was committed
+        since the last listing of all, not even the ids are read again."""
         listing = (
             sa.select(jobs.c.id, jobs.c.version)
             .where(
@@ -38,11 +38,17 @@ class Polling(StoreCore):
             .order_by(jobs.c.created, jobs.c.id)
         )
         found: dict[str, Job] = {}
-        moment = self._watch.version()  # before the listing: a later commit shows next time
+        moment = None if only is not None else self._watch.version()  # before the listing
         with self.reading() as conn:
             known = self._listings.get(backend)
             if moment is not None and known is not None and known[0] == moment:
                 listed = known[1]  # nothing was committed since: the same jobs, unchanged
+            elif only is not None:
+                listed = [
+                    (job_id, version)
+                    for chunk in chunks(only)
+                    for job_id, version in conn.execute(listing.where(jobs.c.id.in_(chunk)))
+                ]
             else:
                 listed = [(job_id, version) for job_id, version in conn.execute(listing)]
                 if moment is not None:

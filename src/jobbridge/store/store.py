@@ -144,7 +144,6 @@ class Store(Handovers, Polling):
 
     def delete(self, job_id: str) -> None:
         self._parsed.pop(job_id, None)
-        self._specs.pop(job_id, None)
         with self.writing() as conn:
             conn.execute(events.delete().where(events.c.job_id == job_id))
             conn.execute(dependencies.delete().where(dependencies.c.job_id == job_id))

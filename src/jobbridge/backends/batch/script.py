@@ -9,10 +9,12 @@ import re
 import shlex
 from collections.abc import Iterable
 from functools import cache
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from jobbridge.errors import ResourcesNotSupportedError
+
+if TYPE_CHECKING:
+    import jinja2
 
 __all__ = ["directive_value", "render", "scheduler_name", "shell", "shell_join", "walltime_parts"]
 
@@ -45,6 +47,9 @@ def scheduler_name(name: str, limit: int = 64) -> str:
 
 @cache
 def _environment() -> jinja2.Environment:
+    # only a submission renders a script: status queries and listings need no Jinja2
+    import jinja2
+
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("jobbridge.backends.batch", "templates"),
         undefined=jinja2.StrictUndefined,
