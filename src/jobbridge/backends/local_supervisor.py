@@ -67,7 +67,8 @@ QUIT = b"q"
 STARTED = "started"
 ENDED = "ended"
 BATCH_WINDOW = 0.02
-"""Seconds between two runner forks; jobs arriving meanwhile share the next runner."""
+"""Seconds between two runner forks in a stream of jobs, unless a runner's worth is waiting;
+jobs arriving meanwhile share the next runner."""
 MAX_BATCH = 64
 """Jobs one runner starts at most, and jobs one plans file holds."""
 LOCK_PATIENCE = 5.0
@@ -171,7 +172,7 @@ class Supervisor:
             if waiting:
                 last_busy = now
                 pause = last_fork + BATCH_WINDOW - now
-                if pause <= 0:
+                if pause <= 0 or sum(map(jobs_in, waiting)) >= MAX_BATCH:
                     self.fork_runner(next_batch(waiting))
                     last_fork = now
                     continue
