@@ -214,3 +214,23 @@ def test_a_runner_record_with_bad_lines_still_answers_for_the_others() -> None:
     assert (record.pid, record.ticks, record.alive) == (999999, 12, False)
     assert record.started == {"a": 1.5}
     assert set(record.ended) == {"c"}
+
+
+def test_a_handover_that_never_reached_the_spool_is_withdrawn(
+    engine: Engine, local_backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its jobs are not handed over: nothing locates them, and the next handover runs each."""
+    jobs = [engine.create(JobSpec(executable="true")) for _ in range(3)]
+
+    def full(plans: str, name: str, *, wake: bool = True) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(local_backend.supervisor, "enqueue", full)
+        assert all(isinstance(a, OSError) for a in local_backend.submit_many(jobs))
+        with pytest.raises(OSError):
+            local_backend.submit(jobs[0])
+    assert not any(Path(local_backend._job_dir(job), sup.PLANS_FILE).exists() for job in jobs)
+    assert local_backend.locate(jobs).found == {}
+    assert local_backend.submit_many(jobs) == [local_backend._job_dir(job) for job in jobs]
+    until(lambda: all(recorded_end(local_backend._job_dir(j), j.id) for j in jobs))

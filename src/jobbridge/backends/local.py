@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import shutil
 import sys
@@ -38,6 +39,8 @@ from jobbridge.push import PushEvent
 from jobbridge.spec import JobSpec, Launcher
 from jobbridge.transport.base import Transport
 from jobbridge.transport.local import LocalTransport
+
+log = logging.getLogger(__name__)
 
 __all__ = ["LocalBackend", "LocalOptions"]
 
@@ -102,10 +105,16 @@ class LocalBackend(Backend):
             raise LimitExceededError(self.name, "cores", spec.resources.cores, self.options.cores)
 
     def submit(self, job: Job, dependencies: Sequence[NativeDependency] = ()) -> str:
+        """A job whose plans did not reach the spool is withdrawn: it counts as handed over
+        only with its plans in its directory, and a later handover writes them anew."""
         job_dir = self._prepare(job)
         plans = os.path.join(job_dir, sup.PLANS_FILE)
         self.transport.write_bytes(plans, self._plan_line(job, job_dir))
-        self.supervisor.enqueue(plans, job.id)
+        try:
+            self.supervisor.enqueue(plans, job.id)
+        except OSError:
+            _withdraw(job_dir)
+            raise
         return job_dir
 
     def submit_many(self, jobs: Sequence[Job]) -> list[str | Exception]:
@@ -119,31 +128,32 @@ class LocalBackend(Backend):
 
     def _submit_batch(self, jobs: Sequence[Job]) -> list[str | Exception]:
         answers: list[str | Exception] = []
-        prepared: list[tuple[Job, str]] = []
+        prepared: list[tuple[Job, str, bytes]] = []
         for job in jobs:
             try:
                 job_dir = self._prepare(job)
+                prepared.append((job, job_dir, self._plan_line(job, job_dir)))
             except Exception as error:
                 answers.append(error)
                 continue
             answers.append(job_dir)
-            prepared.append((job, job_dir))
         if not prepared:
             return answers
-        (first, first_dir), others = prepared[0], prepared[1:]
+        first, first_dir, _ = prepared[0]
         plans = os.path.join(first_dir, sup.PLANS_FILE)
-        lines = b"".join(self._plan_line(job, job_dir) for job, job_dir in prepared)
-        try:
-            self.transport.write_bytes(plans, lines)
-        except Exception as error:
-            return [error if isinstance(answer, str) else answer for answer in answers]
         failed: dict[str, Exception] = {}
-        for _, job_dir in others:
-            try:  # from here on the job is handed over: its runner takes it from this file
-                os.link(plans, os.path.join(job_dir, sup.PLANS_FILE))
-            except OSError as error:
-                failed[job_dir] = error
-        self.supervisor.enqueue(plans, sup.spool_name(first.id, len(prepared)))
+        try:
+            self.transport.write_bytes(plans, b"".join(line for _, _, line in prepared))
+            for _, job_dir, _ in prepared[1:]:
+                try:  # from here on the job is handed over: its runner takes it from this file
+                    os.link(plans, os.path.join(job_dir, sup.PLANS_FILE))
+                except OSError as error:
+                    failed[job_dir] = error
+            self.supervisor.enqueue(plans, sup.spool_name(first.id, len(prepared)))
+        except OSError as error:  # not spooled: not handed over either
+            for _, job_dir, _ in prepared:
+                _withdraw(job_dir)
+            return [error if isinstance(answer, str) else answer for answer in answers]
         return [failed.get(answer, answer) if isinstance(answer, str) else answer
                 for answer in answers]  # fmt: skip
 
@@ -169,7 +179,7 @@ class LocalBackend(Backend):
                 if not os.path.exists(os.path.join(job_dir, sup.RUNNER_FILE)):
                     self.supervisor.enqueue(plans, job.id, wake=False)
         if found:
-            self.supervisor.wake()
+            self.supervisor.wake_if_possible()
         return Located(found, complete=True)
 
     def status(self, jobs: Sequence[Job]) -> dict[str, JobStatus | Missing]:
@@ -181,7 +191,7 @@ class LocalBackend(Backend):
                 answer = answers[job.id] = self._status(job, records)
                 stalled = stalled or answer.message == WAITING
         if stalled:  # a job long in the spool: its supervisor may have died
-            self.supervisor.wake()
+            self.supervisor.wake_if_possible()
         return answers
 
     def pushed(self, job: Job, event: PushEvent) -> JobStatus | None:
@@ -197,7 +207,7 @@ class LocalBackend(Backend):
         if record is not None and record.alive:
             self.transport.run(["kill", "-s", "TERM", "--", str(record.pid)], check=False)
         elif record is None:  # still in the spool: its runner will find the mark
-            self.supervisor.wake()
+            self.supervisor.wake_if_possible()
 
     def read_output(
         self, job: Job, stream: Stream, offset: int = 0, size: int | None = None
@@ -451,7 +461,15 @@ class SupervisorClient:
             os.makedirs(self.spool, exist_ok=True)
             os.link(plans, entry)
         if wake:
+            self.wake_if_possible()
+
+    def wake_if_possible(self) -> None:
+        """``wake``, for jobs in the spool already: a failure to wake only delays them (a
+        status query that finds them waiting wakes the supervisor again)."""
+        try:
             self.wake()
+        except OSError as error:
+            log.warning("could not wake the supervisor of %s: %s", self.jobs_dir, error)
 
     def forget(self, job_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -496,6 +514,11 @@ class SupervisorClient:
         """Let the supervisor leave once the spool is empty (another process that submits
         later starts a new one)."""
         self.wake(sup.QUIT)
+
+
+def _withdraw(job_dir: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(job_dir, sup.PLANS_FILE))
 
 
 def _with_prologue(argv: list[str], prologue: str | None, epilogue: str | None) -> list[str]:
