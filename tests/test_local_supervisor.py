@@ -216,6 +216,19 @@ def test_a_runner_record_with_bad_lines_still_answers_for_the_others() -> None:
     assert set(record.ended) == {"c"}
 
 
+def test_a_job_whose_runner_record_is_unreadable_is_lost_and_blinds_no_other(
+    engine: Engine, local_backend: LocalBackend
+) -> None:
+    first, second = engine.submit_many([JobSpec(executable="true")] * 2)
+    done = {job.id: job for job in engine.wait([first.id, second.id], timeout=30)}
+    broken = Path(local_backend._job_dir(first))
+    (broken / sup.RUNNER_FILE).unlink()
+    (broken / sup.RUNNER_FILE).write_bytes(b"not a runner\n")
+    answers = local_backend.status(list(done.values()))
+    assert (answers[first.id].phase, answers[first.id].detail) == (Phase.ERROR, "LOST")
+    assert answers[second.id].phase is Phase.COMPLETED
+
+
 def test_a_handover_that_never_reached_the_spool_is_withdrawn(
     engine: Engine, local_backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

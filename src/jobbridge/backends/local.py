@@ -415,7 +415,10 @@ class RunnerRecords:
             return None
         if b"\n" not in text:  # just created: its first line is on its way
             return None
-        record = RunnerRecord.parse(text)
+        try:
+            record = RunnerRecord.parse(text)
+        except ValueError:  # not a runner's: it names no live runner and no outcome
+            record = RunnerRecord(0, 0, {}, {}, alive=False)
         self._read[key] = (len(text), record)
         return record
 
