@@ -7,7 +7,8 @@ against this machine's spawn limit measured in the same run: posix_spawn + waitp
 jobbridge is measured through ``submit()`` one by one and through ``submit_many()``, each
 round with a fresh data directory under ``--dir`` (default: the system's temporary
 directory); then one status query of the local backend over all the ended jobs. Figures are
-medians of the rounds, each ratio taken against the spawn limit of its own round.
+medians of the rounds, each ratio taken against the spawn limit of its own round; where
+psij-python is installed, its local executor runs the same jobs in each round too.
 
 Every job needs its directory and its two output files, so what creating files costs on the
 disk under ``--dir`` bounds what any local runner can do: the run measures that too (the
@@ -86,12 +87,31 @@ def end_to_end(base: str, count: int, many: bool) -> dict[str, float]:
     }
 
 
+def psij_local(count: int) -> float | None:
+    """The same jobs through psij-python's local executor, submitted and waited for (None
+    if psij is not installed: ``pip install -e ".[bench]"``)."""
+    try:
+        import psij
+    except ImportError:
+        return None
+    executor = psij.JobExecutor.get_instance("local")
+    jobs = [psij.Job(psij.JobSpec(executable="/bin/true")) for _ in range(count)]
+    started = time.perf_counter()
+    for job in jobs:
+        executor.submit(job)
+    for job in jobs:
+        job.wait()
+    return count / (time.perf_counter() - started)
+
+
 def one_round(base: str, count: int) -> dict[str, float]:
     limit = spawn_limit(count)
     one_by_one = end_to_end(base, count, many=False)
     many = end_to_end(base, count, many=True)
+    psij = psij_local(count)
     return {
         "spawn_limit_per_s": limit,
+        **({} if psij is None else {"psij_jobs_per_s": psij, "psij_vs_limit": psij / limit}),
         "job_files_ms": job_files_ms(base),
         **{f"one_by_one_{key}": value for key, value in one_by_one.items()},
         **{f"many_{key}": value for key, value in many.items()},

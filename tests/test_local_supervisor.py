@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from jobbridge import Engine, JobSpec, Phase
+from jobbridge import Engine, EngineSettings, JobSpec, Phase, Store
 from jobbridge.backends import local_supervisor as sup
-from jobbridge.backends.local import LocalBackend, RunnerRecord
+from jobbridge.backends.base import BackendContext
+from jobbridge.backends.local import LocalBackend, LocalOptions, RunnerRecord
 from tests.test_local_backend import recorded_end
 
 
@@ -247,3 +248,20 @@ def test_a_handover_that_never_reached_the_spool_is_withdrawn(
     assert local_backend.locate(jobs).found == {}
     assert local_backend.submit_many(jobs) == [local_backend._job_dir(job) for job in jobs]
     until(lambda: all(recorded_end(local_backend._job_dir(j), j.id) for j in jobs))
+
+
+def test_a_waiting_engine_hears_of_an_ending_before_its_next_polling_tick(
+    isolated_data_dir: Path,
+) -> None:
+    """The runner tells of each outcome through a FIFO that a waiting engine listens on:
+    with polling once a minute, a job of half a second is still seen to end."""
+    options = LocalOptions(min_refresh_interval=60)
+    backend = LocalBackend("local", options, BackendContext(isolated_data_dir / "jobs"))
+    store = Store(f"sqlite:///{isolated_data_dir / 'jobbridge.db'}")
+    settings = EngineSettings(refresh_interval=60, idle_refresh_interval=60)
+    with Engine(store, {"local": backend}, settings=settings) as engine:
+        job = engine.submit(JobSpec(executable="sleep", arguments=["0.5"]))
+        started = time.monotonic()
+        [done] = engine.wait([job.id], timeout=30)
+    assert done.phase is Phase.COMPLETED
+    assert time.monotonic() - started < 30

@@ -40,6 +40,7 @@ from jobbridge.errors import (
 )
 from jobbridge.hooks import Hooks
 from jobbridge.job import Job, JobStatus, new_job_id, new_jobs, utcnow
+from jobbridge.news import News
 from jobbridge.outputs import JobOutputs
 from jobbridge.phase import ACTIVE_PHASES, Phase
 from jobbridge.polling import Poller
@@ -462,8 +463,12 @@ class Engine(JobOutputs):
         deadline = None if timeout is None else time.monotonic() + timeout
         jobs = self.store.get_many(ids)
         pause = self._pause_for(jobs)
+        news = News(self.backends[name] for name in {j.backend for j in jobs} & set(self.backends))
+        told: list[Backend] = []
         while True:
             if not self.running:
+                for backend in told:
+                    self.refresh_backend(backend, force=True)
                 self.refresh()
             jobs = self.store.get_many(ids)
             if on_progress is not None:
@@ -473,7 +478,10 @@ class Engine(JobOutputs):
             left = pause if deadline is None else min(pause, deadline - time.monotonic())
             if left <= 0:
                 return jobs
-            self._changes.wait_for_change(left)
+            if news and not self.running:
+                told = news.wait(left)
+            else:
+                self._changes.wait_for_change(left)
 
     def _pause_for(self, jobs: Sequence[Job]) -> float:
         intervals = [

@@ -241,6 +241,15 @@ class Backend(ABC):
         whole; a backend that cannot search answers that it found nothing, incompletely."""
         return Located({}, complete=False)
 
+    def news(self) -> int | None:
+        """A file descriptor that becomes readable when some of this backend's jobs may have
+        ended (told by the jobs' own side), so that a caller waiting for jobs asks at once;
+        None if the backend tells nothing and must be asked at each polling tick."""
+        return None
+
+    def read_news(self) -> None:  # noqa: B027 - no news, nothing to read
+        """Take in what made ``news`` readable."""
+
     def free(self, job: Job) -> None:  # noqa: B027 - nothing left behind is a valid default
         """Remove whatever the ended job left on the resource."""
 

@@ -231,6 +231,12 @@ class LocalBackend(Backend):
         self.supervisor.forget(job.id)
         self.transport.remove_tree(self._job_dir(job))
 
+    def news(self) -> int | None:
+        return self.supervisor.listen()
+
+    def read_news(self) -> None:
+        self.supervisor.read_news()
+
     def close(self) -> None:
         self.supervisor.close()
         self.transport.close()
@@ -452,6 +458,7 @@ class SupervisorClient:
         self.fifo = os.path.join(jobs_dir, sup.STATE_DIR, sup.WAKE_FIFO)
         self._lock = threading.Lock()
         self._started_at = float("-inf")
+        self._news: int | None = None
 
     def enqueue(self, plans: str, name: str, *, wake: bool = True) -> None:
         """Hand the jobs of a plans file over: link it into the spool as ``name``."""
@@ -513,10 +520,37 @@ class SupervisorClient:
         command = [sys.executable, "-I", "-S", str(SUPERVISOR), self.jobs_dir, repr(self.idle)]
         LocalTransport().spawn(command, cwd="/")
 
+    def listen(self) -> int | None:
+        """The read end of the FIFO where runners tell of each outcome (see
+        ``local_supervisor``); None if it cannot be made."""
+        with self._lock:
+            if self._news is None:
+                state = os.path.dirname(self.fifo)
+                ended = os.path.join(state, sup.ENDED_FIFO)
+                try:
+                    os.makedirs(state, exist_ok=True)
+                    with contextlib.suppress(FileExistsError):
+                        os.mkfifo(ended, 0o600)
+                    self._news = os.open(ended, os.O_RDONLY | os.O_NONBLOCK)
+                except OSError as error:
+                    log.warning("no news of ended jobs from %s: %s", self.jobs_dir, error)
+            return self._news
+
+    def read_news(self) -> None:
+        if self._news is None:
+            return
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._news, 65536):
+                pass
+
     def close(self) -> None:
         """Let the supervisor leave once the spool is empty (another process that submits
         later starts a new one)."""
         self.wake(sup.QUIT)
+        with self._lock:
+            if self._news is not None:
+                os.close(self._news)
+                self._news = None
 
 
 def _withdraw(job_dir: str) -> None:

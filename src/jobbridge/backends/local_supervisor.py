@@ -30,7 +30,9 @@ the jobs handed over or started together, through hard links:
   ``<job id> ended <JSON>`` (``exit_code``, ``detail``, ``started``, ``ended``,
   ``message``) when the program is over. Only whole lines count. It removes its spool
   entries once it has taken their jobs, and the record's name under ``.supervisor``
-  when it leaves (the supervisor does if it was killed); the jobs' links keep it.
+  when it leaves (the supervisor does if it was killed); the jobs' links keep it. It
+  writes a byte into the FIFO ``.supervisor/ended`` for each outcome, if an engine waiting
+  for jobs listens there.
 - When the plan has a ``push`` address (a service runs), the runner tells it that the job
   started and, once the result is written, that it ended: a POST in a thread of its own with
   a short timeout, whose failure changes nothing (polling finds the job as before).
@@ -60,6 +62,7 @@ SPOOL_DIR = ".spool"
 STATE_DIR = ".supervisor"
 RECORDS_DIR = "runners"
 WAKE_FIFO = "wake"
+ENDED_FIFO = "ended"
 LOCK_FILE = "lock"
 PID_FILE = "pid"
 LOG_FILE = "log"
@@ -301,6 +304,7 @@ class Batch:
         pid = os.getpid()
         ticks = start_ticks(pid)
         self.record_path = os.path.join(records, f"{pid}.{ticks}")
+        self.ended_fifo = os.path.join(os.path.dirname(records), ENDED_FIFO)
         self.record = os.open(
             self.record_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600
         )
@@ -503,6 +507,7 @@ class Batch:
         self.unwritten += f"{job.id} {ENDED} {json.dumps(outcome)}\n".encode()
         if self.write_record():
             self.push(job, ENDED)
+            tell(self.ended_fifo)
 
     def write_record(self) -> bool:
         """Append what the record has not taken yet; False while the disk is full."""
@@ -515,6 +520,18 @@ class Batch:
                 return False
             self.unwritten = self.unwritten[written:]
         return True
+
+
+def tell(fifo: str) -> None:
+    """A byte into the FIFO if someone waits on it (an engine waiting for jobs); it only
+    hastens what polling finds anyway."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # nobody listens (ENXIO), or there is no FIFO yet
+        return
+    with contextlib.suppress(OSError):  # full of news already
+        os.write(fd, b"e")
+    os.close(fd)
 
 
 def handed_over(job: Job, plans: os.stat_result) -> bool:

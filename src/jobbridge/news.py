@@ -1,0 +1,43 @@
+"""Waiting on backends that tell when some of their jobs may have ended, so that a caller
+waiting for jobs asks at once instead of at its next polling tick."""
+
+from __future__ import annotations
+
+import select
+import time
+from collections.abc import Iterable
+
+from jobbridge.backends.base import Backend
+
+__all__ = ["News"]
+
+FLOOR = 0.02
+"""The shortest pause between two queries that news brought: a stream of endings is
+answered by a few queries, not one each."""
+
+
+class News:
+    def __init__(self, backends: Iterable[Backend]) -> None:
+        self._feeds: dict[int, Backend] = {}
+        for backend in backends:
+            fd = backend.news()
+            if fd is not None:
+                self._feeds[fd] = backend
+        self._last = float("-inf")
+
+    def __bool__(self) -> bool:
+        return bool(self._feeds)
+
+    def wait(self, timeout: float) -> list[Backend]:
+        """Block until some backend has news or ``timeout`` seconds pass; the backends that
+        had news (their news read)."""
+        ready, _, _ = select.select(list(self._feeds), [], [], max(timeout, 0.0))
+        told = [self._feeds[fd] for fd in ready]
+        for backend in told:
+            backend.read_news()
+        if told:
+            pause = self._last + FLOOR - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            self._last = time.monotonic()
+        return told
