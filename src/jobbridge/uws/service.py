@@ -248,15 +248,14 @@ class UwsService:
             definition.check_complete(values)
             spec = self._spec(definition, parameters, duration)
 
-            def write_record(conn: Connection) -> None:
+            def write_record(conn: Connection, added: Sequence[Job]) -> None:
                 # counted in the transaction that adds the job: requests racing each other
                 # cannot all squeeze under the limit
                 self._check_active_jobs(owner, conn)
                 record = UwsJobRecord(
                     job_id=job_id, definition=definition.name, owner=owner,
                     run_id=run_id, parameters=tuple(parameters),
-                    execution_duration=duration, quote=None,
-                    created=self.uws.job_created(conn, job_id),
+                    execution_duration=duration, quote=None, created=added[0].created,
                 )  # fmt: skip
                 self.uws.add_job_within(conn, record)
 
