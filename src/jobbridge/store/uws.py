@@ -277,6 +277,8 @@ class UwsStore:
         return token
 
     def user_for_token(self, token: str) -> User | None:
+        """The service remembers a token confirmed here for a minute (``KnownTokens``):
+        users and tokens are only ever added."""
         with self._read() as conn:
             row = conn.execute(_USER_FOR_TOKEN, {"token_hash": hash_token(token)}).first()
         return None if row is None else User(name=row.name, admin=row.admin)

@@ -273,6 +273,25 @@ class UwsService:
             job = self.engine.start(job.id)
         return job
 
+    def only_writes(
+        self, definition_name: str, fields: Sequence[tuple[str, str]], uploads: Sequence[Upload]
+    ) -> bool:
+        """Whether creating this job only writes to the store: no file to take in or fetch,
+        no run to start (which may wait for a backend), and a store that writes one
+        transaction at a time anyway."""
+        if uploads or definition_name not in self.definitions:
+            return False
+        if not self.engine.store.writes_in_turns:
+            return False
+        definition = self.definitions[definition_name]
+        for name, _ in fields:
+            if name.lower() == "phase":
+                return False
+            found = definition.parameter(name)
+            if found is not None and found[1].type is ParameterType.FILE:
+                return False
+        return True
+
     def update_parameters(
         self,
         state: JobState,
