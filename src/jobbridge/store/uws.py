@@ -125,6 +125,7 @@ owner is matched through an expression, which no index answers, so that the data
 not choose the owner's index instead)."""
 
 
+_INSERT_RECORDS = uws_jobs.insert()
 _USER_FOR_TOKEN = sa.select(uws_users.c.name, uws_users.c.admin).where(
     uws_users.c.token_hash == sa.bindparam("token_hash")
 )
@@ -163,12 +164,12 @@ class UwsStore:
 
     def add_jobs(self, records: Sequence[UwsJobRecord]) -> None:
         with self._write() as conn:
-            conn.execute(uws_jobs.insert(), [_record_row(record) for record in records])
+            conn.execute(_INSERT_RECORDS, [_record_row(record) for record in records])
 
     def add_job_within(self, conn: sa.Connection, record: UwsJobRecord) -> None:
         """Insert ``record`` in a transaction the caller holds: the one that inserts its job,
         so that the two rows exist together or not at all."""
-        conn.execute(uws_jobs.insert(), _record_row(record))
+        conn.execute(_INSERT_RECORDS, _record_row(record))
 
     def get_job(self, job_id: str) -> UwsJobRecord | None:
         with self._read() as conn:
