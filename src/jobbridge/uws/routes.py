@@ -69,9 +69,9 @@ class ServiceContext:
     listener: JobListener | None = None
     """Hears other replicas' phase changes (PostgreSQL only)."""
     creations: CapacityLimiter | None = None
-    """The one lane of the creations that only write to a store that writes one transaction
-    at a time (see ``UwsService.only_writes``): they would take turns at its lock anyway,
-    and threads taking turns there cost more than the writes."""
+    """The lane of the creations that only write to a store that writes one transaction at
+    a time (see ``UwsService.only_writes``): they run one at a time, as they would take
+    turns at its lock anyway, and threads taking turns there cost more than the writes."""
 
 
 router = APIRouter()
