@@ -1,7 +1,8 @@
 """The count behind the per-user limit of jobs that have not ended: only the owner's service
 jobs that have not ended, whatever else the store holds (ended jobs of the owner, other
 owners' jobs, the owner's jobs made outside the service); anonymous clients share one
-count; creations racing each other cannot all squeeze under the limit."""
+count; creations racing each other cannot all squeeze under the limit. A user's count reads
+only that user's jobs that have not ended, and a creation writes in one transaction."""
 
 from __future__ import annotations
 
@@ -10,9 +11,18 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+import sqlalchemy as sa
+
 from jobbridge import Engine, Job, JobSpec, Phase, Store
 from jobbridge.job import new_job_id
-from jobbridge.store.uws import ANONYMOUS_PREFIX, User, UwsJobRecord, UwsStore
+from jobbridge.store.uws import (
+    ANONYMOUS_PREFIX,
+    User,
+    UwsJobRecord,
+    UwsStore,
+    _count_active_query,
+)
 from jobbridge.uws import create_app
 from jobbridge.uws.service import LimitReached
 from tests.uws_support import add_user, service_config
@@ -84,3 +94,53 @@ def test_creations_racing_each_other_stay_under_the_limit(
         made = list(pool.map(create, range(12)))
     assert made.count(True) == 5, made
     assert UwsStore(engine.store).count_active("alice") == 5
+
+
+def test_a_users_count_reads_only_that_users_jobs_that_have_not_ended(store: Store) -> None:
+    """The plan of the count: the index of jobs by owner and phase alone, never the jobs
+    that other users have running nor the user's ended ones (on SQLite, whose plans can be
+    asked for; PostgreSQL chooses by its statistics)."""
+    if store.dialect != "sqlite":
+        pytest.skip("EXPLAIN QUERY PLAN is SQLite's")
+    query, values = _count_active_query("alice")
+    with store.reading() as conn:
+        compiled = query.compile(dialect=conn.dialect)
+        bound = compiled.construct_params(values)
+        plan = conn.exec_driver_sql(
+            f"EXPLAIN QUERY PLAN {compiled}",
+            tuple(bound[name] for name in compiled.positiontup or ()),
+        ).all()
+    steps = [str(row[-1]) for row in plan]
+    assert any("COVERING INDEX ix_jobs_owner_phase (owner=? AND phase=?)" in s for s in steps), (
+        steps
+    )
+
+
+def test_a_creation_is_one_write_transaction_of_five_statements(
+    engine: Engine, isolated_data_dir: Path
+) -> None:
+    """A creation writes the job, its first event and its record, and counts the owner's
+    jobs that have not ended, all in one transaction, reading nothing back."""
+    app = create_app(service_config(isolated_data_dir), engine=engine)
+    service = app.state.uws.service
+    alice = User(name="alice")
+    service.create("sum", alice, [("count", "1")])  # the first one may read the schema
+    mine = threading.get_ident()
+    statements: list[str] = []
+
+    def seen(*args: object) -> None:
+        if threading.get_ident() == mine:
+            statements.append(" ".join(str(args[2]).split()[:3]))
+
+    sa.event.listen(engine.store._engine, "before_cursor_execute", seen)
+    try:
+        service.create("sum", alice, [("count", "2")])
+    finally:
+        sa.event.remove(engine.store._engine, "before_cursor_execute", seen)
+    assert statements == [
+        "BEGIN IMMEDIATE",
+        "INSERT INTO jobs",
+        "INSERT INTO events",
+        "SELECT count(*) AS",
+        "INSERT INTO uws_jobs",
+    ], statements

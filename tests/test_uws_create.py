@@ -5,7 +5,7 @@ On a real local backend, over SQLite and PostgreSQL alike."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -200,12 +200,13 @@ def test_the_record_is_written_on_the_callers_connection(
         engine = Engine(store, {"local": local_backend})
         job_id = new_job_id()
 
-        def write(conn: sa.Connection) -> None:
+        def write(conn: sa.Connection, added: Sequence[Job]) -> None:
+            assert [job.id for job in added] == [job_id]
             users.add_job_within(
                 conn,
                 UwsJobRecord(
                     job_id=job_id, definition="d", owner=None, run_id=None, parameters=(),
-                    execution_duration=1, quote=None, created=users.job_created(conn, job_id),
+                    execution_duration=1, quote=None, created=added[0].created,
                 ),
             )  # fmt: skip
 

@@ -243,11 +243,11 @@ class Engine(JobOutputs):
         owner: str | None = None,
         destruction: datetime | None = None,
         job_id: str | None = None,
-        also: Callable[[Connection], object] | None = None,
+        also: Callable[[Connection, Sequence[Job]], object] | None = None,
     ) -> Job:
         """Record a PENDING job that runs only once ``start`` is called (UWS semantics).
-        ``job_id`` chooses its id (one from ``new_job_id``); ``also`` writes more rows in
-        the same transaction as the job's."""
+        ``job_id`` chooses its id (one from ``new_job_id``); ``also``, called with the
+        transaction and the job (in a list), writes more rows in it."""
         if spec.array is not None:
             raise SpecError("a PENDING job cannot be an array")
         return self._add(spec, backend, owner, Phase.PENDING, destruction, job_id, also)[0]
@@ -289,7 +289,7 @@ class Engine(JobOutputs):
         phase: Phase,
         destruction: datetime | None = None,
         job_id: str | None = None,
-        also: Callable[[Connection], object] | None = None,
+        also: Callable[[Connection, Sequence[Job]], object] | None = None,
         *,
         background: bool = False,
     ) -> list[Job]:

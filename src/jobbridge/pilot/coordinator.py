@@ -143,7 +143,7 @@ class Coordinator(Recovery):
             "done": False,
         }
 
-        def also(conn: Any) -> None:
+        def also(conn: Any, _jobs: object) -> None:
             conn.execute(pilots.insert().values(**row))
 
         self.engine.create(spec, backend=backend.name, job_id=job_id, also=also)

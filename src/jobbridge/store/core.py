@@ -17,6 +17,7 @@ from jobbridge.spec import JobSpec
 from jobbridge.store.connection import (
     WRITE_OPTION,
     ChangeWatch,
+    WriteTurns,
     alembic_config,
     create_engine,
     head_revision,
@@ -63,6 +64,12 @@ class StoreCore:
     @property
     def dialect(self) -> str:
         return self._engine.dialect.name
+
+    @property
+    def writes_in_turns(self) -> bool:
+        """Whether this process writes one transaction at a time (SQLite): writers then
+        gain nothing from threads of their own, and lose to the threads' contention."""
+        return isinstance(self._write_turns, WriteTurns)
 
     def close(self) -> None:
         self._watch.close()

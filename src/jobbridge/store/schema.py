@@ -79,6 +79,7 @@ jobs = sa.Table(
     sa.Column("cache_key", sa.String(64)),
     sa.Column("cached_from", sa.String(32)),
     sa.Index("ix_jobs_owner_created", "owner", "created"),
+    sa.Index("ix_jobs_owner_phase", "owner", "phase", "id"),
     sa.Index("ix_jobs_phase_created", "phase", "created"),
     sa.Index("ix_jobs_created", "created"),
     sa.Index("ix_jobs_backend_phase", "backend", "phase"),

@@ -45,12 +45,13 @@ class Store(Handovers, Polling):
         *,
         claimed: Iterable[str] = (),
         token: str | None = None,
-        also: Callable[[sa.Connection], object] | None = None,
+        also: Callable[[sa.Connection, Sequence[Job]], object] | None = None,
     ) -> None:
         """Record new jobs and their first event in one transaction. Jobs named in
         ``claimed`` are recorded as claimed for submission under ``token`` already (see
-        ``claim``). ``also`` writes more rows in the same transaction (a service's own
-        record of the jobs), so that a crash leaves all of them or none."""
+        ``claim``). ``also``, called with the transaction and the jobs, writes more rows in
+        it (a service's own record of the jobs), so that a crash leaves all of them or
+        none."""
         if not new_jobs:
             return
         claimed = set(claimed)
@@ -83,7 +84,7 @@ class Store(Handovers, Polling):
                 [event_row(job.id, job.created, None, job.phase) for job in new_jobs],
             )
             if also is not None:
-                also(conn)
+                also(conn, new_jobs)
 
     def move(
         self,

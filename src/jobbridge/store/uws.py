@@ -99,6 +99,42 @@ class UserNameError(ValueError):
 
 
 _UNENDED = sorted(phase.value for phase in Phase if not phase.is_final)
+_NOT_ENDED = jobs.c.phase.in_([sa.literal(phase) for phase in _UNENDED])
+"""One bound value per phase (rather than a list expanded anew at each execution)."""
+_SERVICE_JOBS = jobs.join(uws_jobs, uws_jobs.c.job_id == jobs.c.id)
+_COUNT_OWN_ACTIVE = (
+    sa.select(sa.func.count())
+    .select_from(_SERVICE_JOBS)
+    .where(jobs.c.owner == sa.bindparam("owner"), _NOT_ENDED)
+)
+"""A user's service jobs that have not ended, counted from the index of jobs by owner and
+phase alone (the service writes a job's owner and its record's owner alike): as fast with
+a long history of ended jobs as without, and whatever other users have running."""
+_RECORD_OWNER = sa.func.coalesce(uws_jobs.c.owner, "")
+_COUNT_ANONYMOUS_ACTIVE = (
+    sa.select(sa.func.count())
+    .select_from(_SERVICE_JOBS)
+    .where(
+        _NOT_ENDED,
+        sa.or_(_RECORD_OWNER == "", _RECORD_OWNER.startswith(ANONYMOUS_PREFIX)),
+    )
+)
+"""Every anonymous client's service jobs that have not ended: counted from the jobs that
+have not ended, which are few, rather than from every record anonymous clients ever had (the
+owner is matched through an expression, which no index answers, so that the database does
+not choose the owner's index instead)."""
+
+
+_INSERT_RECORDS = uws_jobs.insert()
+_USER_FOR_TOKEN = sa.select(uws_users.c.name, uws_users.c.admin).where(
+    uws_users.c.token_hash == sa.bindparam("token_hash")
+)
+
+
+def _count_active_query(owner: str) -> tuple[sa.Select[int], dict[str, str]]:
+    if is_anonymous_owner(owner):
+        return _COUNT_ANONYMOUS_ACTIVE, {}
+    return _COUNT_OWN_ACTIVE, {"owner": owner}
 
 
 def hash_token(token: str) -> str:
@@ -128,20 +164,12 @@ class UwsStore:
 
     def add_jobs(self, records: Sequence[UwsJobRecord]) -> None:
         with self._write() as conn:
-            conn.execute(uws_jobs.insert(), [_record_row(record) for record in records])
+            conn.execute(_INSERT_RECORDS, [_record_row(record) for record in records])
 
     def add_job_within(self, conn: sa.Connection, record: UwsJobRecord) -> None:
         """Insert ``record`` in a transaction the caller holds: the one that inserts its job,
         so that the two rows exist together or not at all."""
-        conn.execute(uws_jobs.insert(), _record_row(record))
-
-    @staticmethod
-    def job_created(conn: sa.Connection, job_id: str) -> datetime:
-        """When the job was created, as its own row says (read within ``conn``'s transaction,
-        which may be the one inserting it)."""
-        query = sa.select(jobs.c.created).where(jobs.c.id == job_id)
-        created: datetime = conn.execute(query).scalar_one()
-        return created
+        conn.execute(_INSERT_RECORDS, _record_row(record))
 
     def get_job(self, job_id: str) -> UwsJobRecord | None:
         with self._read() as conn:
@@ -221,24 +249,12 @@ class UwsStore:
 
     def count_active(self, owner: str, conn: sa.Connection | None = None) -> int:
         """Jobs of ``owner`` (see ``_owned_by``) that have not ended (within ``conn``'s
-        transaction if given). The count starts from the jobs that have not ended, which
-        are few, rather than from every record the owner ever had: the owner is matched
-        through an expression, which no index answers, so that the database does not choose
-        the owner's index instead."""
-        record_owner = sa.func.coalesce(uws_jobs.c.owner, "")
-        if is_anonymous_owner(owner):
-            mine = sa.or_(record_owner == "", record_owner.startswith(ANONYMOUS_PREFIX))
-        else:
-            mine = record_owner == owner
-        query = (
-            sa.select(sa.func.count())
-            .select_from(jobs.join(uws_jobs, uws_jobs.c.job_id == jobs.c.id))
-            .where(jobs.c.phase.in_(_UNENDED), mine)
-        )
+        transaction if given)."""
+        query, values = _count_active_query(owner)
         if conn is not None:  # within the caller's transaction
-            return int(conn.execute(query).scalar_one())
+            return int(conn.execute(query, values).scalar_one())
         with self._read() as reading:
-            return int(reading.execute(query).scalar_one())
+            return int(reading.execute(query, values).scalar_one())
 
     def kept_files(self, owner: str) -> list[str]:
         """Paths of the files kept for the jobs of ``owner`` (see ``_owned_by``)."""
@@ -262,9 +278,10 @@ class UwsStore:
         return token
 
     def user_for_token(self, token: str) -> User | None:
-        query = sa.select(uws_users).where(uws_users.c.token_hash == hash_token(token))
+        """The service remembers a token confirmed here for a minute (``KnownTokens``):
+        users and tokens are only ever added."""
         with self._read() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(_USER_FOR_TOKEN, {"token_hash": hash_token(token)}).first()
         return None if row is None else User(name=row.name, admin=row.admin)
 
     def users(self) -> list[User]:

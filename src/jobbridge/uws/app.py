@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import swagger_ui_bundle  # type: ignore[import-untyped]
+from anyio import CapacityLimiter
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -31,7 +32,7 @@ from jobbridge.pilot.pools import PoolCoordination, pools_of
 from jobbridge.push import PushAddress, PushKey
 from jobbridge.spec import format_validation_error
 from jobbridge.store.uws import UwsStore
-from jobbridge.uws.auth import AnonymousClients, cookie_secret
+from jobbridge.uws.auth import AnonymousClients, KnownTokens, cookie_secret
 from jobbridge.uws.body import BodyLimit
 from jobbridge.uws.definitions import Definitions, ParameterError, load_definitions
 from jobbridge.uws.metrics import ServiceMetrics, add_metrics
@@ -79,7 +80,7 @@ def create_app(
         config.data_dir / "uws" / "uploads",
         settings=settings,
     )
-    context = ServiceContext(service=service, settings=settings)
+    context = ServiceContext(service=service, settings=settings, tokens=KnownTokens(service.uws))
     metrics = ServiceMetrics(engine)
     started = utcnow()
     secret = cookie_secret(settings.cookie_secret, config.data_dir / "uws")
@@ -88,6 +89,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         waiters = context.waiters = PhaseWaiters(asyncio.get_running_loop(), engine.hooks)
+        if engine.store.writes_in_turns:
+            context.creations = CapacityLimiter(1)
         listener = None
         if engine.store.dialect == "postgresql":
             listener = context.listener = JobListener(
@@ -115,6 +118,7 @@ def create_app(
             metrics.detach()
             context.waiters.close()
             context.waiters = None
+            context.creations = None
             service.close()
             service.uws.close()
             if owned:

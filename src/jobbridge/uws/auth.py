@@ -1,4 +1,5 @@
-"""Who is asking: ``Authorization: Bearer TOKEN`` or HTTP Basic (user name + token).
+"""Who is asking: ``Authorization: Bearer TOKEN`` or HTTP Basic (user name + token). A token
+the store confirmed is remembered for a minute (``KnownTokens``).
 
 Without credentials a request is served only if the service allows anonymous clients. Each
 anonymous client is told apart by a cookie the service signs (``AnonymousClients``): its
@@ -15,15 +16,24 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from http.cookies import SimpleCookie
 from pathlib import Path
 
 from fastapi import HTTPException, Request, status
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobbridge.store.uws import ANONYMOUS_PREFIX, User, UwsStore, is_anonymous_owner
+from jobbridge.store.uws import ANONYMOUS_PREFIX, User, UwsStore, hash_token, is_anonymous_owner
 
-__all__ = ["COOKIE", "AnonymousClients", "authenticate", "cookie_secret", "may_access"]
+__all__ = [
+    "COOKIE",
+    "AnonymousClients",
+    "KnownTokens",
+    "authenticate",
+    "cookie_secret",
+    "may_access",
+]
 
 COOKIE = "jobbridge_client"
 CLIENT_KEY = "jobbridge.client"
@@ -34,7 +44,37 @@ def _refuse(reason: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=reason, headers=CHALLENGE)
 
 
-def authenticate(request: Request, users: UwsStore, *, anonymous: bool) -> User:
+class KnownTokens:
+    """The users of the tokens the store confirmed lately. Users and their tokens are only
+    ever added (never changed nor removed), so a token confirmed a moment ago is still
+    good: a request whose token was confirmed less than ``keep`` seconds ago is served
+    without a trip to the store, nor a thread to make it in. A token the store does not
+    know is asked about every time."""
+
+    def __init__(self, users: UwsStore, *, keep: float = 60.0, most: int = 10_000) -> None:
+        self._users = users
+        self._keep = keep
+        self._most = most
+        self._confirmed: dict[str, tuple[float, User]] = {}
+
+    async def user(self, token: str) -> User | None:
+        seen = self._confirmed.get(hash_token(token))
+        if seen is not None and time.monotonic() - seen[0] < self._keep:
+            return seen[1]
+        return await run_in_threadpool(self.look_up, token)
+
+    def look_up(self, token: str) -> User | None:
+        """The token's user as the store says (blocking), remembered if there is one."""
+        asked = time.monotonic()
+        user = self._users.user_for_token(token)
+        if user is not None:
+            if len(self._confirmed) >= self._most:
+                self._confirmed.clear()
+            self._confirmed[hash_token(token)] = (asked, user)
+        return user
+
+
+async def authenticate(request: Request, tokens: KnownTokens, *, anonymous: bool) -> User:
     header = request.headers.get("authorization")
     if not header:
         client = request.scope.get(CLIENT_KEY)
@@ -44,13 +84,13 @@ def authenticate(request: Request, users: UwsStore, *, anonymous: bool) -> User:
     scheme, _, credentials = header.partition(" ")
     scheme = scheme.lower()
     if scheme == "bearer":
-        user = users.user_for_token(credentials.strip())
+        user = await tokens.user(credentials.strip())
         if user is None:
             raise _refuse("the token is not valid")
         return user
     if scheme == "basic":
         name, token = _basic(credentials)
-        user = users.user_for_token(token)
+        user = await tokens.user(token)
         if user is None or not hmac.compare_digest(user.name, name):
             raise _refuse("the user name and token do not match")
         return user

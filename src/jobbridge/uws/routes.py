@@ -3,22 +3,23 @@ sub-resources. XML by default, JSON when the client accepts ``application/json``
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from jobbridge.config import ServiceSettings
 from jobbridge.phase import Phase
 from jobbridge.store.uws import User
 from jobbridge.uws import xml
-from jobbridge.uws.auth import authenticate, owner_of
+from jobbridge.uws.auth import KnownTokens, authenticate, owner_of
 from jobbridge.uws.body import body_tail
 from jobbridge.uws.models import utc_text
 from jobbridge.uws.notify import JobListener
@@ -63,9 +64,14 @@ class ServiceContext:
 
     service: UwsService
     settings: ServiceSettings
+    tokens: KnownTokens
     waiters: PhaseWaiters | None = None
     listener: JobListener | None = None
     """Hears other replicas' phase changes (PostgreSQL only)."""
+    creations: CapacityLimiter | None = None
+    """The lane of the creations that only write to a store that writes one transaction at
+    a time (see ``UwsService.only_writes``): they run one at a time, as they would take
+    turns at its lock anyway, and threads taking turns there cost more than the writes."""
 
 
 router = APIRouter()
@@ -76,9 +82,9 @@ def _context(request: Request) -> ServiceContext:
     return context
 
 
-def _user(request: Request) -> User:
+async def _user(request: Request) -> User:
     context = _context(request)
-    return authenticate(request, context.service.uws, anonymous=context.settings.anonymous)
+    return await authenticate(request, context.tokens, anonymous=context.settings.anonymous)
 
 
 CurrentUser = Annotated[User, Depends(_user)]
@@ -108,8 +114,10 @@ def _text(value: object) -> PlainTextResponse:
     return PlainTextResponse("" if value is None else str(value))
 
 
-async def _blocking(function: Callable[..., T], *args: Any) -> T:
-    return await run_in_threadpool(function, *args)
+async def _blocking(
+    function: Callable[..., T], *args: Any, limiter: CapacityLimiter | None = None
+) -> T:
+    return await to_thread.run_sync(functools.partial(function, *args), limiter=limiter)
 
 
 def _media_type(header: str) -> tuple[str, dict[str, str]]:
@@ -211,9 +219,11 @@ async def job_list(request: Request, definition: str, user: CurrentUser) -> Resp
 
 @router.post("/jobs/{definition}", status_code=303, summary="Create a job")
 async def create_job(request: Request, definition: str, user: CurrentUser) -> Response:
-    service = _context(request).service
+    context = _context(request)
+    service = context.service
     fields, uploads = await _fields(request)
-    job = await _blocking(service.create, definition, user, fields, uploads)
+    lane = context.creations if service.only_writes(definition, fields, uploads) else None
+    job = await _blocking(service.create, definition, user, fields, uploads, limiter=lane)
     return _see_other(_links(request).job(definition, job.id))
 
 

@@ -248,15 +248,14 @@ class UwsService:
             definition.check_complete(values)
             spec = self._spec(definition, parameters, duration)
 
-            def write_record(conn: Connection) -> None:
+            def write_record(conn: Connection, added: Sequence[Job]) -> None:
                 # counted in the transaction that adds the job: requests racing each other
                 # cannot all squeeze under the limit
                 self._check_active_jobs(owner, conn)
                 record = UwsJobRecord(
                     job_id=job_id, definition=definition.name, owner=owner,
                     run_id=run_id, parameters=tuple(parameters),
-                    execution_duration=duration, quote=None,
-                    created=self.uws.job_created(conn, job_id),
+                    execution_duration=duration, quote=None, created=added[0].created,
                 )  # fmt: skip
                 self.uws.add_job_within(conn, record)
 
@@ -273,6 +272,25 @@ class UwsService:
         if run:
             job = self.engine.start(job.id)
         return job
+
+    def only_writes(
+        self, definition_name: str, fields: Sequence[tuple[str, str]], uploads: Sequence[Upload]
+    ) -> bool:
+        """Whether creating this job only writes to the store: no file to take in or fetch,
+        no run to start (which may wait for a backend), and a store that writes one
+        transaction at a time anyway."""
+        if uploads or definition_name not in self.definitions:
+            return False
+        if not self.engine.store.writes_in_turns:
+            return False
+        definition = self.definitions[definition_name]
+        for name, _ in fields:
+            if name.lower() == "phase":
+                return False
+            found = definition.parameter(name)
+            if found is not None and found[1].type is ParameterType.FILE:
+                return False
+        return True
 
     def update_parameters(
         self,
