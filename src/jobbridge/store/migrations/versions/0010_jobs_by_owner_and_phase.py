@@ -3,14 +3,14 @@ jobs that have not ended are counted from the index, however many ended jobs the
 and however many other owners' jobs have not ended (the service's per-user limit, checked
 on every job creation).
 
-Revision ID: 0011
+Revision ID: 0010
 Revises: 0009
 Create Date: 2026-11-30
 """
 
 from alembic import op
 
-revision = "0011"
+revision = "0010"
 down_revision = "0009"
 branch_labels = None
 depends_on = None
