@@ -464,24 +464,37 @@ class Engine(JobOutputs):
         jobs = self.store.get_many(ids)
         pause = self._pause_for(jobs)
         news = News(self.backends[name] for name in {j.backend for j in jobs} & set(self.backends))
-        told: list[Backend] = []
+        told: list[str] = []
+        seen = self.store.data_version()
         while True:
             if not self.running:
-                for backend in told:
-                    self.refresh_backend(backend, force=True)
+                if told:
+                    self.refresh_jobs(told)
                 self.refresh()
-            jobs = self.store.get_many(ids)
+            jobs, seen = self._reread(jobs, seen)
             if on_progress is not None:
                 on_progress(jobs)
             if not any(job.phase.is_active for job in jobs):
-                return jobs
+                return self.store.get_many(ids)
             left = pause if deadline is None else min(pause, deadline - time.monotonic())
             if left <= 0:
-                return jobs
+                return self.store.get_many(ids)
             if news and not self.running:
                 told = news.wait(left)
             else:
                 self._changes.wait_for_change(left)
+
+    def _reread(self, jobs: list[Job], seen: int | None) -> tuple[list[Job], int | None]:
+        """The jobs as they are now, read again only if the store changed since ``seen``,
+        and only those that had not ended (an ended job's phase is final); with the store's
+        version that they reflect."""
+        version = self.store.data_version()  # before the read: a later change is seen next
+        if version is not None and version == seen:
+            return jobs, seen
+        fresh = {
+            job.id: job for job in self.store.get_many(j.id for j in jobs if j.phase.is_active)
+        }
+        return [fresh.get(job.id, job) for job in jobs], version
 
     def _pause_for(self, jobs: Sequence[Job]) -> float:
         intervals = [

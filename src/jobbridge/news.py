@@ -1,5 +1,5 @@
-"""Waiting on backends that tell when some of their jobs may have ended, so that a caller
-waiting for jobs asks at once instead of at its next polling tick."""
+"""Waiting on backends that tell which of their jobs may have ended, so that a caller
+waiting for jobs asks about those at once instead of at its next polling tick."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ __all__ = ["News"]
 
 FLOOR = 0.02
 """The shortest pause between two queries that news brought: a stream of endings is
-answered by a few queries, not one each."""
+answered by a few queries, each about the jobs that ended since the last."""
 
 
 class News:
@@ -28,16 +28,15 @@ class News:
     def __bool__(self) -> bool:
         return bool(self._feeds)
 
-    def wait(self, timeout: float) -> list[Backend]:
-        """Block until some backend has news or ``timeout`` seconds pass; the backends that
-        had news (their news read)."""
+    def wait(self, timeout: float) -> list[str]:
+        """Block until some backend has news or ``timeout`` seconds pass; the ids of the
+        jobs the news were about."""
+        pause = self._last + FLOOR - time.monotonic()
+        if pause > 0:
+            time.sleep(min(pause, timeout))
+            timeout -= pause
         ready, _, _ = select.select(list(self._feeds), [], [], max(timeout, 0.0))
-        told = [self._feeds[fd] for fd in ready]
-        for backend in told:
-            backend.read_news()
+        told = [job_id for fd in ready for job_id in self._feeds[fd].read_news()]
         if told:
-            pause = self._last + FLOOR - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
             self._last = time.monotonic()
         return told

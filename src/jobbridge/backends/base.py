@@ -243,12 +243,14 @@ class Backend(ABC):
 
     def news(self) -> int | None:
         """A file descriptor that becomes readable when some of this backend's jobs may have
-        ended (told by the jobs' own side), so that a caller waiting for jobs asks at once;
-        None if the backend tells nothing and must be asked at each polling tick."""
+        ended (told by the jobs' own side), so that a caller waiting for jobs asks about
+        them at once; None if the backend tells nothing and must be asked at each polling
+        tick."""
         return None
 
-    def read_news(self) -> None:  # noqa: B027 - no news, nothing to read
-        """Take in what made ``news`` readable."""
+    def read_news(self) -> list[str]:
+        """The ids of the jobs that made ``news`` readable (a hint: ask about them)."""
+        return []
 
     def free(self, job: Job) -> None:  # noqa: B027 - nothing left behind is a valid default
         """Remove whatever the ended job left on the resource."""

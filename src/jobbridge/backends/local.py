@@ -234,8 +234,8 @@ class LocalBackend(Backend):
     def news(self) -> int | None:
         return self.supervisor.listen()
 
-    def read_news(self) -> None:
-        self.supervisor.read_news()
+    def read_news(self) -> list[str]:
+        return self.supervisor.read_news()
 
     def close(self) -> None:
         self.supervisor.close()
@@ -536,12 +536,16 @@ class SupervisorClient:
                     log.warning("no news of ended jobs from %s: %s", self.jobs_dir, error)
             return self._news
 
-    def read_news(self) -> None:
+    def read_news(self) -> list[str]:
+        """The ids of the jobs whose runners told of their ends since the last read (each
+        told in one write of one line, which a pipe never splits)."""
         if self._news is None:
-            return
+            return []
+        chunks = []
         with contextlib.suppress(BlockingIOError):
-            while os.read(self._news, 65536):
-                pass
+            while chunk := os.read(self._news, 65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace").split()
 
     def close(self) -> None:
         """Let the supervisor leave once the spool is empty (another process that submits

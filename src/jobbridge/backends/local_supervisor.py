@@ -31,8 +31,8 @@ the jobs handed over or started together, through hard links:
   ``message``) when the program is over. Only whole lines count. It removes its spool
   entries once it has taken their jobs, and the record's name under ``.supervisor``
   when it leaves (the supervisor does if it was killed); the jobs' links keep it. It
-  writes a byte into the FIFO ``.supervisor/ended`` for each outcome, if an engine waiting
-  for jobs listens there.
+  writes the job's id into the FIFO ``.supervisor/ended`` for each outcome, if an engine
+  waiting for jobs listens there.
 - When the plan has a ``push`` address (a service runs), the runner tells it that the job
   started and, once the result is written, that it ended: a POST in a thread of its own with
   a short timeout, whose failure changes nothing (polling finds the job as before).
@@ -507,7 +507,7 @@ class Batch:
         self.unwritten += f"{job.id} {ENDED} {json.dumps(outcome)}\n".encode()
         if self.write_record():
             self.push(job, ENDED)
-            tell(self.ended_fifo)
+            tell(self.ended_fifo, job.id)
 
     def write_record(self) -> bool:
         """Append what the record has not taken yet; False while the disk is full."""
@@ -522,15 +522,15 @@ class Batch:
         return True
 
 
-def tell(fifo: str) -> None:
-    """A byte into the FIFO if someone waits on it (an engine waiting for jobs); it only
-    hastens what polling finds anyway."""
+def tell(fifo: str, job_id: str) -> None:
+    """The job's id, as one line, into the FIFO if someone waits on it (an engine waiting
+    for jobs); it only hastens what polling finds anyway."""
     try:
         fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
     except OSError:  # nobody listens (ENXIO), or there is no FIFO yet
         return
     with contextlib.suppress(OSError):  # full of news already
-        os.write(fd, b"e")
+        os.write(fd, f"{job_id}\n".encode())
     os.close(fd)
 
 

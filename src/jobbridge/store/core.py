@@ -71,6 +71,11 @@ class StoreCore:
         gain nothing from threads of their own, and lose to the threads' contention."""
         return isinstance(self._write_turns, WriteTurns)
 
+    def data_version(self) -> int | None:
+        """A number that changes whenever anything is committed to the store, by any
+        process; None where the database cannot tell (then assume that it changed)."""
+        return self._watch.version()
+
     def close(self) -> None:
         self._watch.close()
         self._engine.dispose()
