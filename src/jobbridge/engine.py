@@ -461,9 +461,10 @@ class Engine(JobOutputs):
         """Block until no job is active (or ``timeout`` seconds pass); return them as they are."""
         ids = list(job_ids)
         deadline = None if timeout is None else time.monotonic() + timeout
-        jobs = self.store.get_many(ids)
-        pause = self._pause_for(jobs)
-        news = News(self.backends[name] for name in {j.backend for j in jobs} & set(self.backends))
+        glance = self.store.glance(ids)
+        backends = {backend for backend, _ in glance.values()} & set(self.backends)
+        pause = self._pause_for(backends)
+        news = News(self.backends[name] for name in backends)
         told: list[str] = []
         seen = self.store.data_version()
         while True:
@@ -471,10 +472,10 @@ class Engine(JobOutputs):
                 if told:
                     self.refresh_jobs(told)
                 self.refresh()
-            jobs, seen = self._reread(jobs, seen)
+            glance, seen = self._glance_again(glance, seen)
             if on_progress is not None:
-                on_progress(jobs)
-            if not any(job.phase.is_active for job in jobs):
+                on_progress(self.store.get_many(ids))
+            if not any(phase.is_active for _, phase in glance.values()):
                 return self.store.get_many(ids)
             left = pause if deadline is None else min(pause, deadline - time.monotonic())
             if left <= 0:
@@ -484,24 +485,20 @@ class Engine(JobOutputs):
             else:
                 self._changes.wait_for_change(left)
 
-    def _reread(self, jobs: list[Job], seen: int | None) -> tuple[list[Job], int | None]:
-        """The jobs as they are now, read again only if the store changed since ``seen``,
-        and only those that had not ended (an ended job's phase is final); with the store's
-        version that they reflect."""
+    def _glance_again(
+        self, glance: dict[str, tuple[str, Phase]], seen: int | None
+    ) -> tuple[dict[str, tuple[str, Phase]], int | None]:
+        """The jobs' phases as they are now, read again only if the store changed since
+        ``seen``, and only for jobs that had not ended (an ended job's phase is final);
+        with the store's version that they reflect."""
         version = self.store.data_version()  # before the read: a later change is seen next
         if version is not None and version == seen:
-            return jobs, seen
-        fresh = {
-            job.id: job for job in self.store.get_many(j.id for j in jobs if j.phase.is_active)
-        }
-        return [fresh.get(job.id, job) for job in jobs], version
+            return glance, seen
+        active = [job_id for job_id, (_, phase) in glance.items() if phase.is_active]
+        return {**glance, **self.store.glance(active)}, version
 
-    def _pause_for(self, jobs: Sequence[Job]) -> float:
-        intervals = [
-            self.backends[job.backend].options.min_refresh_interval
-            for job in jobs
-            if job.backend in self.backends
-        ]
+    def _pause_for(self, backends: Iterable[str]) -> float:
+        intervals = [self.backends[name].options.min_refresh_interval for name in backends]
         return max(LOOP_TICK_FLOOR, min([self.settings.refresh_interval, *intervals]))
 
     # -- running in the background --------------------------------------------------------------

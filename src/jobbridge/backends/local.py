@@ -531,7 +531,8 @@ class SupervisorClient:
                     os.makedirs(state, exist_ok=True)
                     with contextlib.suppress(FileExistsError):
                         os.mkfifo(ended, 0o600)
-                    self._news = os.open(ended, os.O_RDONLY | os.O_NONBLOCK)
+                    # read and write: a FIFO whose last writer left reads as ended for good
+                    self._news = os.open(ended, os.O_RDWR | os.O_NONBLOCK)
                 except OSError as error:
                     log.warning("no news of ended jobs from %s: %s", self.jobs_dir, error)
             return self._news

@@ -334,11 +334,7 @@ class Batch:
                 pid, status = os.waitpid(-1, 0)
             except ChildProcessError:
                 break
-            job = self.live.pop(pid, None)
-            if job is not None:
-                kill_group(pid, signal.SIGKILL)  # leftovers of the job go with it
-                self.finish(job, exit_code=exit_code_of(status), detail=self.detail_of(job, status))
-            self.write_record()
+            self.ended(pid, status)
         while not self.write_record():  # the outcomes must reach the disk before we leave
             time.sleep(RECORD_RETRY)
         os.unlink(self.record_path)
@@ -346,6 +342,25 @@ class Batch:
         for pushing in self.pushes:
             pushing.join(max(0.0, deadline - time.monotonic()))
         return 0
+
+    def ended(self, pid: int, status: int) -> None:
+        job = self.live.pop(pid, None)
+        if job is not None:
+            kill_group(pid, signal.SIGKILL)  # leftovers of the job go with it
+            self.finish(job, exit_code=exit_code_of(status), detail=self.detail_of(job, status))
+        self.write_record()
+
+    def reap_ended(self) -> None:
+        """Record the jobs that ended already, waiting for none (while others start, so
+        that an outcome is known as soon as it is)."""
+        while self.live:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not pid:
+                return
+            self.ended(pid, status)
 
     def take_entry(self, name: str) -> None:
         """Start the jobs of one spool entry, then remove it (a runner that dies first
@@ -367,6 +382,7 @@ class Batch:
             try:
                 if handed_over(job, plans):
                     self.take(job)
+                    self.reap_ended()
             except Exception as error:  # one bad job never stops the others
                 note(job.job_dir, f"the runner could not start the job: {error!r}")
                 left = True  # the entry stays for a later runner
