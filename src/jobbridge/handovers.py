@@ -19,6 +19,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from jobbridge.backends.base import Backend, NativeDependency
 from jobbridge.claims import ClaimKeeper
@@ -33,8 +34,8 @@ MAX_BATCH = 256
 LINGER = 0.05
 """Seconds an idle worker waits for more jobs before it leaves."""
 GATHER = 0.005
-"""Seconds a worker for a backend that takes many jobs in one step waits for more to join
-the step (jobs submitted one by one in a loop then share a handover)."""
+"""Seconds a worker waits for more jobs to join its step (jobs submitted one by one in a
+loop then share a handover, and the one write that records it)."""
 MAX_SHARE = 16
 """Jobs one worker takes from a long queue for a backend that takes them one by one; it
 records their native ids in one transaction."""
@@ -102,6 +103,9 @@ class Handovers:
         for thread in threads:
             thread.join()
 
+    def _filled(self, name: str, step: int) -> bool:
+        return self._closing or len(self._queues[name]) >= step
+
     def _work(self, backend: Backend) -> None:
         name = backend.name
         while True:
@@ -113,14 +117,13 @@ class Handovers:
                     self._running[backend.name] -= 1
                     self._threads.discard(threading.current_thread())
                     return
+                step = MAX_BATCH if backend.batch_submission else MAX_SHARE * self._workers
+                if len(queue) < step and not self._closing:  # more are likely on the way
+                    self._lock.wait_for(partial(self._filled, name, step), GATHER)
+                    if not queue:  # another worker took them meanwhile
+                        continue
                 if backend.batch_submission:
                     size = MAX_BATCH
-                    if len(queue) < size and not self._closing:  # more are likely on the way
-                        self._lock.wait_for(
-                            lambda: self._closing or len(self._queues[name]) >= MAX_BATCH, GATHER
-                        )
-                        if not queue:  # another worker took them meanwhile
-                            continue
                 else:  # one at a time to the backend, the answers recorded together
                     size = max(1, min(MAX_SHARE, len(queue) // self._workers))
                 taken = [queue.popleft() for _ in range(min(size, len(queue)))]
