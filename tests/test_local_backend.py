@@ -22,7 +22,7 @@ from jobbridge import (
     ResourcesNotSupportedError,
 )
 from jobbridge.backends import local_supervisor as sup
-from jobbridge.backends.local import RunnerRecords
+from jobbridge.backends.local_records import RunnerRecords
 from jobbridge.job import Handover
 
 HOSTILE = ["$(touch pwned)", "`touch pwned`", "a; touch pwned", 'it\'s "quoted"', "new\nline", "*"]

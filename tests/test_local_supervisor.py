@@ -17,7 +17,8 @@ import pytest
 from jobbridge import Engine, EngineSettings, JobSpec, Phase, Store
 from jobbridge.backends import local_supervisor as sup
 from jobbridge.backends.base import BackendContext
-from jobbridge.backends.local import LocalBackend, LocalOptions, RunnerRecord
+from jobbridge.backends.local import LocalBackend, LocalOptions
+from jobbridge.backends.local_records import RunnerRecord
 from tests.test_local_backend import recorded_end
 
 

@@ -12,8 +12,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from jobbridge.backends.base import (
     Stream,
 )
 from jobbridge.backends.containers import ContainerOptions
+from jobbridge.backends.local_records import RunnerRecords, ended_status, from_epoch
 from jobbridge.errors import LimitExceededError, ResourcesNotSupportedError
 from jobbridge.job import Job, JobStatus
 from jobbridge.phase import Phase
@@ -332,8 +331,8 @@ class LocalBackend(Backend):
             assert record is not None
         outcome = record.ended.get(job.id)
         if outcome is not None:
-            return _ended(outcome)
-        started = _time(record.started[job.id]) if job.id in record.started else None
+            return ended_status(outcome)
+        started = from_epoch(record.started[job.id]) if job.id in record.started else None
         if record.alive:
             return JobStatus(phase=Phase.EXECUTING, started=started)
         said = (self._read_text(os.path.join(job_dir, "runner.log")) or "").strip()
@@ -373,79 +372,6 @@ class LocalBackend(Backend):
             return self.transport.read_bytes(path).decode()
         except FileNotFoundError:
             return None
-
-
-@dataclass
-class RunnerRecord:
-    """What a runner wrote of the jobs it claimed (see ``local_supervisor``)."""
-
-    pid: int
-    ticks: int
-    started: dict[str, float]
-    ended: dict[str, dict[str, Any]]
-    alive: bool
-
-    @classmethod
-    def parse(cls, text: bytes) -> RunnerRecord:
-        head, *lines = text.split(b"\n")[:-1]  # a line not yet whole does not count
-        pid, ticks = (int(word) for word in head.split())
-        started: dict[str, float] = {}
-        ended: dict[str, dict[str, Any]] = {}
-        for line in lines:
-            with contextlib.suppress(ValueError):  # e.g. one cut short by a full disk
-                job_id, event, value = line.decode(errors="replace").split(" ", 2)
-                if event == sup.STARTED:
-                    started[job_id] = float(value)
-                elif event == sup.ENDED:
-                    ended[job_id] = json.loads(value)
-        return cls(pid, ticks, started, ended, sup.same_process(pid, ticks))
-
-
-class RunnerRecords:
-    """Runner records read once for the jobs they share, and again only once they grew."""
-
-    def __init__(self) -> None:
-        self._read: dict[tuple[int, int], tuple[int, RunnerRecord]] = {}
-
-    def read(self, job_dir: str, *, again: bool = False) -> RunnerRecord | None:
-        path = os.path.join(job_dir, sup.RUNNER_FILE)
-        try:
-            with open(path, "rb") as handle:
-                stat = os.fstat(handle.fileno())
-                key = (stat.st_dev, stat.st_ino)
-                known = self._read.get(key)
-                if known is not None and known[0] == stat.st_size and not again:
-                    return known[1]
-                text = handle.read()
-        except FileNotFoundError:
-            return None
-        if b"\n" not in text:  # just created: its first line is on its way
-            return None
-        try:
-            record = RunnerRecord.parse(text)
-        except ValueError:  # not a runner's: it names no live runner and no outcome
-            record = RunnerRecord(0, 0, {}, {}, alive=False)
-        self._read[key] = (len(text), record)
-        return record
-
-
-def _ended(outcome: dict[str, Any]) -> JobStatus:
-    detail = outcome.get("detail") or None
-    code = outcome.get("exit_code")
-    if detail == "CANCELLED":
-        phase = Phase.ABORTED
-    elif code == 0 and detail is None:
-        phase = Phase.COMPLETED
-    else:
-        phase = Phase.ERROR
-    return JobStatus(
-        phase=phase,
-        detail=detail,
-        message=outcome.get("message") or None,
-        exit_code=code,
-        started=_time(float(outcome["started"])),
-        ended=_time(float(outcome["ended"])),
-    )
 
 
 class SupervisorClient:
@@ -581,7 +507,3 @@ def _with_prologue(argv: list[str], prologue: str | None, epilogue: str | None) 
         ]
     )
     return ["/bin/sh", "-c", script, "jobbridge-job", *argv]
-
-
-def _time(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
