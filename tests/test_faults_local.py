@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from jobbridge import Engine, EngineSettings, JobSpec, Phase, Store
-from jobbridge.backends import local_supervisor as sup
+from jobbridge.backends import local_runner
 from jobbridge.backends.base import BackendContext
 from jobbridge.backends.local import LocalBackend, LocalOptions
 from tests.faults.daemons import fill, small_tmpfs
@@ -45,7 +45,7 @@ def test_outcomes_wait_out_a_full_disk_and_none_is_lost(
     script = f'while [ ! -e {gate} ]; do sleep 0.05; done; echo "$JOBBRIDGE_JOB_ID" >> {runs}'
     jobs = engine.submit_many([JobSpec(executable="sh", arguments=["-c", script])] * JOBS)
     ids = [job.id for job in jobs]
-    until(lambda: all((jobs_dir / job_id / sup.RUNNER_FILE).exists() for job_id in ids))
+    until(lambda: all((jobs_dir / job_id / local_runner.RUNNER_FILE).exists() for job_id in ids))
     filler = fill(jobs_dir)
     gate.write_text("")
     until(lambda: len(runs.read_text().split()) == JOBS if runs.exists() else False)

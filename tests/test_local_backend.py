@@ -21,6 +21,7 @@ from jobbridge import (
     Phase,
     ResourcesNotSupportedError,
 )
+from jobbridge.backends import local_runner
 from jobbridge.backends import local_supervisor as sup
 from jobbridge.backends.local_records import RunnerRecords
 from jobbridge.job import Handover
@@ -172,7 +173,7 @@ def test_a_job_cancelled_before_its_runner_claims_it_never_starts(
     job = engine.create(JobSpec(executable="touch", arguments=[str(marker)]))
     job_dir = isolated_data_dir / "jobs" / job.id
     job_dir.mkdir(parents=True)
-    (job_dir / sup.CANCEL_MARK).write_text("")
+    (job_dir / local_runner.CANCEL_MARK).write_text("")
     engine.start(job.id)
     deadline = time.monotonic() + 10
     while not recorded_end(str(job_dir), job.id) and time.monotonic() < deadline:
@@ -243,7 +244,7 @@ def test_memory_limit_is_enforced(engine: Engine) -> None:
 
 def test_a_runner_killed_from_outside_is_lost_not_completed(engine: Engine) -> None:
     job = engine.submit(JobSpec(executable="sleep", arguments=["301"]))
-    runner_file = Path(job.native_id or "") / sup.RUNNER_FILE
+    runner_file = Path(job.native_id or "") / local_runner.RUNNER_FILE
     while not runner_file.exists():
         time.sleep(0.05)
     os.kill(int(runner_file.read_text().split()[0]), signal.SIGKILL)
@@ -299,7 +300,7 @@ def test_the_supervisor_stays_small() -> None:
     loaded = subprocess.run(
         [sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, check=True
     ).stdout.split()
-    assert "local_supervisor" in loaded
+    assert {"local_supervisor", "local_runner"} <= set(loaded)
     assert not {"jobbridge", "pydantic", "sqlalchemy", "subprocess", "threading"} & set(loaded)
 
 

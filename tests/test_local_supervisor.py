@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from jobbridge import Engine, EngineSettings, JobSpec, Phase, Store
+from jobbridge.backends import local_runner
 from jobbridge.backends import local_supervisor as sup
 from jobbridge.backends.base import BackendContext
 from jobbridge.backends.local import LocalBackend, LocalOptions
@@ -56,9 +57,8 @@ def test_killing_the_supervisor_loses_no_job(
         "cancelled": JobSpec(executable="sleep", arguments=["60"]),
     }
     running = {name: engine.submit(spec) for name, spec in specs.items()}
-    until(
-        lambda: all(Path(job.native_id or "", sup.RUNNER_FILE).exists() for job in running.values())
-    )
+    claimed = [Path(job.native_id or "", local_runner.RUNNER_FILE) for job in running.values()]
+    until(lambda: all(path.exists() for path in claimed))
     first = supervisor_pid(jobs_dir)
     os.kill(first, signal.SIGSTOP)  # jobs handed over now wait in the spool...
     queued = engine.submit(JobSpec(executable="sh", arguments=["-c", "exit 3"]))
@@ -86,7 +86,7 @@ def test_killing_the_supervisor_loses_no_job(
 
 def test_jobs_are_not_children_of_the_supervisor(engine: Engine, isolated_data_dir: Path) -> None:
     job = engine.submit(JobSpec(executable="sleep", arguments=["30"]))
-    runner_file = Path(job.native_id or "", sup.RUNNER_FILE)
+    runner_file = Path(job.native_id or "", local_runner.RUNNER_FILE)
     until(runner_file.exists)
     runner = int(runner_file.read_text().split()[0])
     assert runner != supervisor_pid(isolated_data_dir / "jobs")
@@ -121,7 +121,7 @@ def test_a_job_spooled_twice_runs_once(
     counter = tmp_path / "runs"
     spec = JobSpec(executable="sh", arguments=["-c", f"echo run >> {counter}; sleep 0.5"])
     job = engine.submit(spec)
-    plans = os.path.join(job.native_id or "", sup.PLANS_FILE)
+    plans = os.path.join(job.native_id or "", local_runner.PLANS_FILE)
     for again in range(5):  # what a resolved submission or a second supervisor would do
         local_backend.supervisor.enqueue(plans, f"again{again}")
     [done] = engine.wait([job.id], timeout=30)
@@ -168,9 +168,9 @@ def test_jobs_handed_over_together_share_all_but_their_own_files(engine: Engine)
     assert {job.phase for job in done} == {Phase.COMPLETED}
     job_dirs = [Path(job.native_id or "") for job in done]
     assert {tuple(sorted(p.name for p in d.iterdir())) for d in job_dirs} == {
-        (sup.PLANS_FILE, sup.RUNNER_FILE, "stderr", "stdout")
+        (local_runner.PLANS_FILE, local_runner.RUNNER_FILE, "stderr", "stdout")
     }
-    for shared in (sup.PLANS_FILE, sup.RUNNER_FILE):
+    for shared in (local_runner.PLANS_FILE, local_runner.RUNNER_FILE):
         assert len({(d / shared).stat().st_ino for d in job_dirs}) == 1
     # once its runner has left, the record is known by the jobs' links alone
     records = job_dirs[0].parent / sup.STATE_DIR / sup.RECORDS_DIR
@@ -200,7 +200,7 @@ def test_a_job_whose_plans_were_never_linked_is_not_started(
     until(lambda: all(recorded_end(local_backend._job_dir(j), j.id) for j in (jobs[0], jobs[2])))
     assert recorded_end(refused, jobs[1].id) == {}
     assert not marks[1].exists()
-    assert not Path(refused, sup.RUNNER_FILE).exists()
+    assert not Path(refused, local_runner.RUNNER_FILE).exists()
 
 
 def test_a_runner_record_with_bad_lines_still_answers_for_the_others() -> None:
@@ -224,8 +224,8 @@ def test_a_job_whose_runner_record_is_unreadable_is_lost_and_blinds_no_other(
     first, second = engine.submit_many([JobSpec(executable="true")] * 2)
     done = {job.id: job for job in engine.wait([first.id, second.id], timeout=30)}
     broken = Path(local_backend._job_dir(first))
-    (broken / sup.RUNNER_FILE).unlink()
-    (broken / sup.RUNNER_FILE).write_bytes(b"not a runner\n")
+    (broken / local_runner.RUNNER_FILE).unlink()
+    (broken / local_runner.RUNNER_FILE).write_bytes(b"not a runner\n")
     answers = local_backend.status(list(done.values()))
     assert (answers[first.id].phase, answers[first.id].detail) == (Phase.ERROR, "LOST")
     assert answers[second.id].phase is Phase.COMPLETED
@@ -245,7 +245,8 @@ def test_a_handover_that_never_reached_the_spool_is_withdrawn(
         assert all(isinstance(a, OSError) for a in local_backend.submit_many(jobs))
         with pytest.raises(OSError):
             local_backend.submit(jobs[0])
-    assert not any(Path(local_backend._job_dir(job), sup.PLANS_FILE).exists() for job in jobs)
+    plans = [Path(local_backend._job_dir(job), local_runner.PLANS_FILE) for job in jobs]
+    assert not any(path.exists() for path in plans)
     assert local_backend.locate(jobs).found == {}
     assert local_backend.submit_many(jobs) == [local_backend._job_dir(job) for job in jobs]
     until(lambda: all(recorded_end(local_backend._job_dir(j), j.id) for j in jobs))

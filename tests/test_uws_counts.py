@@ -24,7 +24,7 @@ from jobbridge.store.uws import (
     _count_active_query,
 )
 from jobbridge.uws import create_app
-from jobbridge.uws.service import LimitReached
+from jobbridge.uws.errors import LimitReached
 from tests.uws_support import add_user, service_config
 
 SPEC = JobSpec(executable="true", name="sum")

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import Field
 
 from jobbridge import staging
-from jobbridge.backends import containers
+from jobbridge.backends import containers, local_runner
 from jobbridge.backends import local_supervisor as sup
 from jobbridge.backends.base import (
     Backend,
@@ -107,7 +107,7 @@ class LocalBackend(Backend):
         """A job whose plans did not reach the spool is withdrawn: it counts as handed over
         only with its plans in its directory, and a later handover writes them anew."""
         job_dir = self._prepare(job)
-        plans = os.path.join(job_dir, sup.PLANS_FILE)
+        plans = os.path.join(job_dir, local_runner.PLANS_FILE)
         self.transport.write_bytes(plans, self._plan_line(job, job_dir))
         try:
             self.supervisor.enqueue(plans, job.id)
@@ -139,13 +139,13 @@ class LocalBackend(Backend):
         if not prepared:
             return answers
         first, first_dir, _ = prepared[0]
-        plans = os.path.join(first_dir, sup.PLANS_FILE)
+        plans = os.path.join(first_dir, local_runner.PLANS_FILE)
         failed: dict[str, Exception] = {}
         try:
             self.transport.write_bytes(plans, b"".join(line for _, _, line in prepared))
             for _, job_dir, _ in prepared[1:]:
                 try:  # from here on the job is handed over: its runner takes it from this file
-                    os.link(plans, os.path.join(job_dir, sup.PLANS_FILE))
+                    os.link(plans, os.path.join(job_dir, local_runner.PLANS_FILE))
                 except OSError as error:
                     failed[job_dir] = error
             self.supervisor.enqueue(plans, sup.spool_name(first.id, len(prepared)))
@@ -172,10 +172,10 @@ class LocalBackend(Backend):
         found = {}
         for job in jobs:
             job_dir = self._job_dir(job)
-            plans = os.path.join(job_dir, sup.PLANS_FILE)
+            plans = os.path.join(job_dir, local_runner.PLANS_FILE)
             if os.path.exists(plans):
                 found[job.id] = [job_dir]
-                if not os.path.exists(os.path.join(job_dir, sup.RUNNER_FILE)):
+                if not os.path.exists(os.path.join(job_dir, local_runner.RUNNER_FILE)):
                     self.supervisor.enqueue(plans, job.id, wake=False)
         if found:
             self.supervisor.wake_if_possible()
@@ -201,7 +201,7 @@ class LocalBackend(Backend):
 
     def cancel(self, job: Job) -> None:
         assert job.native_id
-        self.transport.write_bytes(os.path.join(job.native_id, sup.CANCEL_MARK), b"")
+        self.transport.write_bytes(os.path.join(job.native_id, local_runner.CANCEL_MARK), b"")
         record = RunnerRecords().read(job.native_id)
         if record is not None and record.alive:
             self.transport.run(["kill", "-s", "TERM", "--", str(record.pid)], check=False)
@@ -363,7 +363,7 @@ class LocalBackend(Backend):
     def _submitted_at(self, job_dir: str) -> float:
         """When the job was handed over: its plans file was written then, and never since."""
         try:
-            return os.stat(os.path.join(job_dir, sup.PLANS_FILE)).st_mtime
+            return os.stat(os.path.join(job_dir, local_runner.PLANS_FILE)).st_mtime
         except FileNotFoundError:
             return 0.0
 
@@ -448,11 +448,11 @@ class SupervisorClient:
 
     def listen(self) -> int | None:
         """The read end of the FIFO where runners tell of each outcome (see
-        ``local_supervisor``); None if it cannot be made."""
+        ``local_runner``); None if it cannot be made."""
         with self._lock:
             if self._news is None:
                 state = os.path.dirname(self.fifo)
-                ended = os.path.join(state, sup.ENDED_FIFO)
+                ended = os.path.join(state, local_runner.ENDED_FIFO)
                 try:
                     os.makedirs(state, exist_ok=True)
                     with contextlib.suppress(FileExistsError):
@@ -486,7 +486,7 @@ class SupervisorClient:
 
 def _withdraw(job_dir: str) -> None:
     with contextlib.suppress(OSError):
-        os.unlink(os.path.join(job_dir, sup.PLANS_FILE))
+        os.unlink(os.path.join(job_dir, local_runner.PLANS_FILE))
 
 
 def _with_prologue(argv: list[str], prologue: str | None, epilogue: str | None) -> list[str]:

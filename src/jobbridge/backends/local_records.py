@@ -1,5 +1,5 @@
 """What the local runners wrote of the jobs they claimed, as the backend reads it back (the
-format is ``local_supervisor``'s): each record read once for the jobs it shares."""
+format is ``local_runner``'s): each record read once for the jobs it shares."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from jobbridge.backends import local_supervisor as sup
+from jobbridge.backends import local_runner
 from jobbridge.job import JobStatus
 from jobbridge.phase import Phase
 
@@ -19,7 +19,7 @@ __all__ = ["RunnerRecord", "RunnerRecords", "ended_status", "from_epoch"]
 
 @dataclass
 class RunnerRecord:
-    """What a runner wrote of the jobs it claimed (see ``local_supervisor``)."""
+    """What a runner wrote of the jobs it claimed (see ``local_runner``)."""
 
     pid: int
     ticks: int
@@ -36,11 +36,11 @@ class RunnerRecord:
         for line in lines:
             with contextlib.suppress(ValueError):  # e.g. one cut short by a full disk
                 job_id, event, value = line.decode(errors="replace").split(" ", 2)
-                if event == sup.STARTED:
+                if event == local_runner.STARTED:
                     started[job_id] = float(value)
-                elif event == sup.ENDED:
+                elif event == local_runner.ENDED:
                     ended[job_id] = json.loads(value)
-        return cls(pid, ticks, started, ended, sup.same_process(pid, ticks))
+        return cls(pid, ticks, started, ended, local_runner.same_process(pid, ticks))
 
 
 class RunnerRecords:
@@ -50,7 +50,7 @@ class RunnerRecords:
         self._read: dict[tuple[int, int], tuple[int, RunnerRecord]] = {}
 
     def read(self, job_dir: str, *, again: bool = False) -> RunnerRecord | None:
-        path = os.path.join(job_dir, sup.RUNNER_FILE)
+        path = os.path.join(job_dir, local_runner.RUNNER_FILE)
         try:
             with open(path, "rb") as handle:
                 stat = os.fstat(handle.fileno())

@@ -35,6 +35,7 @@ from jobbridge.store.uws import UwsStore
 from jobbridge.uws.auth import AnonymousClients, KnownTokens, cookie_secret
 from jobbridge.uws.body import BodyLimit
 from jobbridge.uws.definitions import Definitions, ParameterError, load_definitions
+from jobbridge.uws.errors import UwsError
 from jobbridge.uws.metrics import ServiceMetrics, add_metrics
 from jobbridge.uws.models import utc_text
 from jobbridge.uws.notify import JobListener
@@ -43,7 +44,7 @@ from jobbridge.uws.push import PushContext, push_endpoint
 from jobbridge.uws.push import router as push_router
 from jobbridge.uws.routes import ServiceContext, router
 from jobbridge.uws.secrets import secrets_router
-from jobbridge.uws.service import UwsError, UwsService
+from jobbridge.uws.service import UwsService
 from jobbridge.uws.waiting import PhaseWaiters
 from jobbridge.uws.web import add_web
 

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobbridge.uws.service import TooLarge
+from jobbridge.uws.errors import TooLarge
 
 __all__ = ["BodyLimit", "body_tail"]
 

@@ -21,21 +21,12 @@ from jobbridge.store.uws import User
 from jobbridge.uws import xml
 from jobbridge.uws.auth import KnownTokens, authenticate, owner_of
 from jobbridge.uws.body import body_tail
+from jobbridge.uws.control import MAX_INTEGER, parse_timestamp
+from jobbridge.uws.errors import Forbidden, NotFound, UnsupportedMediaType, UwsError
 from jobbridge.uws.models import utc_text
 from jobbridge.uws.notify import JobListener
 from jobbridge.uws.results import RangeNotSatisfiable, parse_range
-from jobbridge.uws.service import (
-    MAX_INTEGER,
-    WAITABLE_PHASES,
-    Forbidden,
-    JobState,
-    NotFound,
-    UnsupportedMediaType,
-    Upload,
-    UwsError,
-    UwsService,
-    parse_timestamp,
-)
+from jobbridge.uws.service import WAITABLE_PHASES, JobState, Upload, UwsService
 from jobbridge.uws.views import (
     Links,
     error_text,

@@ -8,8 +8,8 @@ from fastapi.responses import JSONResponse, Response
 
 from jobbridge.secrets import Secret, SecretError, SecretKind, Secrets
 from jobbridge.store.uws import User
+from jobbridge.uws.errors import Forbidden, NotFound, UwsError
 from jobbridge.uws.routes import CurrentUser, _blocking, _context, _fields, _one
-from jobbridge.uws.service import Forbidden, NotFound, UwsError
 
 __all__ = ["secrets_router"]
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,66 +32,30 @@ from jobbridge.store.uws import (
     UwsStore,
 )
 from jobbridge.uws.auth import may_access, owner_of
+from jobbridge.uws.control import (
+    duration_of,
+    parse_timestamp,
+    run_at_creation,
+    run_id_of,
+    split_fields,
+)
 from jobbridge.uws.definitions import (
     Definitions,
     JobDefinition,
     ParameterType,
 )
+from jobbridge.uws.errors import Forbidden, LimitReached, NotFound, TooLarge, UwsError
 from jobbridge.uws.results import ResultFile, ResultLister
 
-__all__ = [
-    "WAITABLE_PHASES",
-    "Forbidden",
-    "LimitReached",
-    "NotFound",
-    "TooLarge",
-    "UnsupportedMediaType",
-    "Upload",
-    "UwsError",
-    "UwsService",
-    "parse_timestamp",
-]
+__all__ = ["WAITABLE_PHASES", "JobState", "Upload", "UwsService"]
 
 WAITABLE_PHASES = frozenset({Phase.PENDING, Phase.QUEUED, Phase.EXECUTING})
 """UWS 1.1: WAIT blocks only while a job is in one of these."""
 
 log = logging.getLogger(__name__)
 
-_RESERVED = {"phase", "runid", "executionduration", "destruction", "action"}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_MAX_RUN_ID = 256
-MAX_INTEGER = 2**31 - 1
-"""The largest LAST, WAIT or EXECUTIONDURATION taken (about 68 years of seconds)."""
 _FETCH_GRACE = 60
 _COPY_CHUNK = 1 << 20
-
-
-class UwsError(Exception):
-    status = 400
-
-
-class NotFound(UwsError):
-    status = 404
-
-
-class Forbidden(UwsError):
-    status = 403
-
-
-class TooLarge(UwsError):
-    """A request body or the files a user keeps would exceed a limit."""
-
-    status = 413
-
-
-class LimitReached(UwsError):
-    """A user has as many jobs that have not ended as a limit allows."""
-
-    status = 429
-
-
-class UnsupportedMediaType(UwsError):
-    status = 415
 
 
 @dataclass(frozen=True)
@@ -223,10 +186,10 @@ class UwsService:
         job's own directory first, so the job is created with its final spec. A file given
         as a URL is fetched by a job of its own that this one waits for."""
         definition = self.definition(definition_name)
-        control, given = _split_fields(fields)
-        run = _run_at_creation(control.get("phase"))
+        control, given = split_fields(fields)
+        run = run_at_creation(control.get("phase"))
         duration = definition.execution_duration.clamp(
-            _duration(control["executionduration"])
+            duration_of(control["executionduration"])
             if "executionduration" in control
             else definition.execution_duration.default
         )
@@ -235,7 +198,7 @@ class UwsService:
             if "destruction" in control
             else utcnow() + self.default_destruction
         )
-        run_id = _run_id(control["runid"]) if "runid" in control else None
+        run_id = run_id_of(control["runid"]) if "runid" in control else None
         owner = owner_of(user)
         job_id = new_job_id()
         fetches: list[str] = []
@@ -299,7 +262,7 @@ class UwsService:
         uploads: Sequence[Upload] = (),
     ) -> None:
         """Change parameters (and RUNID, which UWS lets travel with them)."""
-        control, given = _split_fields(fields)
+        control, given = split_fields(fields)
         run_id = control.pop("runid", None)
         if control:
             names = ", ".join(sorted(k.upper() for k in control))
@@ -349,11 +312,11 @@ class UwsService:
                     )
 
     def set_run_id(self, state: JobState, run_id: str) -> None:
-        self.uws.update_job(state.job.id, run_id=_run_id(run_id))
+        self.uws.update_job(state.job.id, run_id=run_id_of(run_id))
 
     def set_execution_duration(self, state: JobState, text: str) -> None:
         _require_pending(state.job, "its execution duration")
-        duration = state.definition.execution_duration.clamp(_duration(text))
+        duration = state.definition.execution_duration.clamp(duration_of(text))
         spec = self._spec(state.definition, state.record.parameters, duration)
         self._update_pending(state.job.id, spec)
         self.uws.update_job(state.job.id, execution_duration=duration)
@@ -544,37 +507,6 @@ def _stored_bytes_reached(limit: int) -> TooLarge:
     )
 
 
-def _split_fields(fields: Sequence[tuple[str, str]]) -> tuple[dict[str, str], dict[str, str]]:
-    """UWS control fields (case-insensitive) apart from job parameters; the last value wins."""
-    control: dict[str, str] = {}
-    given: dict[str, str] = {}
-    for key, value in fields:
-        if key.lower() in _RESERVED:
-            control[key.lower()] = value
-        else:
-            given[key] = value
-    if control.get("action") is not None:
-        raise UwsError("ACTION is not accepted here")
-    return control, given
-
-
-def _run_at_creation(phase: str | None) -> bool:
-    """Whether PHASE, as given with a new job's parameters, asks for it to run at once."""
-    if phase is None:
-        return False
-    if phase.strip().upper() != "RUN":
-        raise UwsError(f"PHASE={phase} cannot be given when creating a job; only PHASE=RUN")
-    return True
-
-
-def _run_id(text: str) -> str:
-    if len(text) > _MAX_RUN_ID:
-        raise UwsError(f"RUNID is longer than {_MAX_RUN_ID} characters")
-    if _CONTROL.search(text):
-        raise UwsError("RUNID must not contain control characters")
-    return text
-
-
 def _known(definition: JobDefinition, name: str) -> str:
     found = definition.parameter(name)
     if found is None:
@@ -589,25 +521,6 @@ def _files(parameters: Iterable[ParameterValue]) -> dict[str, str]:
 
 def _paths(parameters: Iterable[ParameterValue]) -> set[str]:
     return {p.local_path for p in parameters if p.local_path is not None}
-
-
-def _duration(text: str) -> int:
-    try:
-        seconds = int(text.strip())
-    except ValueError:
-        raise UwsError(f"EXECUTIONDURATION {text!r} is not a whole number of seconds") from None
-    if not 0 <= seconds <= MAX_INTEGER:
-        raise UwsError(f"EXECUTIONDURATION must be 0 (no limit) to {MAX_INTEGER} seconds")
-    return seconds
-
-
-def parse_timestamp(text: str, what: str = "DESTRUCTION") -> datetime:
-    try:
-        moment = datetime.fromisoformat(text.strip())
-        # IVOA times are UTC; clients such as pyvo send them without a zone
-        return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        raise UwsError(f"{what} {text!r} is not an ISO 8601 time in years 1 to 9999") from None
 
 
 def _require_pending(job: Job, what: str) -> None:

@@ -29,9 +29,11 @@ from jobbridge.errors import JobbridgeError, JobNotFoundError
 from jobbridge.phase import Phase
 from jobbridge.spec import format_validation_error
 from jobbridge.store.uws import User
+from jobbridge.uws.control import parse_timestamp
 from jobbridge.uws.definitions import JobDefinition, ParameterError, ParameterType
+from jobbridge.uws.errors import Forbidden, NotFound, UwsError
 from jobbridge.uws.routes import ServiceContext
-from jobbridge.uws.service import Forbidden, JobState, NotFound, Upload, UwsError, parse_timestamp
+from jobbridge.uws.service import JobState, Upload
 from jobbridge.uws.waiting import wait_for
 from jobbridge.uws.web.session import CSRF_FIELD, Session, Sessions, web_user
 from jobbridge.uws.web.views import field_views, job_page, shown_time
