@@ -85,7 +85,9 @@ def test_metrics_count_jobs_submissions_status_queries_and_waits(
         assert value(empty, "jobbridge_jobs", phase="PENDING", backend="fake") == 0
         assert ("jobbridge_jobs", (("backend", "fake"), ("phase", "ARCHIVED"))) in empty
 
-        done = [create(client, url, "sum", PHASE="RUN", count=str(n)) for n in (1, 2)]
+        # running for a second, the local jobs are seen by the service's status queries
+        # too, not only through their pushes
+        done = [create(client, url, "sum", PHASE="RUN", count=str(n), sleep="1") for n in (1, 2)]
         for job in done:
             assert wait_for_phase(client, job, {"COMPLETED", "ERROR"}) == "COMPLETED"
         pending = create(client, url, "sum")
