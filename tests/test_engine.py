@@ -113,7 +113,7 @@ def test_a_look_at_some_jobs_asks_about_them_alone(db_url: str, cluster: FakeClu
     first, second = engine.submit(SPEC), engine.submit(SPEC)
     cluster.set(first, Phase.EXECUTING)
     cluster.set(second, Phase.EXECUTING)
-    engine.refresh_jobs([first.id, "nosuchjob000"])
+    assert engine.refresh_jobs([first.id, "nosuchjob000"]) == ["nosuchjob000"], "not asked"
     assert phases(engine, [first, second]) == [Phase.EXECUTING, Phase.QUEUED]
     engine.refresh()  # the look did not put the backend's own cycle off
     assert phases(engine, [first, second]) == [Phase.EXECUTING, Phase.EXECUTING]

@@ -84,6 +84,7 @@ def test_portable_variables_and_environment(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FROM_SUBMITTER", "inherited")
+    monkeypatch.setenv("OWN", "the submitter's, which the job's own replaces")
     names = [
         "JOBBRIDGE_JOB_ID",
         "JOBBRIDGE_JOB_NAME",
@@ -115,6 +116,14 @@ def test_portable_variables_and_environment(
     lines = out(engine, clean).splitlines()
     assert "OWN=mine" in lines
     assert not any(line.startswith("FROM_SUBMITTER=") for line in lines)
+
+    # in one batch, whose plans carry the submitter's environment once, for those that take it
+    both = engine.submit_many([spec, spec.replace(inherit_environment=False)])
+    seen_in_batch = [json.loads(out(engine, job)) for job in engine.wait([j.id for j in both], 30)]
+    assert [(s["FROM_SUBMITTER"], s["OWN"]) for s in seen_in_batch] == [
+        ("inherited", "mine"),
+        (None, "mine"),
+    ]
 
 
 def test_array_members_see_their_index(engine: Engine) -> None:

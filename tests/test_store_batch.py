@@ -3,16 +3,18 @@ alike on SQLite and on a real PostgreSQL server."""
 
 from __future__ import annotations
 
+from datetime import timedelta, timezone
+
 import pytest
 
 from jobbridge import Phase, Store
 from jobbridge.claims import new_token
 from jobbridge.errors import InvalidTransitionError
-from jobbridge.job import Handover, utcnow
+from jobbridge.job import Handover, Job, utcnow
 from jobbridge.store.batch import Change
 from jobbridge.uws.notify import JobListener
 from tests.test_leases import eventually
-from tests.test_store import make_job
+from tests.test_store import fresh, make_job
 
 
 def test_many_changes_apply_where_each_guard_holds(store: Store) -> None:
@@ -41,6 +43,47 @@ def test_many_changes_apply_where_each_guard_holds(store: Store) -> None:
     assert trail[jobs[2].id][-1] == (Phase.QUEUED, Phase.ERROR)
     assert trail[jobs[3].id] == [(None, Phase.QUEUED)], "no event without a phase change"
     assert store.get(jobs[0].id) == changed[jobs[0].id]
+
+
+def test_jobs_a_batch_returns_are_what_their_rows_now_say(store: Store) -> None:
+    """A job this store has parsed (or written) comes back from a batch built from that,
+    not read again: another store, which reads the rows, must see the same jobs."""
+    jobs = [make_job(backend="fake") for _ in range(3)]
+    token = new_token()
+    store.add(jobs, claimed=[jobs[0].id, jobs[1].id], token=token)
+    assert store.get(jobs[0].id).handover is Handover.CLAIMED
+    finished = store.finish_claims({jobs[0].id: (token, "native-0"), jobs[1].id: (token, "x")})
+    assert finished[jobs[0].id].handover is Handover.SUBMITTED
+    east = timezone(timedelta(hours=2))  # stored as UTC, and so it must come back
+    started, ended = utcnow().astimezone(east) - timedelta(seconds=5), utcnow().astimezone(east)
+    changed = store.move_many(
+        [
+            Change(
+                jobs[0].id,
+                Phase.QUEUED,
+                Phase.COMPLETED,
+                {"exit_code": 0, "started": started, "ended": ended, "message": "done"},
+            ),
+            Change(jobs[2].id, Phase.QUEUED, Phase.QUEUED, {"misses": 2}),
+        ]
+    )
+    assert changed[jobs[0].id].ended == ended and changed[jobs[0].id].ended.utcoffset() == (
+        timedelta(0)
+    )
+    with fresh(store) as other:
+        for job in [*finished.values(), *changed.values()]:
+            latest = changed.get(job.id, job)
+            read = other.get(job.id)
+            assert read == latest == store.get(job.id)
+            assert _exact(read) == _exact(latest)
+
+
+def _exact(job: Job) -> dict[str, object]:
+    """Every field with its type, and every time with its offset: what ``==`` may pass over."""
+    return {
+        name: (type(value), value.utcoffset() if hasattr(value, "utcoffset") else None, value)
+        for name, value in job.__dict__.items()
+    }
 
 
 def test_a_change_under_a_claim_needs_its_token(store: Store) -> None:

@@ -3,17 +3,19 @@ they return, a crash leaves them to be looked for, refreshes parse only changed 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from jobbridge import Engine, EngineSettings, JobSpec, Phase, Store
-from jobbridge.backends.base import BackendOptions
+from jobbridge.backends.base import BackendOptions, NativeDependency
 from jobbridge.errors import JobbridgeError
-from jobbridge.job import Handover, Job
+from jobbridge.job import Handover, Job, JobStatus
 from jobbridge.store.connection import head_revision as _head_revision
 from tests.doubles import FakeBackend, FakeCluster
 from tests.test_store import make_job
@@ -163,6 +165,81 @@ def test_the_head_revision_is_alembics() -> None:
     from jobbridge.store.connection import alembic_config as _alembic_config
 
     assert _head_revision() == ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def test_a_backend_gets_no_more_handover_threads_than_it_allows(
+    url: str, cluster: FakeCluster
+) -> None:
+    def most_at_once(threads: int | None) -> int:
+        backend = FakeBackend(cluster, options=BackendOptions(min_refresh_interval=0))
+        backend.handover_threads = threads
+        inside, most, lock = 0, 0, threading.Lock()
+
+        def submitting(job: Job) -> None:
+            nonlocal inside, most
+            with lock:
+                inside += 1
+                most = max(most, inside)
+            time.sleep(0.02)
+            with lock:
+                inside -= 1
+
+        backend.on_submit.append(submitting)
+        with Engine(Store(url), {"fake": backend}, default_backend="fake") as engine:
+            done = engine.submit_many([SPEC] * 40)
+        assert all(job.is_submitted for job in done)
+        return most
+
+    assert most_at_once(None) > 1, "the engine's own limit, 4 by default"
+    assert most_at_once(1) == 1
+
+
+class TellingBackend(FakeBackend):
+    """A fake whose jobs end as soon as they are submitted, and say so through a pipe (as
+    local jobs do through their FIFO), before their submission has even returned."""
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        super().__init__(cluster, options=BackendOptions(min_refresh_interval=60))
+        self.reading, self.writing = os.pipe()
+        os.set_blocking(self.reading, False)
+
+    def submit(self, job: Job, dependencies: Sequence[NativeDependency] = ()) -> str:
+        native = super().submit(job, dependencies)
+        self.cluster.phases[native] = JobStatus(phase=Phase.COMPLETED, exit_code=0)
+        os.write(self.writing, f"{job.id}\n".encode())
+        return native
+
+    def news(self) -> int | None:
+        return self.reading
+
+    def read_news(self) -> list[str]:
+        try:
+            return os.read(self.reading, 65536).decode().split()
+        except BlockingIOError:
+            return []
+
+
+def test_news_that_comes_before_the_handover_is_recorded_is_not_lost(
+    url: str, cluster: FakeCluster
+) -> None:
+    backend = TellingBackend(cluster)
+    recorded = threading.Event()
+    store = Store(url)
+    finish_claim = store.finish_claim
+
+    def finish_late(*args: Any, **kwargs: Any) -> Job | None:
+        recorded.wait(10)  # the news is read meanwhile, and finds the job not handed over
+        return finish_claim(*args, **kwargs)
+
+    store.finish_claim = finish_late  # type: ignore[method-assign]
+    settings = EngineSettings(refresh_interval=60)  # no poll would find it in time
+    with Engine(store, {"fake": backend}, settings=settings, default_backend="fake") as engine:
+        job = engine.submit(SPEC)
+        threading.Timer(0.3, recorded.set).start()
+        asked = time.monotonic()
+        [done] = engine.wait([job.id], timeout=10)
+    assert done.phase is Phase.COMPLETED
+    assert time.monotonic() - asked < 5, "the news was asked about again once recorded"
 
 
 class BatchBackend(FakeBackend):

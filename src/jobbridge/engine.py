@@ -40,7 +40,7 @@ from jobbridge.errors import (
 )
 from jobbridge.hooks import Hooks
 from jobbridge.job import Job, JobStatus, new_job_id, new_jobs, utcnow
-from jobbridge.news import News
+from jobbridge.news import FLOOR, News
 from jobbridge.outputs import JobOutputs
 from jobbridge.phase import ACTIVE_PHASES, Phase
 from jobbridge.polling import Poller
@@ -331,14 +331,17 @@ class Engine(JobOutputs):
                     self._dispatch.hand_over(backend, waiting)
             self._poller.poll(backend, force=force)
 
-    def refresh_jobs(self, job_ids: Iterable[str]) -> None:
+    def refresh_jobs(self, job_ids: Iterable[str]) -> list[str]:
         """Ask the backends about these jobs alone, now: one query per backend that holds
         some of them, and nothing handed over (what a look at a few jobs needs, however many
-        others are active)."""
+        others are active). The ids that no backend was asked about: unknown jobs, jobs not
+        handed over, and jobs whose handover is not recorded yet."""
         wanted = list(dict.fromkeys(job_ids))
+        asked: set[str] = set()
         for backend in self.backends.values():
             with self._backend_locks.setdefault(backend.name, threading.Lock()):
-                self._poller.poll(backend, force=True, only=wanted)
+                asked |= self._poller.poll(backend, force=True, only=wanted)
+        return [job_id for job_id in wanted if job_id not in asked]
 
     def push_to(self, address: PushAddress | None) -> None:
         """Have jobs submitted from now on push to ``address`` (None: stop), on every backend
@@ -466,11 +469,12 @@ class Engine(JobOutputs):
         pause = self._pause_for(backends)
         news = News(self.backends[name] for name in backends)
         told: list[str] = []
+        early: list[str] = []  # told of before their handover was recorded
         seen = self.store.data_version()
         while True:
             if not self.running:
                 if told:
-                    self.refresh_jobs(told)
+                    early = self.refresh_jobs(told)
                 self.refresh()
             glance, seen = self._glance_again(glance, seen)
             if on_progress is not None:
@@ -481,7 +485,10 @@ class Engine(JobOutputs):
             if left <= 0:
                 return self.store.get_many(ids)
             if news and not self.running:
-                told = news.wait(left)
+                # news of a job whose handover a worker is still recording is asked about
+                # again soon, not left to the next poll
+                early = [i for i in early if i in glance and glance[i][1].is_active]
+                told = [*early, *news.wait(min(left, FLOOR) if early else left)]
             else:
                 self._changes.wait_for_change(left)
 

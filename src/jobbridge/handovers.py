@@ -1,15 +1,15 @@
 """Handing claimed jobs over off the caller's thread.
 
 Each backend has a queue of claimed jobs and at most ``workers`` threads that hand them
-over; a thread leaves once the queue has stayed empty for ``LINGER`` seconds (so that jobs
-submitted one by one do not each start a thread). A backend that takes many jobs in one step
-(``batch_submission``) gets whatever queued meanwhile in one go, so that jobs submitted one
-by one in quick succession still share a handover and its one write; from a long queue for
-any other backend, a thread takes its share of jobs, submits them one by one, and records
-what they got in one write. Every queued job's
-claim is kept alive from the moment it is queued until its handover is over, so that no
-other process takes it for dead meanwhile; a process that dies with jobs in its queue leaves
-them claimed, and they are then looked for, never lost.
+over (fewer if the backend says so: ``handover_threads``); a thread leaves once the queue
+has stayed empty for ``LINGER`` seconds (so that jobs submitted one by one do not each start
+a thread). A backend that takes many jobs in one step (``batch_submission``) gets whatever
+queued meanwhile in one go, so that jobs submitted one by one in quick succession still
+share a handover and its one write; from a long queue for any other backend, a thread takes
+its share of jobs, submits them one by one, and records what they got in one write. Every
+queued job's claim is kept alive from the moment it is queued until its handover is over,
+so that no other process takes it for dead meanwhile; a process that dies with jobs in its
+queue leaves them claimed, and they are then looked for, never lost.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class Handovers:
             self._underway += len(queued)
             self._lock.notify_all()  # a lingering worker takes them
             running = self._running.get(backend.name, 0)
-            wanted = min(self._workers, len(self._queues[backend.name])) - running
+            wanted = min(self._workers_for(backend), len(self._queues[backend.name])) - running
             for _ in range(max(0, wanted)):
                 self._running[backend.name] = self._running.get(backend.name, 0) + 1
                 thread = threading.Thread(
@@ -103,6 +103,9 @@ class Handovers:
         for thread in threads:
             thread.join()
 
+    def _workers_for(self, backend: Backend) -> int:
+        return min(self._workers, backend.handover_threads or self._workers)
+
     def _filled(self, name: str, step: int) -> bool:
         return self._closing or len(self._queues[name]) >= step
 
@@ -117,7 +120,8 @@ class Handovers:
                     self._running[backend.name] -= 1
                     self._threads.discard(threading.current_thread())
                     return
-                step = MAX_BATCH if backend.batch_submission else MAX_SHARE * self._workers
+                workers = self._workers_for(backend)
+                step = MAX_BATCH if backend.batch_submission else MAX_SHARE * workers
                 if len(queue) < step and not self._closing:  # more are likely on the way
                     self._lock.wait_for(partial(self._filled, name, step), GATHER)
                     if not queue:  # another worker took them meanwhile
@@ -125,7 +129,7 @@ class Handovers:
                 if backend.batch_submission:
                     size = MAX_BATCH
                 else:  # one at a time to the backend, the answers recorded together
-                    size = max(1, min(MAX_SHARE, len(queue) // self._workers))
+                    size = max(1, min(MAX_SHARE, len(queue) // workers))
                 taken = [queue.popleft() for _ in range(min(size, len(queue)))]
             try:
                 self._hand(backend, taken)

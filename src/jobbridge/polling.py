@@ -60,25 +60,26 @@ class Poller:
 
     def poll(
         self, backend: Backend, *, force: bool = False, only: Sequence[str] | None = None
-    ) -> None:
+    ) -> set[str]:
         """Ask the backend about its active jobs, unless it was asked too recently or is
         being left alone after failures (``force`` asks anyway). With ``only``, ask about
-        those of them alone, which leaves the backend's next cycle where it was."""
+        those of them alone, which leaves the backend's next cycle where it was. The ids of
+        the jobs it asked about (a job whose handover is not recorded yet is not asked)."""
         name = backend.name
         state = self._states.setdefault(name, _PollState())
         now = time.monotonic()
         if now < state.next_due and not force:
-            return
+            return set()
         jobs = self.store.handed_over(name, only)
         if not jobs:
-            return
+            return set()
         asked = time.perf_counter()
         try:
             news = backend.status(jobs)
         except Exception as error:
             self._hooks.run_status_query(name, time.perf_counter() - asked, True)
             self._status_failed(backend, state, jobs, error)
-            return
+            return set()
         self._hooks.run_status_query(name, time.perf_counter() - asked, False)
         state.failures = 0
         if only is None:
@@ -102,6 +103,7 @@ class Poller:
             self.store.clear_misses(found_again)
         if missing:
             self._count_misses(backend, missing)
+        return {job.id for job in jobs}
 
     def _count_misses(self, backend: Backend, missing: list[tuple[Job, Missing]]) -> None:
         now = utcnow()

@@ -116,6 +116,9 @@ class Backend(ABC):
     they go through the job's directory (``sandbox``)."""
     batch_submission: ClassVar[bool] = False
     """True if ``submit_many`` hands many jobs over for much less than one by one."""
+    handover_threads: int | None = None
+    """Threads that may hand jobs over at once at most, whatever the engine allows; None:
+    as many as it allows (a backend whose handovers wait on commands or the network)."""
 
     def __init__(self, name: str, options: BackendOptions, context: BackendContext) -> None:
         self.name = name

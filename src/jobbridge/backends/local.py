@@ -73,6 +73,9 @@ class LocalBackend(Backend):
     kind = "local"
     Options = LocalOptions
     batch_submission = True
+    handover_threads = os.cpu_count() or 1
+    """Handing over is work for this machine's processors (directories, files, records):
+    threads beyond them only contend for the interpreter and the store's write lock."""
     options: LocalOptions
 
     def __init__(self, name: str, options: BackendOptions, context: BackendContext) -> None:
@@ -108,7 +111,7 @@ class LocalBackend(Backend):
         only with its plans in its directory, and a later handover writes them anew."""
         job_dir = self._prepare(job)
         plans = os.path.join(job_dir, local_runner.PLANS_FILE)
-        self.transport.write_bytes(plans, self._plan_line(job, job_dir))
+        self.transport.write_bytes(plans, _plans_file([self._plan(job, job_dir)]))
         try:
             self.supervisor.enqueue(plans, job.id)
         except OSError:
@@ -127,11 +130,11 @@ class LocalBackend(Backend):
 
     def _submit_batch(self, jobs: Sequence[Job]) -> list[str | Exception]:
         answers: list[str | Exception] = []
-        prepared: list[tuple[Job, str, bytes]] = []
+        prepared: list[tuple[Job, str, dict[str, Any]]] = []
         for job in jobs:
             try:
                 job_dir = self._prepare(job)
-                prepared.append((job, job_dir, self._plan_line(job, job_dir)))
+                prepared.append((job, job_dir, self._plan(job, job_dir)))
             except Exception as error:
                 answers.append(error)
                 continue
@@ -142,7 +145,7 @@ class LocalBackend(Backend):
         plans = os.path.join(first_dir, local_runner.PLANS_FILE)
         failed: dict[str, Exception] = {}
         try:
-            self.transport.write_bytes(plans, b"".join(line for _, _, line in prepared))
+            self.transport.write_bytes(plans, _plans_file([plan for _, _, plan in prepared]))
             for _, job_dir, _ in prepared[1:]:
                 try:  # from here on the job is handed over: its runner takes it from this file
                     os.link(plans, os.path.join(job_dir, local_runner.PLANS_FILE))
@@ -162,9 +165,6 @@ class LocalBackend(Backend):
         self.transport.make_dirs(job_dir)
         staging.stage_in(self.transport, job_dir, job.spec.stage_in)
         return job_dir
-
-    def _plan_line(self, job: Job, job_dir: str) -> bytes:
-        return json.dumps(self._plan(job, job_dir)).encode() + b"\n"
 
     def locate(self, jobs: Sequence[Job]) -> Located:
         """A submission left the job's plan in its directory before it queued the job; one
@@ -243,14 +243,16 @@ class LocalBackend(Backend):
     # -- inside -----------------------------------------------------------------------------
 
     def _job_dir(self, job: Job) -> str:
-        return str(self.context.jobs_dir / job.id)
+        return os.path.join(self.context.jobs_dir, job.id)
 
     def _plan(self, job: Job, job_dir: str) -> dict[str, Any]:
+        """What the runner needs to start the job."""
         spec = job.spec
         directory = spec.directory or job_dir
         argv = [spec.executable, *spec.arguments]
+        inherit = spec.image is None and spec.inherit_environment
         if spec.image is None:
-            env = self._environment(job, directory)
+            env = {**spec.environment, **self._portable(job, directory)}
         else:
             argv, env = self._in_container(job, argv, directory)
         if spec.prologue or spec.epilogue:
@@ -272,6 +274,7 @@ class LocalBackend(Backend):
             "grace": self.options.grace_period,
             "argv": argv,
             "env": env,
+            "inherit": inherit,
             "push": self._push_plan(job),
         }
 
@@ -302,12 +305,6 @@ class LocalBackend(Backend):
         runtime_env.update(variables)
         runtime_env.update({alias: variables[name] for alias, name in wrapped.aliases.items()})
         return [shutil.which(program, path=os.environ.get("PATH")) or program, *words], runtime_env
-
-    def _environment(self, job: Job, directory: str) -> dict[str, str]:
-        env = dict(os.environ) if job.spec.inherit_environment else {}
-        env.update(job.spec.environment)
-        env.update(self._portable(job, directory))
-        return env
 
     def _portable(self, job: Job, directory: str) -> dict[str, str]:
         env = dict(
@@ -482,6 +479,15 @@ class SupervisorClient:
             if self._news is not None:
                 os.close(self._news)
                 self._news = None
+
+
+def _plans_file(plans: list[dict[str, Any]]) -> bytes:
+    """One JSON line per plan, after the environment of this process once, which jobs
+    that inherit it start from (sent once, not in every plan)."""
+    lines = [json.dumps(plan) for plan in plans]
+    if any(plan["inherit"] for plan in plans):
+        lines.insert(0, json.dumps({local_runner.INHERITED: dict(os.environ)}))
+    return "".join(line + "\n" for line in lines).encode()
 
 
 def _withdraw(job_dir: str) -> None:

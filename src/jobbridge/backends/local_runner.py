@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 CANCEL_MARK = "cancel"
 RUNNER_FILE = "runner"
 PLANS_FILE = "plans"
+INHERITED = "inherited"
+"""A plans line ``{"inherited": {...}}`` is the environment that the jobs after it whose
+plan says ``inherit`` start from, their own ``env`` added."""
 ENDED_FIFO = "ended"
 STARTED = "started"
 ENDED = "ended"
@@ -58,10 +61,11 @@ _DEFAULT_IN_JOBS = (*_CANCEL_SIGNALS, signal.SIGALRM, signal.SIGCHLD, signal.SIG
 
 
 class Job:
-    def __init__(self, plan: dict[str, Any]) -> None:
+    def __init__(self, plan: dict[str, Any], inherited: dict[str, str]) -> None:
         self.id: str = plan["id"]
         self.job_dir: str = plan["job_dir"]
         self.plan = plan
+        self.inherited = inherited if plan.get("inherit") else {}
         self.pid = 0
         self.started = 0.0
         self.deadline: float | None = None
@@ -151,9 +155,14 @@ class Batch:
         except FileNotFoundError:
             return
         left = False
+        inherited: dict[str, str] = {}
         for line in lines:
             try:
-                job = Job(json.loads(line))
+                plan = json.loads(line)
+                if INHERITED in plan:
+                    inherited = plan[INHERITED]
+                    continue
+                job = Job(plan, inherited)
             except (ValueError, KeyError, TypeError) as error:
                 print(f"{entry}: a plan that cannot be read: {error!r}", file=sys.stderr)
                 continue
@@ -215,7 +224,7 @@ class Batch:
         """Start the program; on failure say why, the way a shell would."""
         plan = job.plan
         program: list[str] = plan["argv"]
-        env: dict[str, str] = plan["env"]
+        env: dict[str, str] = {**job.inherited, **plan["env"]}
         opened: list[int] = []
         try:
             streams = open_streams(plan, opened, self.nothing)

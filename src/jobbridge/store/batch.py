@@ -129,22 +129,33 @@ def _apply(store: StoreCore, changes: Sequence[_Guarded]) -> dict[str, Job]:
 def _apply_once(store: StoreCore, by_id: dict[str, _Guarded]) -> dict[str, Job]:
     guards = sorted({column for change in by_id.values() for column in change.guard})
     with store.writing() as conn:
-        holding = [
-            by_id[row.id]
+        versions = {
+            row.id: row.version
             for row in _locked(conn, list(by_id), guards)
             if all(getattr(row, column) == value for column, value in by_id[row.id].guard.items())
-        ]
+        }
+        holding = [by_id[job_id] for job_id in versions]
         for same_kind in _kinds(holding):
             _update(conn, same_kind)
-        changed: dict[str, Job] = {}
-        for chunk in chunks([change.job_id for change in holding]):
+        # a job this store parsed at the version it locked is built, not read back
+        changed: dict[str, tuple[int, Job]] = {}
+        unread = []
+        for change in holding:
+            job = store._updated(change.job_id, versions[change.job_id], change.values)
+            if job is None:
+                unread.append(change.job_id)
+            else:
+                changed[change.job_id] = (versions[change.job_id] + 1, job)
+        for chunk in chunks(unread):
             for row in conn.execute(sa.select(jobs).where(jobs.c.id.in_(chunk))):
-                changed[row.id] = store._job(row)
+                changed[row.id] = (row.version, store._job(row, remember=False))
         moved = [change.event for change in holding if change.event is not None]
         if moved:
             conn.execute(events.insert(), moved)
             _announce(store, conn, [(event["job_id"], event["new_phase"]) for event in moved])
-    return changed
+    for job_id, (version, job) in changed.items():  # committed: safe to keep
+        store._remember(job_id, version, job)
+    return {job_id: job for job_id, (_, job) in changed.items()}
 
 
 def _sqlstate(error: sa.exc.DBAPIError) -> str | None:
@@ -152,9 +163,9 @@ def _sqlstate(error: sa.exc.DBAPIError) -> str | None:
 
 
 def _locked(conn: sa.Connection, job_ids: list[str], guards: list[str]) -> Iterator[Any]:
-    """The guarded columns of these jobs, their rows locked until the transaction ends
+    """The versions and guarded columns of these jobs, their rows locked until the transaction ends
     (on SQLite the transaction holds the database's write lock from its start)."""
-    columns = [jobs.c.id, *(jobs.c[column] for column in guards)]
+    columns = [jobs.c.id, jobs.c.version, *(jobs.c[column] for column in guards)]
     for chunk in chunks(sorted(job_ids)):
         query = sa.select(*columns).where(jobs.c.id.in_(chunk)).order_by(jobs.c.id)
         yield from conn.execute(query.with_for_update())

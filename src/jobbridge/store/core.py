@@ -4,8 +4,9 @@ version. What the store does with jobs is in ``store`` and its companions."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -44,6 +45,26 @@ _SET_FIELDS = set(Job.model_fields)
 a set of their own would cost each 2 KB."""
 _PARSED_LIMIT = 100_000
 """Parsed rows kept at most; beyond it, the store starts afresh."""
+
+
+def with_columns(job: Job, values: Mapping[str, Any]) -> Job:
+    """The job as a row of it reads once ``values`` (columns, as written) are written to it."""
+    data = dict(job.__dict__)
+    for column, value in values.items():
+        if column in _SET_FIELDS:
+            data[column] = _as_field(column, value)
+    return Job.model_construct(_SET_FIELDS, **data)
+
+
+def _as_field(column: str, value: Any) -> Any:
+    """A column's value as written, as the job's field holds it once read back."""
+    if column == "phase":
+        return Phase(value)
+    if column == "handover":
+        return Handover(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC)
+    return value
 
 
 class StoreCore:
@@ -113,11 +134,12 @@ class StoreCore:
 
     # -- parsing rows, once per version ---------------------------------------------------------
 
-    def _job(self, row: sa.Row[Any]) -> Job:
+    def _job(self, row: sa.Row[Any], *, remember: bool = True) -> Job:
         """The job a row holds. A row whose version this store has parsed before is not
         parsed again; the data comes from the store's own writes of validated jobs, so it is
         taken as it is, except the spec, which is validated once per content: jobs with the
-        same spec (an array's members, a batch of one spec) share one."""
+        same spec (an array's members, a batch of one spec) share one. A row read inside a
+        transaction that may yet fail is parsed without ``remember``."""
         seen = self._parsed.get(row.id)
         if seen is not None and seen[0] == row.version:
             return seen[1]
@@ -128,11 +150,24 @@ class StoreCore:
         data["phase"] = Phase(data["phase"])
         data["handover"] = Handover(data["handover"])
         job = Job.model_construct(_SET_FIELDS, **data)
+        if remember:
+            self._remember(row.id, row.version, job)
+        return job
+
+    def _remember(self, job_id: str, version: int, job: Job) -> None:
         if len(self._parsed) >= _PARSED_LIMIT:
             self._parsed.clear()
             self._specs.clear()
-        self._parsed[row.id] = (row.version, job)
-        return job
+        self._parsed[job_id] = (version, job)
+
+    def _updated(self, job_id: str, version: int, values: Mapping[str, Any]) -> Job | None:
+        """The job once ``values`` (columns, as written) are written to its row at
+        ``version``, built from its parse at that version instead of read back; None if this
+        store has not parsed that version."""
+        seen = self._parsed.get(job_id)
+        if seen is None or seen[0] != version:
+            return None
+        return with_columns(seen[1], values)
 
     def _spec(self, document: dict[str, Any]) -> JobSpec:
         # keyed by its text, smaller to keep than the document itself

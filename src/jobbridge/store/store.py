@@ -18,7 +18,7 @@ from jobbridge.phase import ACTIVE_PHASES, Phase
 from jobbridge.spec import JobSpec
 from jobbridge.store.batch import Change, apply_changes
 from jobbridge.store.claims import Handovers
-from jobbridge.store.core import JOB_CHANNEL
+from jobbridge.store.core import JOB_CHANNEL, with_columns
 from jobbridge.store.polling import Polling
 from jobbridge.store.rows import (
     changing,
@@ -56,6 +56,7 @@ class Store(Handovers, Polling):
             return
         claimed = set(claimed)
         now = utcnow()
+        claimed_columns = {"handover": Handover.CLAIMED.value, "attempts": 1}
         rows = []
         for job in new_jobs:
             row = {
@@ -65,7 +66,7 @@ class Store(Handovers, Polling):
                 "submitting_since": None,
             }
             if job.id in claimed:
-                row.update(claim_values(token, now), attempts=1)
+                row.update(claim_values(token, now), **claimed_columns)
             rows.append(row)
         links = {
             (job.id, dependency.job_id, dependency.condition)
@@ -85,6 +86,9 @@ class Store(Handovers, Polling):
             )
             if also is not None:
                 also(conn, new_jobs)
+        for job in new_jobs:  # committed: their rows say what they do, without a read
+            values = claimed_columns if job.id in claimed else {}
+            self._remember(job.id, 0, with_columns(job, values))
 
     def move(
         self,
