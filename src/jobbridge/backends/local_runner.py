@@ -29,6 +29,7 @@ import errno
 import json
 import os
 import resource
+import select
 import signal
 import sys
 import time
@@ -92,6 +93,8 @@ class Batch:
         )
         os.write(self.record, f"{pid} {ticks}\n".encode())
         self.unwritten = b""
+        self.untold: list[Job] = []
+        """Jobs whose outcomes are not written yet, or not told of yet."""
         """What the record could not take yet (a full disk): written, in order, later."""
         self.nothing = os.open(os.devnull, os.O_RDONLY)
         self.look_for_cancels = False
@@ -117,7 +120,8 @@ class Batch:
             except ChildProcessError:
                 break
             self.ended(pid, status)
-        while not self.write_record():  # the outcomes must reach the disk before we leave
+            self.reap_ended()  # and whatever ended meanwhile, all recorded in one write
+        while not self.flush():  # the outcomes must reach the disk before we leave
             time.sleep(RECORD_RETRY)
         os.unlink(self.record_path)
         deadline = time.monotonic() + PUSH_TIMEOUT
@@ -130,7 +134,6 @@ class Batch:
         if job is not None:
             kill_group(pid, signal.SIGKILL)  # leftovers of the job go with it
             self.finish(job, exit_code=exit_code_of(status), detail=self.detail_of(job, status))
-        self.write_record()
 
     def reap_ended(self) -> None:
         """Record the jobs that ended already, waiting for none (while others start, so
@@ -139,10 +142,11 @@ class Batch:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if not pid:
-                return
+                break
             self.ended(pid, status)
+        self.flush()
 
     def take_entry(self, name: str) -> None:
         """Start the jobs of one spool entry, then remove it (a runner that dies first
@@ -308,9 +312,18 @@ class Batch:
             "message": message,
         }
         self.unwritten += f"{job.id} {ENDED} {json.dumps(outcome)}\n".encode()
-        if self.write_record():
+        self.untold.append(job)
+
+    def flush(self) -> bool:
+        """Write the outcomes not written yet, then tell of them; False while the disk is
+        full (they are told once written)."""
+        if not self.write_record():
+            return False
+        told, self.untold = self.untold, []
+        for job in told:
             self.push(job, ENDED)
-            tell(self.ended_fifo, job.id)
+        tell(self.ended_fifo, [job.id for job in told])
+        return True
 
     def write_record(self) -> bool:
         """Append what the record has not taken yet; False while the disk is full."""
@@ -325,15 +338,25 @@ class Batch:
         return True
 
 
-def tell(fifo: str, job_id: str) -> None:
-    """The job's id, as one line, into the FIFO if someone waits on it (an engine waiting
-    for jobs); it only hastens what polling finds anyway."""
+def tell(fifo: str, job_ids: list[str]) -> None:
+    """The jobs' ids, one per line, into the FIFO if someone waits on it (an engine waiting
+    for jobs); it only hastens what polling finds anyway. Each write is at most
+    ``select.PIPE_BUF`` bytes, which a pipe never splits nor mixes with another's."""
+    if not job_ids:
+        return
     try:
         fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
     except OSError:  # nobody listens (ENXIO), or there is no FIFO yet
         return
+    lines = [f"{job_id}\n".encode() for job_id in job_ids]
     with contextlib.suppress(OSError):  # full of news already
-        os.write(fd, f"{job_id}\n".encode())
+        while lines:
+            size, count = 0, 0
+            while count < len(lines) and size + len(lines[count]) <= select.PIPE_BUF:
+                size += len(lines[count])
+                count += 1
+            os.write(fd, b"".join(lines[: max(count, 1)]))
+            del lines[: max(count, 1)]
     os.close(fd)
 
 

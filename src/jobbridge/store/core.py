@@ -24,6 +24,7 @@ from jobbridge.store.connection import (
     head_revision,
     write_turns,
 )
+from jobbridge.store.rows import chunks
 from jobbridge.store.schema import jobs
 
 __all__ = ["JOB_CHANNEL", "StoreCore"]
@@ -153,6 +154,23 @@ class StoreCore:
         if remember:
             self._remember(row.id, row.version, job)
         return job
+
+    def _as_now(self, conn: sa.Connection, versions: Mapping[str, int]) -> dict[str, Job]:
+        """The jobs whose rows are at these versions (or later), by id: whole rows are read
+        only where this store has not parsed that version, so an unchanged job costs
+        neither a row's reading nor its parsing."""
+        found: dict[str, Job] = {}
+        stale = []
+        for job_id, version in versions.items():
+            seen = self._parsed.get(job_id)
+            if seen is not None and seen[0] == version:
+                found[job_id] = seen[1]
+            else:
+                stale.append(job_id)
+        for chunk in chunks(stale):
+            for row in conn.execute(sa.select(jobs).where(jobs.c.id.in_(chunk))):
+                found[row.id] = self._job(row)
+        return found
 
     def _remember(self, job_id: str, version: int, job: Job) -> None:
         if len(self._parsed) >= _PARSED_LIMIT:

@@ -37,7 +37,6 @@ class Polling(StoreCore):
             )
             .order_by(jobs.c.created, jobs.c.id)
         )
-        found: dict[str, Job] = {}
         moment = None if only is not None else self._watch.version()  # before the listing
         with self.reading() as conn:
             known = self._listings.get(backend)
@@ -53,16 +52,7 @@ class Polling(StoreCore):
                 listed = [(job_id, version) for job_id, version in conn.execute(listing)]
                 if moment is not None:
                     self._listings[backend] = (moment, listed)
-            stale = []
-            for job_id, version in listed:
-                seen = self._parsed.get(job_id)
-                if seen is not None and seen[0] == version:
-                    found[job_id] = seen[1]
-                else:
-                    stale.append(job_id)
-            for chunk in chunks(stale):
-                for row in conn.execute(sa.select(jobs).where(jobs.c.id.in_(chunk))):
-                    found[row.id] = self._job(row)
+            found = self._as_now(conn, dict(listed))
         return [found[job_id] for job_id, _ in listed if job_id in found]
 
     # -- jobs the backend cannot find ----------------------------------------------------------

@@ -179,11 +179,12 @@ class Store(Handovers, Polling):
 
     def get_many(self, job_ids: Iterable[str]) -> list[Job]:
         wanted = list(dict.fromkeys(job_ids))
-        found: dict[str, Job] = {}
+        versions: dict[str, int] = {}
         with self.reading() as conn:
             for chunk in chunks(wanted):
-                rows = conn.execute(sa.select(jobs).where(jobs.c.id.in_(chunk)))
-                found.update((row.id, self._job(row)) for row in rows)
+                listing = sa.select(jobs.c.id, jobs.c.version).where(jobs.c.id.in_(chunk))
+                versions.update((job_id, version) for job_id, version in conn.execute(listing))
+            found = self._as_now(conn, versions)
         missing = [job_id for job_id in wanted if job_id not in found]
         if missing:
             raise JobNotFoundError(missing[0])
