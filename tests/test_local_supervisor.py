@@ -267,3 +267,30 @@ def test_a_waiting_engine_hears_of_an_ending_before_its_next_polling_tick(
         [done] = engine.wait([job.id], timeout=30)
     assert done.phase is Phase.COMPLETED
     assert time.monotonic() - started < 30
+
+
+def test_a_supervisor_whose_code_was_upgraded_runs_as_the_new_code(
+    engine: Engine, isolated_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installed = tmp_path / "installed"
+    installed.mkdir()
+    for module in (sup, local_runner):
+        (installed / Path(module.__file__ or "").name).write_text(
+            Path(module.__file__ or "").read_text()
+        )
+    monkeypatch.setattr("jobbridge.backends.local.SUPERVISOR", installed / "local_supervisor.py")
+    jobs_dir = isolated_data_dir / "jobs"
+    [before] = engine.wait([engine.submit(JobSpec(executable="true")).id], timeout=30)
+    serving = supervisor_pid(jobs_dir)
+
+    # an upgrade replaces the files; this version's runner says, as it loads, that it did
+    upgraded = installed / "local_runner.py"
+    loaded = tmp_path / "new runner loaded"
+    replacement = installed / "local_runner.py.new"
+    replacement.write_text(upgraded.read_text() + f"\nopen({str(loaded)!r}, 'w').close()\n")
+    replacement.replace(upgraded)
+    [after] = engine.wait([engine.submit(JobSpec(executable="true")).id], timeout=30)
+
+    assert (before.phase, after.phase) == (Phase.COMPLETED, Phase.COMPLETED)
+    assert loaded.exists(), "the job started under the new code"
+    assert supervisor_pid(jobs_dir) == serving, "the same process, run anew"

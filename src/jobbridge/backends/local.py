@@ -273,7 +273,9 @@ class LocalBackend(Backend):
             "memory": None if spec.image else spec.resources.memory,
             "grace": self.options.grace_period,
             "argv": argv,
-            "env": env,
+            # not "env", which a runner of an earlier version would take for the whole
+            # environment: under one, the job fails instead of running without it
+            "environment": env,
             "inherit": inherit,
             "push": self._push_plan(job),
         }

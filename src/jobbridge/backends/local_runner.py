@@ -43,7 +43,8 @@ RUNNER_FILE = "runner"
 PLANS_FILE = "plans"
 INHERITED = "inherited"
 """A plans line ``{"inherited": {...}}`` is the environment that the jobs after it whose
-plan says ``inherit`` start from, their own ``env`` added."""
+plan says ``inherit`` start from, their own ``environment`` added. (Plans of an earlier
+version have a whole ``env`` instead.)"""
 ENDED_FIFO = "ended"
 STARTED = "started"
 ENDED = "ended"
@@ -228,7 +229,8 @@ class Batch:
         """Start the program; on failure say why, the way a shell would."""
         plan = job.plan
         program: list[str] = plan["argv"]
-        env: dict[str, str] = {**job.inherited, **plan["env"]}
+        own = plan["environment"] if "environment" in plan else plan["env"]
+        env: dict[str, str] = {**job.inherited, **own}
         opened: list[int] = []
         try:
             streams = open_streams(plan, opened, self.nothing)

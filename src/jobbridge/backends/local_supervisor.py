@@ -19,6 +19,10 @@ the jobs handed over or started together, through hard links:
   every ``BATCH_WINDOW`` seconds, so that jobs arriving together share one fork. It is the
   parent of runners only, never of a job: killing it loses nothing. It leaves when it has
   been idle for IDLE_SECONDS, or when asked (a ``q`` in the FIFO) and the spool is empty.
+  Before it forks a runner it checks that its own code and the runner's are still the
+  files on disk: if jobbridge was upgraded meanwhile, it runs itself again as the new code
+  (same process, so its runners stay its children), and no job starts under a runner
+  that reads another version's plans.
 - A runner (``local_runner``) starts the jobs of the spool entries it was given, claims
   each, enforces limits and records every outcome.
 """
@@ -124,6 +128,7 @@ class Supervisor:
         """Spool entries a runner left behind (it could not start every job), and until
         when they rest: a full disk must not make a runner a millisecond."""
         self.quitting = False
+        self.code = code_stamp()
         self.forget_dead_runners()
         write_atomically(
             os.path.join(self.state, PID_FILE), f"{os.getpid()} {runner.start_ticks(os.getpid())}\n"
@@ -138,6 +143,8 @@ class Supervisor:
             waiting = [name for name in self.waiting() if self.ready(name, now)]
             if waiting:
                 last_busy = now
+                if code_stamp() != self.code:
+                    self.renew()
                 pause = last_fork + BATCH_WINDOW - now
                 if pause <= 0 or sum(map(jobs_in, waiting)) >= MAX_BATCH:
                     self.fork_runner(next_batch(waiting))
@@ -149,6 +156,21 @@ class Supervisor:
                 pause = min(1.0, self.idle - (now - last_busy))
             self.sleep(pause)
         self.leave()
+
+    def renew(self) -> None:
+        """Run again as the code now on disk. The lock and the FIFO close with the old image
+        (opened close-on-exec); a submitter that finds nobody listening meanwhile starts a
+        supervisor, and one of the two gives way. If the new code cannot be run, leave the
+        spool to the next supervisor a submitter starts."""
+        script = os.path.abspath(__file__)
+        sys.stderr.flush()
+        try:
+            os.execv(
+                sys.executable, [sys.executable, "-I", "-S", script, self.jobs_dir, repr(self.idle)]
+            )
+        except OSError as error:
+            print(f"cannot run {script} anew ({error!r}): leaving", file=sys.stderr, flush=True)
+            os._exit(1)
 
     def sleep(self, seconds: float) -> None:
         ready, _, _ = select.select([self.wake], [], [], max(seconds, 0.0))
@@ -228,6 +250,19 @@ class Supervisor:
                     os.unlink(pid_file)
         except (OSError, IndexError):
             pass
+
+
+def code_stamp() -> list[tuple[int, int, int] | None]:
+    """What identifies the files of the supervisor's and the runner's code as they are now."""
+    stamps: list[tuple[int, int, int] | None] = []
+    for path in (os.path.abspath(__file__), os.path.abspath(runner.__file__)):
+        try:
+            found = os.stat(path)
+        except OSError:
+            stamps.append(None)
+        else:
+            stamps.append((found.st_ino, found.st_mtime_ns, found.st_size))
+    return stamps
 
 
 def next_batch(waiting: list[str]) -> list[str]:
