@@ -94,9 +94,9 @@ class Batch:
         )
         os.write(self.record, f"{pid} {ticks}\n".encode())
         self.unwritten = b""
+        """What the record could not take yet (a full disk): written, in order, later."""
         self.untold: list[Job] = []
         """Jobs whose outcomes are not written yet, or not told of yet."""
-        """What the record could not take yet (a full disk): written, in order, later."""
         self.nothing = os.open(os.devnull, os.O_RDONLY)
         self.look_for_cancels = False
         self.pushes: list[threading.Thread] = []

@@ -118,7 +118,10 @@ class LocalTransport(Transport):
             raise
 
     def make_dirs(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.mkdir(path)  # the common case in one call: a new directory in an existing one
+        except OSError:
+            os.makedirs(path, exist_ok=True)
 
     def remove_tree(self, path: str) -> None:
         if os.path.lexists(path):
