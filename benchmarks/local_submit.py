@@ -7,8 +7,10 @@ against this machine's spawn limit measured in the same run: posix_spawn + waitp
 jobbridge is measured through ``submit()`` one by one and through ``submit_many()``, each
 round with a fresh data directory under ``--dir`` (default: the system's temporary
 directory); then one status query of the local backend over all the ended jobs. Figures are
-medians of the rounds, each ratio taken against the spawn limit of its own round; where
-psij-python is installed, its local executor runs the same jobs in each round too.
+medians of the rounds, each ratio taken against the spawn limit of its own round (measured
+before and after the round, and averaged: the machine's speed drifts); where psij-python is
+installed, its local executor runs the same jobs in each round too. Each timed run starts
+with the garbage of the runs before it collected, as a fresh process would.
 
 Every job needs its directory and its two output files, so what creating files costs on the
 disk under ``--dir`` bounds what any local runner can do: the run measures that too (the
@@ -19,6 +21,7 @@ made per job. The last line is a JSON object of the figures.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -61,6 +64,7 @@ def files_made(jobs_dir: Path) -> int:
 
 def end_to_end(base: str, count: int, many: bool) -> dict[str, float]:
     scratch = tempfile.mkdtemp(prefix="data-", dir=base)
+    gc.collect()
     environ = {**os.environ, "JOBBRIDGE_DATA_DIR": scratch}
     environ.pop("JOBBRIDGE_DATABASE_URL", None)
     environ.pop("JOBBRIDGE_CONFIG", None)
@@ -96,6 +100,7 @@ def psij_local(count: int) -> float | None:
         return None
     executor = psij.JobExecutor.get_instance("local")
     jobs = [psij.Job(psij.JobSpec(executable="/bin/true")) for _ in range(count)]
+    gc.collect()
     started = time.perf_counter()
     for job in jobs:
         executor.submit(job)
@@ -105,10 +110,11 @@ def psij_local(count: int) -> float | None:
 
 
 def one_round(base: str, count: int) -> dict[str, float]:
-    limit = spawn_limit(count)
+    before = spawn_limit(count)
     one_by_one = end_to_end(base, count, many=False)
     many = end_to_end(base, count, many=True)
     psij = psij_local(count)
+    limit = (before + spawn_limit(count)) / 2
     return {
         "spawn_limit_per_s": limit,
         **({} if psij is None else {"psij_jobs_per_s": psij, "psij_vs_limit": psij / limit}),
@@ -128,6 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     # Every round's files stay until the end: on some file systems (ext4 among them) making
     # files costs more for a while after many were removed.
+    spawn_limit(args.jobs)  # the first spawns of a process are slower: not a reference
     with tempfile.TemporaryDirectory(prefix="jobbridge-bench-", dir=args.dir) as base:
         rounds = [one_round(base, args.jobs) for _ in range(args.rounds)]
     median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
