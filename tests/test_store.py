@@ -50,6 +50,24 @@ def test_a_job_comes_back_as_it_went_in(store: Store) -> None:
     assert read.created.tzinfo is not None
 
 
+def test_a_change_rolled_back_is_not_taken_for_the_row(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = make_job()
+    store.add([job])
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("the transaction fails after its update")
+
+    monkeypatch.setattr(store, "_announce", fail)
+    with pytest.raises(RuntimeError):
+        store.move(job.id, Phase.QUEUED, Phase.EXECUTING)
+    monkeypatch.undo()
+    with fresh(store) as other:  # another writer's change, at the version the failed one had
+        other.move(job.id, Phase.QUEUED, Phase.ABORTED, detail="CANCELLED")
+    assert store.get(job.id).phase is Phase.ABORTED
+
+
 @contextlib.contextmanager
 def fresh(store: Store) -> Iterator[Store]:
     """Another store on the same database: it has parsed nothing yet."""

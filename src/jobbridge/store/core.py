@@ -196,19 +196,20 @@ class StoreCore:
         return spec
 
     def _changed(self, conn: sa.Connection, job_id: str, update: sa.Update) -> Job | None:
-        """Run an update of the job's row; the job as it is now, or None if no row matched."""
+        """Run an update of the job's row; the job as it is now, or None if no row matched
+        (not kept: the transaction may yet fail)."""
         if self._engine.dialect.update_returning:
             row = conn.execute(update.returning(*jobs.c)).first()
-            return None if row is None else self._job(row)
+            return None if row is None else self._job(row, remember=False)
         if conn.execute(update).rowcount != 1:
             return None
-        return self._fetch(conn, job_id)
+        return self._fetch(conn, job_id, remember=False)
 
-    def _fetch(self, conn: sa.Connection, job_id: str) -> Job:
+    def _fetch(self, conn: sa.Connection, job_id: str, *, remember: bool = True) -> Job:
         row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
         if row is None:
             raise JobNotFoundError(job_id)
-        return self._job(row)
+        return self._job(row, remember=remember)
 
     def _announce(self, conn: sa.Connection, job_id: str, phase: str) -> None:
         """Tell the listeners of ``JOB_CHANNEL`` once this transaction commits."""

@@ -261,7 +261,7 @@ class Store(Handovers, Polling):
                     dependencies.insert(),
                     [{"job_id": job_id, "parent_id": p, "condition": c} for p, c in links],
                 )
-            return self._fetch(conn, job_id)
+            return self._fetch(conn, job_id, remember=False)
 
     def has_active(self, backend: str) -> bool:
         """Whether any job of the backend is active (waiting, being handed over or held)."""
