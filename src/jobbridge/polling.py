@@ -64,7 +64,8 @@ class Poller:
         """Ask the backend about its active jobs, unless it was asked too recently or is
         being left alone after failures (``force`` asks anyway). With ``only``, ask about
         those of them alone, which leaves the backend's next cycle where it was. The ids of
-        the jobs it asked about (a job whose handover is not recorded yet is not asked)."""
+        the jobs it asked about, answered or not (a job whose handover is not recorded yet
+        is not asked)."""
         name = backend.name
         state = self._states.setdefault(name, _PollState())
         now = time.monotonic()
@@ -79,7 +80,7 @@ class Poller:
         except Exception as error:
             self._hooks.run_status_query(name, time.perf_counter() - asked, True)
             self._status_failed(backend, state, jobs, error)
-            return set()
+            return {job.id for job in jobs}
         self._hooks.run_status_query(name, time.perf_counter() - asked, False)
         state.failures = 0
         if only is None:
