@@ -351,14 +351,10 @@ def tell(fifo: str, job_ids: list[str]) -> None:
     except OSError:  # nobody listens (ENXIO), or there is no FIFO yet
         return
     lines = [f"{job_id}\n".encode() for job_id in job_ids]
+    per_write = max(1, select.PIPE_BUF // max(map(len, lines)))
     with contextlib.suppress(OSError):  # full of news already
-        while lines:
-            size, count = 0, 0
-            while count < len(lines) and size + len(lines[count]) <= select.PIPE_BUF:
-                size += len(lines[count])
-                count += 1
-            os.write(fd, b"".join(lines[: max(count, 1)]))
-            del lines[: max(count, 1)]
+        for start in range(0, len(lines), per_write):
+            os.write(fd, b"".join(lines[start : start + per_write]))
     os.close(fd)
 
 

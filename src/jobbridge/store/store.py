@@ -56,7 +56,7 @@ class Store(Handovers, Polling):
             return
         claimed = set(claimed)
         now = utcnow()
-        claimed_columns = {"handover": Handover.CLAIMED.value, "attempts": 1}
+        claimed_values = {**claim_values(token, now), "attempts": 1}
         rows = []
         for job in new_jobs:
             row = {
@@ -66,7 +66,7 @@ class Store(Handovers, Polling):
                 "submitting_since": None,
             }
             if job.id in claimed:
-                row.update(claim_values(token, now), **claimed_columns)
+                row.update(claimed_values)
             rows.append(row)
         links = {
             (job.id, dependency.job_id, dependency.condition)
@@ -87,7 +87,7 @@ class Store(Handovers, Polling):
             if also is not None:
                 also(conn, new_jobs)
         for job in new_jobs:  # committed: their rows say what they do, without a read
-            values = claimed_columns if job.id in claimed else {}
+            values = claimed_values if job.id in claimed else {}
             self._remember(job.id, 0, with_columns(job, values))
 
     def move(
